@@ -1,0 +1,10 @@
+// CPU launchers, one per op: run the shared body (csrc/kernels) over the whole index space.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include "kernels/dwconv_bn_act.h"
+
+namespace dlf {
+void dwconv_bn_act_cpu(const DwconvParams& p, c10::ScalarType dtype);
+}  // namespace dlf

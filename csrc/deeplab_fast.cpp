@@ -1,0 +1,9 @@
+// Op schemas of the deeplab_fast library; nothing else. Kernels register per device in csrc/ops/*.cpp.
+// Activation codes: 0 none, 1 relu, 2 relu6 (csrc/common/host_device.h).
+#include <torch/library.h>
+
+TORCH_LIBRARY(deeplab_fast, m) {
+  m.def(
+      "dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, int dilation, "
+      "int activation) -> Tensor");
+}

@@ -1,0 +1,51 @@
+"""Plain-PyTorch reference semantics of every fused op: the spec that kernels, tests and benchmarks share."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
+
+
+def apply_activation(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """Apply "relu", "relu6" or "none" to `x`."""
+    if activation == "relu":
+        return F.relu(x)
+    if activation == "relu6":
+        return F.relu6(x)
+    return x
+
+
+def dwconv_bn_act_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    stride: int = 1,
+    dilation: int = 1,
+    activation: str = "relu",
+) -> torch.Tensor:
+    """act(depthwise_conv2d(x, weight) * scale[c] + shift[c]), computed in fp32 (fp64 stays fp64).
+
+    x: (N, C, H, W) float; weight: (C, 1, k, k); scale, shift: (C,). Padding dilation*(k-1)//2.
+    Returns (N, C, Ho, Wo) in x's dtype and memory format.
+    """
+    k = weight.shape[-1]
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = F.conv2d(
+        x.to(compute),
+        weight.to(compute),
+        stride=stride,
+        padding=dilation * (k - 1) // 2,
+        dilation=dilation,
+        groups=x.shape[1],
+    )
+    y = y * scale.to(compute).view(1, -1, 1, 1) + shift.to(compute).view(1, -1, 1, 1)
+    y = apply_activation(y, activation).to(x.dtype)
+    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    return y.contiguous(memory_format=fmt)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
