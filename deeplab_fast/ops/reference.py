@@ -49,3 +49,30 @@ def dwconv_bn_act_reference(
 
 def _is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def upsample_concat_reference(
+    tensors: list[torch.Tensor] | tuple[torch.Tensor, ...], size: tuple[int, int], align_corners: bool = False
+) -> torch.Tensor:
+    """Bilinearly resize each (N, C_i, H_i, W_i) tensor to `size` and concatenate along channels.
+
+    Same as F.interpolate(mode="bilinear", align_corners=...) + torch.cat, computed in fp32 and cast back;
+    the output follows the first input's memory format.
+    """
+    compute = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    parts = [
+        F.interpolate(t.to(compute), size=tuple(size), mode="bilinear", align_corners=align_corners)
+        for t in tensors
+    ]
+    out = torch.cat(parts, dim=1).to(tensors[0].dtype)
+    fmt = torch.channels_last if _is_channels_last(tensors[0]) else torch.contiguous_format
+    return out.contiguous(memory_format=fmt)
+
+
+def upsample_argmax_reference(
+    logits: torch.Tensor, size: tuple[int, int], align_corners: bool = False
+) -> torch.Tensor:
+    """Labels (N, H, W) int64 of F.interpolate(logits, size, bilinear).argmax(1), resized in fp32."""
+    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    up = F.interpolate(logits.to(compute), size=tuple(size), mode="bilinear", align_corners=align_corners)
+    return up.argmax(1)

@@ -1,0 +1,198 @@
+"""Shared benchmark machinery: timing, same-run bandwidth yardsticks, environment facts, result files.
+
+Every benchmark family (benchmarks/bench_*.py) builds rows with these helpers, so times, GB/s and
+ratios are measured the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device | str, *, warmup: int = 2, reps: int = 5,
+            min_time: float = 0.0) -> list[float]:
+    """Run `fn` `warmup` times, then time each of `reps` calls (seconds). Repeats until `min_time`."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < reps or (time.perf_counter() - start_all) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 1000:
+            break
+    return times
+
+
+def time_interleaved(providers: dict[str, Callable[[], Any]], device: torch.device | str, *,
+                     warmup: int = 2, reps: int = 5) -> dict[str, list[float]]:
+    """Time providers in turn (A B C A B C ...) after warm-up, so drift in machine load hits all alike.
+
+    Returns the list of per-call seconds for each provider.
+    """
+    for fn in providers.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in providers}
+    for _ in range(reps):
+        for name, fn in providers.items():
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of a non-empty sequence."""
+    return float(statistics.median(values))
+
+
+def copy_time(like: torch.Tensor, device: torch.device | str, *, warmup: int = 2, reps: int = 5) -> float:
+    """Median seconds of `out.copy_(src)` for a tensor of `like`'s shape, dtype and layout.
+
+    This is the memory-bound speed of light for one read and one write of that tensor, measured in the
+    same run as the op it is compared with.
+    """
+    src = torch.empty_like(like).normal_()
+    out = torch.empty_like(like)
+    return median(time_fn(lambda: out.copy_(src), device, warmup=warmup, reps=reps))
+
+
+def measure_bandwidth(device: torch.device | str, nbytes: int = 256 * 2**20) -> float:
+    """Measured copy bandwidth in GB/s (bytes read + written) of a large buffer on `device`."""
+    n = nbytes // 4
+    src = torch.empty(n, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    t = median(time_fn(lambda: dst.copy_(src), device, warmup=2, reps=7))
+    return 2 * n * 4 / t / 1e9
+
+
+def measure_gemm_gflops(device: torch.device | str, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    """Measured GEMM throughput (GFLOP/s, 2*n^3 per matmul) on `device`: the compute yardstick."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = median(time_fn(lambda: a @ b, device, warmup=1, reps=5))
+    return 2 * n**3 / t / 1e9
+
+
+def environment(device: torch.device | str) -> dict[str, Any]:
+    """Facts recorded in every result file: device, versions, CPU/GPU model, threads."""
+    device = torch.device(device)
+    env: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.type,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "onednn": torch.backends.mkldnn.is_available() and _onednn_version(),
+    }
+    if device.type == "cuda":
+        env.update(
+            gpu=torch.cuda.get_device_name(device),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
+    try:
+        import deeplab_fast
+
+        env["deeplab_fast"] = deeplab_fast.__version__
+        env["deeplab_fast_ext"] = deeplab_fast.HAS_EXT
+        env["deeplab_fast_cuda_kernels"] = deeplab_fast.built_with_cuda()
+    except ImportError:
+        pass
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _onednn_version() -> str:
+    config = torch.__config__.show()
+    for line in config.splitlines():
+        if "oneDNN" in line or "MKL-DNN" in line:
+            return line.strip().lstrip("-").strip()
+    return "available"
+
+
+def baseline_name(device: torch.device | str) -> str:
+    """Honest name of the eager library a baseline runs on: cuDNN on a GPU, oneDNN on a CPU."""
+    return "cuDNN" if torch.device(device).type == "cuda" else "oneDNN"
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_rows(rows: list[dict[str, Any]], out_dir: str, stem: str, env: dict[str, Any]) -> dict[str, str]:
+    """Write rows as `<stem>.json` (with the environment) and `<stem>.csv`; returns the paths."""
+    json_path = os.path.join(out_dir, stem + ".json")
+    csv_path = os.path.join(out_dir, stem + ".csv")
+    atomic_write_text(json_path, json.dumps({"environment": env, "rows": rows}, indent=2, default=str))
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    import io
+
+    buf = io.StringIO()
+    buf.write("# " + json.dumps(env, default=str) + "\n")
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(csv_path, buf.getvalue())
+    return {"json": json_path, "csv": csv_path}
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str], floatfmt: str = ".3g") -> str:
+    """Render `rows` as a Markdown table with the given columns (missing cells are blank)."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
