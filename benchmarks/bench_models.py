@@ -15,13 +15,16 @@ of one inference (activations, workspaces), not the weights, which are reported 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,7 +204,9 @@ def export_onnx(model: torch.nn.Module, batch: int, size: int, path: str) -> Non
     errors = []
     for dynamo in (False, True):
         try:
-            with torch.no_grad():
+            # the exporters warn (deprecation) and print progress on stdout, where the summary goes
+            with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
                 torch.onnx.export(model, (x,), path, dynamo=dynamo, opset_version=18, input_names=["image"])
             return
         except Exception as exc:  # noqa: BLE001  (try the other exporter, report both if both fail)
@@ -448,13 +453,17 @@ def _run_case(
             progress.update(1)
 
         progress.set_postfix_str(f"{case}: timing {len(built)} providers interleaved")
+        failures: dict[str, str] = {}
         times = harness.time_interleaved(
-            {p: b.fn for p, b in built.items()},
+            {p: _guarded(p, b.fn, failures) for p, b in built.items()},
             device,
             warmup=max(warmup - 1, 0),
             reps=reps,
             on_call=lambda _name: progress.update(1),
         )
+        for p, why in failures.items():
+            rows[p] = skipped_row(case, p, dtype, batch, size, "failed while timing: " + why)
+            del built[p]
 
     macs_cache: dict[int, int | None] = {}
     for p, b in built.items():
@@ -519,6 +528,21 @@ def _run_case(
             t = row.get("median_ms")
             row[f"{target}_speedup"] = t / ref if ref and t else None
     return [rows[p] for p in wanted if p in rows]
+
+
+def _guarded(name: str, fn: Callable[[], Any], failures: dict[str, str]) -> Callable[[], Any]:
+    """`fn` that records its first exception in `failures[name]` and then does nothing (so the others go on)."""
+
+    def call() -> Any:
+        if name in failures:
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001  (e.g. out of memory at batch 8: reported as skipped)
+            failures[name] = _reason(exc)
+            return None
+
+    return call
 
 
 def _reason(exc: BaseException) -> str:
