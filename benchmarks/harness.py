@@ -279,11 +279,27 @@ class Progress:
         self.bar = bar
         self.prefix = prefix
 
-    def __call__(self, arg: int | str | None = None) -> None:
+    def __call__(self, arg: int | str | None = None, *_args: Any, **_kwargs: Any) -> None:
         if isinstance(arg, str):
             self.set_postfix_str(arg)
         else:
             self.update(1 if arg is None else arg)
+
+    @property
+    def total(self) -> int | None:
+        return getattr(self.bar, "total", None)
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        if self.bar is not None:
+            self.bar.total = value
+            self.bar.refresh()
+
+    def set_postfix(self, **values: Any) -> None:
+        self.set_postfix_str(", ".join(f"{k}={v}" for k, v in values.items()))
+
+    def close(self) -> None:
+        """Does nothing: the bar belongs to run.py, which closes it."""
 
     def update(self, n: int = 1) -> None:
         if self.bar is not None:

@@ -232,6 +232,10 @@ def plot_speedups(rows: list[dict[str, Any]], path: str) -> bool:
         if r.get("optimize_speedup") and r.get("provider_key") != "optimize"
     ]
     kernels = [r for r in _rows(rows, "kernels", skipped=False) if r.get("copy_ratio")]
+    kernel_dtypes = sorted({str(r.get("dtype")) for r in kernels})
+    # one dtype keeps the chart readable after a --full run; the tables hold the rest
+    kernel_dtype = "float32" if "float32" in kernel_dtypes else (kernel_dtypes[0] if kernel_dtypes else "")
+    kernels = [r for r in kernels if str(r.get("dtype")) == kernel_dtype]
     panels = [p for p in (("models", models), ("kernels", kernels)) if p[1]]
     if not panels:
         fig, ax = plt.subplots(figsize=(6, 1.5))
@@ -265,7 +269,7 @@ def plot_speedups(rows: list[dict[str, Any]], path: str) -> bool:
             colors = ["tab:blue"] * len(values)
             ax.axvline(1.0, color="black", linewidth=0.8)
             ax.set_xlabel("time / time of a copy of the same tensor (1 = speed of a copy; lower is better)")
-            ax.set_title("Kernels")
+            ax.set_title(f"Kernels ({kernel_dtype}; the summary has every dtype)")
         pos = list(range(len(values)))
         ax.barh(pos, values, color=colors)
         ax.set_yticks(pos, [label[:80] for label in labels], fontsize=7)

@@ -197,3 +197,55 @@ def test_targets_pass_fail_and_missing():
     # another configuration is computed but flagged
     flagged = report.targets(rows, {"device": "cpu"}, {"plan": {"size": 65}})
     assert all("not the target configuration: size 65" in c["text"] for c in flagged)
+
+
+def test_report_writes_files_from_rows(tmp_path):
+    rows = [
+        {
+            "part": "kernels",
+            "family": "dwconv",
+            "case": "c256 65x65 d1",
+            "provider": p,
+            "dtype": d,
+            "layout": "NCHW",
+            "batch": 1,
+            "median_ms": ms,
+            "gb_s": 10.0,
+            "pct_bw": 50.0,
+            "copy_ratio": ms / 0.1,
+            "skipped": "",
+        }
+        for p, ms in (("deeplab_fast cpu", 0.2), ("eager oneDNN", 0.5))
+        for d in ("float32", "bfloat16")
+    ]
+    rows.append(
+        {
+            "part": "kernels",
+            "family": "upsample",
+            "case": "(all cases)",
+            "provider": "(all providers)",
+            "dtype": "float32",
+            "median_ms": None,
+            "skipped": "benchmarks/bench_upsample.py is not in this checkout",
+        }
+    )
+    rows += [
+        _model_row("resnet101", "eager", 130.0, optimize_speedup=1.3),
+        _model_row("resnet101", "optimize", 100.0, optimize_speedup=1.0),
+        _model_row("resnet101", "smp", None, skipped="segmentation_models_pytorch is not installed"),
+    ]
+    env = {"device": "cpu", "cpu": "test cpu", "torch": torch.__version__, "threads": 2}
+    meta = {
+        "plan": {"suite": "quick", "size": 513, "parts": ["kernels", "models"], "left_out": ["x (why)"]},
+        "bandwidth_gb_s": 10.0,
+        "gemm_gflops": {"float32": 100.0},
+        "runtime_s": 61.0,
+    }
+    paths = report.write_all(rows, env, meta, str(tmp_path), "stem")
+    assert Path(paths["png"]).read_bytes()[:4] == b"\x89PNG"
+    md = Path(paths["md"]).read_text()
+    assert "**PASS** resnet101: deeplab_fast optimize() is 1.30x faster than deeplab_fast eager" in md
+    assert "segmentation_models_pytorch is not installed" in md and "bench_upsample.py is not in this checkout" in md
+    assert "- x (why)" in md and "runtime 1 min 1 s" in md
+    data = json.loads(Path(paths["json"]).read_text())
+    assert data["targets"][0]["status"] == "PASS" and len(data["rows"]) == len(rows)
