@@ -245,6 +245,15 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str], floatfmt: str
     return "\n".join(lines)
 
 
+TINY_ENV = "DEEPLAB_FAST_BENCH_TINY"
+
+
+def tiny_requested() -> bool:
+    """True when benchmarks/run.py runs with --tiny (a smoke test): families may then shrink their cases
+    further and leave out torch.compile, whose compilation alone takes many seconds per case on a CPU."""
+    return os.environ.get(TINY_ENV) == "1"
+
+
 def proc_status_kib(field: str) -> int | None:
     """A `kB` field of /proc/self/status (e.g. "VmRSS", "VmHWM") in KiB; None where /proc is unavailable."""
     try:

@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2
     _setup_paths()
+    if args.tiny:
+        os.environ["DEEPLAB_FAST_BENCH_TINY"] = "1"  # harness.tiny_requested(): families may shrink further
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
