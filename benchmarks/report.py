@@ -287,7 +287,7 @@ def _save(fig: Any, path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, ".tmp-" + os.path.basename(path))
     try:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
         os.replace(tmp, path)
     finally:
         plt.close(fig)

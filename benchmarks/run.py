@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=_positive_int, help="batch size for kernels and models (default: per part)")
     p.add_argument("--size", type=_positive_int, help=f"model input side (default {MODEL_SIZE}; --tiny {TINY_SIZE})")
     p.add_argument("--reps", type=_positive_int, help="timed repetitions per provider (default: per suite)")
+    p.add_argument(
+        "--threads", type=_positive_int, help="CPU threads for torch and onnxruntime (default: torch's default)"
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the result files (default benchmarks/results)")
     args = p.parse_args(argv)
     if args.full and args.tiny:
@@ -341,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import bench_models  # noqa: F401  (fail early if the benchmark folder is incomplete)
     import harness

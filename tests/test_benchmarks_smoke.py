@@ -32,7 +32,8 @@ def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    proc = _run("--tiny", "--reps", "1", "--out", str(out))
+    # one thread: this is a smoke test, and one thread suffers least from a shared, busy machine
+    proc = _run("--tiny", "--reps", "1", "--threads", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, out
 
@@ -50,6 +51,7 @@ def test_tiny_run_writes_every_file_with_environment(tiny_run):
     for key in ("device", "torch", "cpu", "onednn", "threads", "date"):
         assert key in env, key
     assert env["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert env["threads"] == 1 and data["plan"]["threads"] == 1
     assert data["plan"]["suite"] == "tiny"
     assert data["bandwidth_gb_s"] > 0
     assert set(data["gemm_gflops"]) == {"float32"}
