@@ -176,23 +176,25 @@ class Plan:
             self.left_out.append("torchvision deeplabv3_resnet101 (--tiny: output stride 8, the slowest peer)")
             memory = ["optimize"]
             self.left_out.append("memory of every provider but optimize() (--tiny)")
-        elif not args.full and not gpu:
-            # Quick CPU suite: torchvision's DeepLabV3 at output stride 8 costs about 6x our model per forward
-            # and is no target; compiled models would compile a second time in each memory subprocess.
+        elif not args.full:
+            # Quick suite: torchvision's DeepLabV3 at output stride 8 costs several times our model per forward
+            # and is no target; each torch.compile of a whole model takes minutes (max-autotune on a GPU too,
+            # for every dtype and batch), and on a CPU would compile again in each memory subprocess.
             providers = [p for p in providers if p not in ("torchvision", "compile_optimize")]
             self.left_out.append(
-                "torchvision deeplabv3_resnet101 (CPU quick suite: output stride 8 makes it "
-                "several times slower than the rest; --full includes it)"
+                "torchvision deeplabv3_resnet101 (quick suite: output stride 8 makes it several times slower "
+                "than the rest, and it is no target; --full includes it)"
             )
             self.left_out.append(
-                "torch.compile(optimize()) (CPU quick suite: each torch.compile of a whole model "
-                "takes minutes on a CPU; --full includes it)"
+                "torch.compile(optimize()) (quick suite: each torch.compile of a whole model takes minutes; "
+                "--full includes it)"
             )
-            memory = [p for p in memory if not p.startswith("compile")]
-            self.left_out.append(
-                "memory of the torch.compile providers (CPU quick suite: each would compile "
-                "again in its subprocess; --full measures it)"
-            )
+            if not gpu:
+                memory = [p for p in memory if not p.startswith("compile")]
+                self.left_out.append(
+                    "memory of torch.compile(eager) (CPU quick suite: it would compile again in its subprocess; "
+                    "--full measures it)"
+                )
         self.providers = tuple(providers)
         self.memory = tuple(memory)
         self.threads = torch.get_num_threads()
