@@ -125,6 +125,7 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "threads": torch.get_num_threads(),
         "onednn": torch.backends.mkldnn.is_available() and _onednn_version(),
+        "torch_cuda_build": torch.version.cuda,
     }
     if device.type == "cuda":
         env.update(

@@ -8,6 +8,7 @@ and what the suite left out.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import harness
@@ -216,7 +217,23 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
     return "\n".join(lines) + "\n"
 
 
-def plot_speedups(rows: list[dict[str, Any]], path: str) -> bool:
+def machine_line(env: dict[str, Any]) -> str:
+    """One line naming the machine and the versions, for the chart and the summary."""
+    device = env.get("device")
+    parts = [
+        f"{device}: {env.get('gpu') if device == 'cuda' else env.get('cpu')}",
+        f"{env.get('threads')} threads",
+        f"torch {env.get('torch')}",
+    ]
+    if device == "cuda":
+        parts += [f"CUDA {env.get('cuda')}", f"cuDNN {env.get('cudnn')}"]
+    version = re.search(r"v\d+(\.\d+)+", str(env.get("onednn") or ""))
+    parts.append(f"oneDNN {version.group(0) if version else 'n/a'}")
+    parts.append(str(env.get("date", "")))
+    return ", ".join(parts)
+
+
+def plot_speedups(rows: list[dict[str, Any]], path: str, caption: str = "") -> bool:
     """PNG chart: models (speedup of optimize() over every provider) and kernels (time / copy time).
 
     With nothing to plot it still writes a PNG that says so (the file always exists). Returns True.
@@ -249,6 +266,7 @@ def plot_speedups(rows: list[dict[str, Any]], path: str) -> bool:
             fontsize=9,
             wrap=True,
         )
+        fig.text(0.5, 0.02, caption, ha="center", fontsize=7)
         _save(fig, path)
         return True
     heights = [max(2.0, 0.28 * len(p[1]) + 1.2) for p in panels]
@@ -277,6 +295,8 @@ def plot_speedups(rows: list[dict[str, Any]], path: str) -> bool:
         for y, v in zip(pos, values, strict=True):
             ax.text(v, y, f" {v:.2f}", va="center", fontsize=7)
     fig.tight_layout()
+    if caption:
+        fig.text(0.5, 0.0, caption, ha="center", va="top", fontsize=7)
     _save(fig, path)
     return True
 
@@ -307,6 +327,6 @@ def write_all(
     paths["md"] = os.path.join(out_dir, stem + ".md")
     harness.atomic_write_text(paths["md"], text)
     png = os.path.join(out_dir, stem + ".png")
-    paths["png"] = png if plot_speedups(rows, png) else None
+    paths["png"] = png if plot_speedups(rows, png, caption=machine_line(env)) else None
     paths["markdown_text"] = text
     return paths
