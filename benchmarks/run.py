@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import tempfile
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2
     _setup_paths()
+    # torch.compile on a machine without a GPU logs "No CUDA runtime is found" in the middle of the progress bar
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if args.tiny:
         os.environ["DEEPLAB_FAST_BENCH_TINY"] = "1"  # harness.tiny_requested(): families may shrink further
     import torch
