@@ -119,7 +119,9 @@ void concat_nchw(const UpsampleConcatParams& p) {
 template <typename T>
 class RowCache {
  public:
-  RowCache(const UpsampleClassParams& p, const TapTable& tw) : p_(p), tw_(tw), buf_(2 * p.K * p.Wo) {}
+  RowCache(const UpsampleClassParams& p, const TapTable& tw)
+      : p_(p), tw_(tw), buf_(2 * p.K * p.Wo), stage_(p.K * p.W), i0_(tw.i0.begin(), tw.i0.end()),
+        i1_(tw.i1.begin(), tw.i1.end()) {}
 
   const float* get(int64_t n, int64_t ih) {
     for (int s = 0; s < 2; ++s)
@@ -133,29 +135,34 @@ class RowCache {
   void touch(int64_t n, int64_t ih) { last_used_ = n * p_.H + ih; }
 
  private:
+  // Stage the source row as fp32 (K, W) first (a transpose for channels_last logits), so the blend
+  // along W gathers from a small L1-resident buffer with 32-bit indices, whatever the logits' layout.
   void fill(float* out, int64_t n, int64_t ih) {
     const T* x = static_cast<const T*>(p_.x) + n * p_.xs_n + ih * p_.xs_h;
-    const int64_t Wo = p_.Wo, sw = p_.xs_w, sk = p_.xs_k;
-    if (sk == 1) {  // channels_last logits: the K values of a source pixel are contiguous
-      for (int64_t wo = 0; wo < Wo; ++wo) {
-        const T* a = x + tw_.i0[wo] * sw;
-        const T* b = x + tw_.i1[wo] * sw;
-        const float l0 = tw_.l0[wo], l1 = tw_.l1[wo];
-        for (int64_t k = 0; k < p_.K; ++k) out[k * Wo + wo] = bilinear_blend(l0, ld(a + k), l1, ld(b + k));
-      }
+    const int64_t Wo = p_.Wo, W = p_.W, sw = p_.xs_w, sk = p_.xs_k;
+    float* __restrict st = stage_.data();
+    if (sk == 1) {
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t k = 0; k < p_.K; ++k) st[k * W + w] = ld(x + w * sw + k);
     } else {
-      for (int64_t k = 0; k < p_.K; ++k) {
-        const T* __restrict xr = x + k * sk;
-        float* __restrict o = out + k * Wo;
-        for (int64_t wo = 0; wo < Wo; ++wo)
-          o[wo] = bilinear_blend(tw_.l0[wo], ld(xr + tw_.i0[wo] * sw), tw_.l1[wo], ld(xr + tw_.i1[wo] * sw));
-      }
+      for (int64_t k = 0; k < p_.K; ++k)
+        for (int64_t w = 0; w < W; ++w) st[k * W + w] = ld(x + k * sk + w * sw);
+    }
+    const int32_t* __restrict i0 = i0_.data();
+    const int32_t* __restrict i1 = i1_.data();
+    const float* __restrict l0 = tw_.l0.data();
+    const float* __restrict l1 = tw_.l1.data();
+    for (int64_t k = 0; k < p_.K; ++k) {
+      const float* __restrict s = st + k * W;
+      float* __restrict o = out + k * Wo;
+      for (int64_t wo = 0; wo < Wo; ++wo) o[wo] = bilinear_blend(l0[wo], s[i0[wo]], l1[wo], s[i1[wo]]);
     }
   }
 
   const UpsampleClassParams& p_;
   const TapTable& tw_;
-  std::vector<float> buf_;
+  std::vector<float> buf_, stage_;
+  std::vector<int32_t> i0_, i1_;  // 32-bit copies of the W taps: 8-wide AVX2 gathers
   int64_t key_[2] = {-1, -1};
   int64_t last_used_ = -1;
 };

@@ -61,17 +61,14 @@ def upsample_concat_reference(
     """
     compute = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
     parts = [
-        F.interpolate(t.to(compute), size=tuple(size), mode="bilinear", align_corners=align_corners)
-        for t in tensors
+        F.interpolate(t.to(compute), size=tuple(size), mode="bilinear", align_corners=align_corners) for t in tensors
     ]
     out = torch.cat(parts, dim=1).to(tensors[0].dtype)
     fmt = torch.channels_last if _is_channels_last(tensors[0]) else torch.contiguous_format
     return out.contiguous(memory_format=fmt)
 
 
-def upsample_argmax_reference(
-    logits: torch.Tensor, size: tuple[int, int], align_corners: bool = False
-) -> torch.Tensor:
+def upsample_argmax_reference(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
     """Labels (N, H, W) int64 of F.interpolate(logits, size, bilinear).argmax(1), resized in fp32."""
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
     up = F.interpolate(logits.to(compute), size=tuple(size), mode="bilinear", align_corners=align_corners)
