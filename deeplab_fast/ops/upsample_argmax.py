@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 
 from deeplab_fast import _ext
-from deeplab_fast.ops._backend import resolve_backend
 from deeplab_fast.ops.reference import upsample_argmax_reference
-from deeplab_fast.ops.upsample_checks import check_align_corners, check_float_4d, check_size
+from deeplab_fast.ops.upsample_checks import check_align_corners, check_float_4d, check_size, choose_backend
 
 
 def upsample_argmax(
@@ -38,7 +37,7 @@ def upsample_argmax(
         raise ValueError(f"logits must have at least one class (K >= 1), got shape {tuple(logits.shape)}")
     size = check_size(size)
     align_corners = check_align_corners(align_corners)
-    chosen = resolve_backend(backend, logits.device, "upsample_argmax")
+    chosen = choose_backend(backend, logits.device, "upsample_argmax")
     logits = logits.detach()
     if chosen == "reference":
         return upsample_argmax_reference(logits, size, align_corners)

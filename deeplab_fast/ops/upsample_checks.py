@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from deeplab_fast.ops._backend import resolve_backend
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_CONCAT_INPUTS = 8
 
@@ -66,3 +68,18 @@ def check_align_corners(align_corners: object) -> bool:
 def is_channels_last(t: torch.Tensor) -> bool:
     """True for a 4-D tensor stored channels_last (and not also plain contiguous)."""
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+@torch.compiler.assume_constant_result
+def _resolve_cached(backend: str, device_type: str, device_index: int, op: str) -> str:
+    return resolve_backend(
+        backend, torch.device(device_type, device_index) if device_index >= 0 else torch.device(device_type), op
+    )
+
+
+def choose_backend(backend: object, device: torch.device, op: str) -> str:
+    """resolve_backend, evaluated once at trace time under torch.compile (it queries the dispatcher,
+    which Dynamo cannot trace into)."""
+    if not isinstance(backend, str):
+        return resolve_backend(backend, device, op)  # raises the ValueError naming the argument
+    return _resolve_cached(backend, device.type, -1 if device.index is None else device.index, op)

@@ -14,11 +14,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from deeplab_fast import _ext
-from deeplab_fast.ops._backend import resolve_backend
 from deeplab_fast.ops.reference import upsample_concat_reference
-from deeplab_fast.ops.upsample_checks import check_align_corners, check_size, check_tensor_list, is_channels_last
+from deeplab_fast.ops.upsample_checks import (
+    check_align_corners,
+    check_size,
+    check_tensor_list,
+    choose_backend,
+    is_channels_last,
+)
 
 
 def upsample_concat(
@@ -41,7 +47,7 @@ def upsample_concat(
     tensors = check_tensor_list(tensors)
     size = check_size(size)
     align_corners = check_align_corners(align_corners)
-    chosen = resolve_backend(backend, tensors[0].device, "upsample_concat")
+    chosen = choose_backend(backend, tensors[0].device, "upsample_concat")
     if chosen == "reference":
         return upsample_concat_reference(tensors, size, align_corners)
     if chosen == "triton":
@@ -66,15 +72,24 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.align_corners = align_corners
 
 
+def _resize_backward(g: torch.Tensor, in_shape: Sequence, size: list, align_corners: bool) -> torch.Tensor:
+    """Gradient of bilinear resize (in_shape -> size) for the output gradient `g`."""
+    if all(isinstance(s, int) for s in in_shape):
+        return torch.ops.aten.upsample_bilinear2d_backward.default(g, size, list(in_shape), align_corners, None, None)
+    # Symbolic shapes (tracing with dynamic sizes): the same VJP through F.interpolate's autograd formula,
+    # since the ATen op rejects lists that mix symbolic and plain ints.
+    x = g.new_zeros(in_shape)
+    _, vjp = torch.func.vjp(lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=align_corners), x)
+    return vjp(g.contiguous())[0]
+
+
 def _backward(ctx, grad_out: torch.Tensor):
     grads = []
     offset = 0
     for shape in ctx.shapes:
         g = grad_out[:, offset : offset + shape[1]]
         offset += shape[1]
-        grads.append(
-            torch.ops.aten.upsample_bilinear2d_backward(g, ctx.size, list(shape), ctx.align_corners, None, None)
-        )
+        grads.append(_resize_backward(g, shape, ctx.size, ctx.align_corners))
     return grads, None, None
 
 

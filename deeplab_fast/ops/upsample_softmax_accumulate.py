@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 
 from deeplab_fast import _ext
-from deeplab_fast.ops._backend import resolve_backend
 from deeplab_fast.ops.reference import upsample_softmax_accumulate_reference
-from deeplab_fast.ops.upsample_checks import check_align_corners, check_float_4d
+from deeplab_fast.ops.upsample_checks import check_align_corners, check_float_4d, choose_backend
 
 
 def _check(logits: object, accum: object, weight: object, flip: object) -> None:
@@ -64,7 +63,7 @@ def upsample_softmax_accumulate(
     """
     _check(logits, accum, weight, flip)
     align_corners = check_align_corners(align_corners)
-    chosen = resolve_backend(backend, logits.device, "upsample_softmax_accumulate")
+    chosen = choose_backend(backend, logits.device, "upsample_softmax_accumulate")
     logits = logits.detach()
     if chosen == "reference":
         with torch.no_grad():

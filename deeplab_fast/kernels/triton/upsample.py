@@ -62,6 +62,19 @@ def _value(base, sh, sw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask):
 
 
 @triton.jit
+def _to_output(v, ptr):
+    # fp32 -> bf16 rounded to nearest even with integer ops: the interpreter's own conversion truncates
+    # (and its round-to-nearest does not carry into the exponent). On a GPU this is a few integer ops.
+    if ptr.dtype.element_ty == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return tl.where(v != v, v.to(tl.bfloat16), rounded)
+    else:
+        return v.to(ptr.dtype.element_ty)
+
+
+@triton.jit
 def _concat_kernel(
     x_ptr,
     y_ptr,
@@ -106,7 +119,7 @@ def _concat_kernel(
     h0, h1, lh0, lh1 = _tap(ho, H, Ho, scale_h, ALIGN)
     w0, w1, lw0, lw1 = _tap(wo, W, Wo, scale_w, ALIGN)
     v = _value(x_ptr + n * sxn + c * sxc, sxh, sxw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask)
-    tl.store(y_ptr + n * syn + (c + c_off) * syc + ho * syh + wo * syw, v.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + n * syn + (c + c_off) * syc + ho * syh + wo * syw, _to_output(v, y_ptr), mask=mask)
 
 
 @triton.jit
@@ -282,7 +295,21 @@ def upsample_softmax_accumulate_triton(
 
 
 def _register() -> None:
-    from deeplab_fast.ops.upsample_concat import register_autograd
+    from deeplab_fast.ops.upsample_concat import fake_output, register_autograd
+
+    # Explicit fake impls: under TRITON_INTERPRET=1 tracing the bodies would run the interpreter on
+    # fake tensors.
+    @upsample_concat_triton.register_fake
+    def _(tensors, size, align_corners):
+        return fake_output(tensors, size)
+
+    @upsample_argmax_triton.register_fake
+    def _(logits, size, align_corners):
+        return logits.new_empty((logits.shape[0], size[0], size[1]), dtype=torch.int64)
+
+    @upsample_softmax_accumulate_triton.register_fake
+    def _(logits, accum, weight, flip, align_corners):
+        return None
 
     register_autograd("deeplab_fast::upsample_concat_triton")
 
