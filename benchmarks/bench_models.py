@@ -73,13 +73,12 @@ class Built:
 
 
 def our_api() -> tuple[Any, str]:
-    """(deeplab_fast module with models/optimize/count_macs, "") or (None, why it is unavailable)."""
+    """(deeplab_fast module with models and optimize, "") or (None, why they are unavailable)."""
     try:
         import deeplab_fast
         from deeplab_fast.models import deeplabv3plus  # noqa: F401
 
         deeplab_fast.optimize  # noqa: B018  (load it now, so a missing module is reported here)
-        deeplab_fast.count_macs  # noqa: B018
     except Exception as exc:  # noqa: BLE001  (any failure means the provider cannot run; say why)
         return None, f"deeplab_fast.models is not available in this checkout ({exc})"
     return deeplab_fast, ""
@@ -216,11 +215,10 @@ def export_onnx(model: torch.nn.Module, batch: int, size: int, path: str) -> Non
 
 def count_macs(model: torch.nn.Module, batch: int, size: tuple[int, int]) -> int | None:
     """Multiply-adds of one forward of `batch` images, with deeplab_fast.count_macs; None if it cannot count."""
-    api, _ = our_api()
-    if api is None:
-        return None
     try:
-        macs = api.count_macs(model, (batch, 3, *size))
+        import deeplab_fast
+
+        macs = deeplab_fast.count_macs(model, (batch, 3, *size))
     except Exception:  # noqa: BLE001  (a peer model it cannot walk: leave the cell blank)
         return None
     if isinstance(macs, dict):
@@ -349,7 +347,8 @@ def run(
         size: input side (size x size; smp rounds down to a multiple of 16). batch: images per forward.
         reps: timed forwards per provider (interleaved); warmup: untimed forwards before (the first one is
             reported as first_call_s: it includes torch.compile's compilation).
-        models: cases of MODELS. providers: subset of PROVIDERS. memory: providers whose memory is measured
+        models: cases of MODELS. providers: which run, each a name of PROVIDERS or "case:provider" (one
+            model only). memory: providers whose memory is measured, named the same way
             (on a CPU each costs a subprocess that builds, and for compiled ones compiles, the model again).
         gemm_gflops: the GEMM peak measured in this run, for pct_gemm. progress: harness.Progress or None.
         work_dir: folder for ONNX exports (a temporary one if None).
@@ -384,12 +383,17 @@ def run(
     return rows
 
 
+def selected(entries: tuple[str, ...], case: str, provider: str) -> bool:
+    """Whether `provider` of model `case` is in `entries` (each a provider name or "case:provider")."""
+    return provider in entries or f"{case}:{provider}" in entries
+
+
 def steps(models: tuple[str, ...], providers: tuple[str, ...], reps: int, warmup: int) -> int:
     """Progress-bar steps that `run` will report for these arguments (an upper bound)."""
     per_case = 0
     for case in models:
-        for p in providers:
-            if PEER_BACKBONE.get(p, case) == case:
+        for p in PROVIDERS:
+            if PEER_BACKBONE.get(p, case) == case and selected(providers, case, p):
                 per_case += 1 + max(warmup, 1) + reps + 1  # build, warm-up, timed calls, memory
     return per_case
 
@@ -397,7 +401,7 @@ def steps(models: tuple[str, ...], providers: tuple[str, ...], reps: int, warmup
 def _run_case(
     case, device, dtype, dname, size, batch, reps, warmup, providers, memory, gemm_gflops, progress, work
 ) -> list[dict[str, Any]]:
-    wanted = [p for p in providers if PEER_BACKBONE.get(p, case) == case]
+    wanted = [p for p in PROVIDERS if PEER_BACKBONE.get(p, case) == case and selected(providers, case, p)]
     rows: dict[str, dict[str, Any]] = {}
     built: dict[str, Built] = {}
     onnx_path = None
@@ -504,7 +508,7 @@ def _run_case(
     # memory after timing, so the subprocesses never overlap a timed call
     for p in list(built):
         row = rows[p]
-        if p not in memory:
+        if not selected(memory, case, p):
             row["mem_method"] = "not measured in this suite"
             progress.update(1)
             continue

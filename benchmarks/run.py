@@ -172,11 +172,16 @@ class Plan:
         providers = list(bench_models.PROVIDERS)
         memory = list(bench_models.PROVIDERS)
         if args.tiny:
-            providers = [p for p in providers if not p.startswith("compile") and p != "torchvision"]
+            # a smoke test: every code path once (one ONNX export, one memory subprocess), nothing twice
+            providers = [
+                p for p in providers if not p.startswith("compile") and p not in ("torchvision", "onnxruntime")
+            ]
+            providers.append("resnet101:onnxruntime")
             self.left_out.append("torch.compile providers (--tiny: compiling takes minutes on a CPU)")
             self.left_out.append("torchvision deeplabv3_resnet101 (--tiny: output stride 8, the slowest peer)")
-            memory = ["optimize"]
-            self.left_out.append("memory of every provider but optimize() (--tiny)")
+            self.left_out.append("onnxruntime for xception65 (--tiny: one ONNX export is enough for a smoke test)")
+            memory = ["resnet101:optimize"]
+            self.left_out.append("memory of every provider but resnet101's optimize() (--tiny)")
         elif not args.full:
             # Quick suite: torchvision's DeepLabV3 at output stride 8 costs several times our model per forward
             # and is no target; each torch.compile of a whole model takes minutes (max-autotune on a GPU too,
