@@ -6,4 +6,8 @@ TORCH_LIBRARY(deeplab_fast, m) {
   m.def(
       "dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, int dilation, "
       "int activation) -> Tensor");
+  // Gradients of dwconv_bn_act for (x, weight, scale, shift), each in its input's dtype and layout.
+  m.def(
+      "dwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
+      "int dilation, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -7,4 +7,5 @@
 
 namespace dlf {
 void dwconv_bn_act_cpu(const DwconvParams& p, c10::ScalarType dtype);
+void dwconv_bn_act_backward_cpu(const DwconvBwdParams& q, c10::ScalarType dtype);
 }  // namespace dlf
