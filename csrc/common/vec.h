@@ -52,55 +52,59 @@ struct Pack<float, 8> {
 template <typename T, typename A, int V>
 struct PackOps {
   using P = Pack<A, V>;
+  // One 8- or 16-byte access per pack on the GPU (the launcher checks the alignment).
+  static constexpr bool kVectorIO = V > 1 && (sizeof(T) * V == 8 || sizeof(T) * V == 16);
   static DLF_HOST_DEVICE DLF_FORCEINLINE P zero() {
     P r;
-DLF_UNROLL
+    DLF_UNROLL
     for (int l = 0; l < V; ++l) r.v[l] = A(0);
     return r;
   }
   // Weights, scale and shift are stored in the accumulation type.
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load_acc(const A* p) {
     P r;
-DLF_UNROLL
+    DLF_UNROLL
     for (int l = 0; l < V; ++l) r.v[l] = p[l];
     return r;
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load(const T* p) {
     P r;
 #if defined(__CUDA_ARCH__)
-    if constexpr (V > 1 && (sizeof(T) * V == 8 || sizeof(T) * V == 16)) {
+    if constexpr (kVectorIO) {
       const Vec<T, V> raw = *reinterpret_cast<const Vec<T, V>*>(p);
-DLF_UNROLL
+      DLF_UNROLL
       for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(raw.v[l]);
-      return r;
-    }
+    } else
 #endif
-DLF_UNROLL
-    for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(p[l]);
+    {
+      DLF_UNROLL
+      for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(p[l]);
+    }
     return r;
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE void store(T* p, const P& a) {
 #if defined(__CUDA_ARCH__)
-    if constexpr (V > 1 && (sizeof(T) * V == 8 || sizeof(T) * V == 16)) {
+    if constexpr (kVectorIO) {
       Vec<T, V> raw;
-DLF_UNROLL
+      DLF_UNROLL
       for (int l = 0; l < V; ++l) raw.v[l] = static_cast<T>(a.v[l]);
       *reinterpret_cast<Vec<T, V>*>(p) = raw;
-      return;
-    }
+    } else
 #endif
-DLF_UNROLL
-    for (int l = 0; l < V; ++l) p[l] = static_cast<T>(a.v[l]);
+    {
+      DLF_UNROLL
+      for (int l = 0; l < V; ++l) p[l] = static_cast<T>(a.v[l]);
+    }
   }
   // acc += x * w
   static DLF_HOST_DEVICE DLF_FORCEINLINE void fma(P& acc, const P& x, const P& w) {
-DLF_UNROLL
+    DLF_UNROLL
     for (int l = 0; l < V; ++l) acc.v[l] += x.v[l] * w.v[l];
   }
   // act(acc * s + b)
   static DLF_HOST_DEVICE DLF_FORCEINLINE P epilogue(const P& acc, const P& s, const P& b, int act) {
     P r;
-DLF_UNROLL
+    DLF_UNROLL
     for (int l = 0; l < V; ++l) r.v[l] = apply_activation(acc.v[l] * s.v[l] + b.v[l], act);
     return r;
   }

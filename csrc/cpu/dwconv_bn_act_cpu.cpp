@@ -18,9 +18,12 @@ namespace {
 // About this many output elements per parallel chunk: large enough to hide the scheduling cost,
 // small enough to balance two to a few dozen threads on one DeepLab feature map.
 constexpr int64_t kChunkOutputs = 16384;
-// Channels per channels_last work item: the weight slice (K*K x 256 floats, 9 KiB at k = 3) stays in L1
-// while the item walks a row of pixels.
-constexpr int64_t kChannelBlock = 256;
+// Channels per channels_last work item. All of them: a pixel's channels are contiguous, and splitting them
+// into blocks makes every tap a short strided access, which thrashes L1/L2 sets when C * 4 bytes is a
+// multiple of 4 KiB (C = 256, 2048: measured 2-4x slower).
+constexpr int64_t kChannelBlock = int64_t{1} << 40;
+// AVX2 packs in flight per channels_last step: independent FMA chains hide the FMA latency.
+constexpr int kPacksPerStep = 4;
 // Outputs per NCHW work item (the body's accumulator row).
 constexpr int kRowTile = 64;
 
@@ -28,22 +31,27 @@ int64_t grain_for(int64_t outputs_per_item) {
   return std::max<int64_t>(1, kChunkOutputs / std::max<int64_t>(1, outputs_per_item));
 }
 
-template <typename T>
+template <typename T, int KT>
 void forward_nhwc(const DwconvParams& p) {
   constexpr int V = HostLanes<T>::value;
+  TORCH_CHECK(p.w_block == V * kPacksPerStep, "dwconv_bn_act: weight blocked by ", p.w_block, ", expected ",
+              V * kPacksPerStep);
   const int64_t blocks = (p.C + kChannelBlock - 1) / kChannelBlock;
   const int64_t items = p.N * p.Ho * blocks;
   at::parallel_for(0, items, grain_for(p.Wo * std::min(p.C, kChannelBlock)), [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
-      const int64_t blk = it % blocks, row = it / blocks;
+      // ho runs fastest: consecutive items of one channel block share input rows (reuse in L1/L2).
+      const int64_t ho = it % p.Ho, r = it / p.Ho;
+      const int64_t blk = r % blocks, n = r / blocks;
       const int64_t c0 = blk * kChannelBlock, c1 = std::min(p.C, c0 + kChannelBlock);
-      dwconv_fwd_nhwc_body<T, V>(p, row / p.Ho, row % p.Ho, 0, p.Wo, c0, c1);
+      dwconv_fwd_nhwc_body<T, V, KT, kPacksPerStep>(p, n, ho, 0, p.Wo, c0, c1);
     }
   });
 }
 
 template <typename T, int S>
 void forward_nchw(const DwconvParams& p) {
+  TORCH_CHECK(p.w_block == 1, "dwconv_bn_act: NCHW expects an unblocked weight");
   const int64_t tiles = (p.Wo + kRowTile - 1) / kRowTile;
   const int64_t items = p.N * p.C * p.Ho * tiles;
   at::parallel_for(0, items, grain_for(std::min<int64_t>(p.Wo, kRowTile)), [&](int64_t begin, int64_t end) {
@@ -59,7 +67,14 @@ void forward_nchw(const DwconvParams& p) {
 
 template <typename T>
 void forward(const DwconvParams& p) {
-  if (p.channels_last) return forward_nhwc<T>(p);
+  if (p.channels_last) {
+    switch (p.K) {
+      case 3: return forward_nhwc<T, 3>(p);
+      case 5: return forward_nhwc<T, 5>(p);
+      case 7: return forward_nhwc<T, 7>(p);
+      default: return forward_nhwc<T, 0>(p);
+    }
+  }
   if (p.stride == 1) return forward_nchw<T, 1>(p);
   return forward_nchw<T, 2>(p);
 }
@@ -89,6 +104,11 @@ void backward(const DwconvBwdParams& q) {
 }
 
 }  // namespace
+
+int64_t dwconv_bn_act_cpu_weight_block(c10::ScalarType dtype) {
+  return dtype == c10::ScalarType::Double ? HostLanes<double>::value * kPacksPerStep
+                                          : HostLanes<float>::value * kPacksPerStep;
+}
 
 void dwconv_bn_act_cpu(const DwconvParams& p, c10::ScalarType dtype) {
   switch (dtype) {

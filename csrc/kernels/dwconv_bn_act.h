@@ -19,8 +19,9 @@
 namespace dlf {
 
 // Forward parameters. x and y are contiguous in their memory format (NCHW: w-stride 1; channels_last:
-// c-stride 1); strides are in elements, (n, c, h, w) order. w, scale, shift are in the accumulation type:
-// the weight as (C, K*K) for NCHW and (K*K, C) for channels_last, addressed through w_c and w_t.
+// c-stride 1); strides are in elements, (n, c, h, w) order. w, scale, shift are in the accumulation type.
+// The weight is blocked by w_block channels: tap t of channel c is at weight_offset(c, t), so the K*K taps
+// of a pack of channels lie together (w_block = 1 is the plain (C, K*K) layout).
 struct DwconvParams {
   const void* x;
   const void* w;
@@ -30,11 +31,16 @@ struct DwconvParams {
   int64_t N, C, H, W, Ho, Wo;
   int64_t xs_n, xs_c, xs_h, xs_w;
   int64_t ys_n, ys_c, ys_h, ys_w;
-  int64_t w_c, w_t;
+  int64_t w_block;
   int64_t dilation, pad;  // 64-bit: any dilation is legal, even one far beyond the image
   int K, stride, act;
   bool channels_last;
 };
+
+// Offset of the first tap of channel c in the blocked weight; taps follow at a step of w_block.
+DLF_HOST_DEVICE DLF_FORCEINLINE int64_t weight_offset(const DwconvParams& p, int64_t c) {
+  return (c / p.w_block) * p.K * p.K * p.w_block + c % p.w_block;
+}
 
 // Taps t in [0, K) with 0 <= base + t * d < size form one interval; return it as [lo, hi) by comparing
 // positions only (K <= 7 compares; no memory access, no division).
@@ -54,29 +60,55 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void valid_outputs(int64_t off, int64_t size, in
   b = b < hi ? b : hi;
 }
 
-// One pack of V channels [c, c + V) of one channels_last output pixel; xp points at x[n, 0, 0, 0].
-template <typename T, int V>
+// U packs of V channels [c, c + U * V) of one channels_last output pixel; xp points at x[n, 0, 0, 0].
+// U independent accumulators hide the FMA latency on the host (the GPU uses U = 1 and many threads).
+// KT > 0 is the kernel size known at compile time: the tap loops unroll completely and the valid-range
+// tests become per-pixel predicates (no loop counters live across the FMAs; on the GPU no local arrays).
+// KT == 0 is any odd k at run time.
+template <typename T, int V, int KT, int U>
 DLF_HOST_DEVICE DLF_FORCEINLINE void nhwc_pack(const DwconvParams& p, const T* xp, T* yp, int64_t c, int64_t h0,
                                                int64_t w0, int i_lo, int i_hi, int j_lo, int j_hi) {
   using A = acc_t<T>;
   using Ops = PackOps<T, A, V>;
-  const A* w = static_cast<const A*>(p.w) + c;
-  auto acc = Ops::zero();
-  for (int i = i_lo; i < i_hi; ++i) {
-    const T* xr = xp + (h0 + i * p.dilation) * p.xs_h + c;
-    const A* wr = w + static_cast<int64_t>(i) * p.K * p.w_t;
-    for (int j = j_lo; j < j_hi; ++j) {
-      Ops::fma(acc, Ops::load(xr + (w0 + j * p.dilation) * p.xs_w), Ops::load_acc(wr + j * p.w_t));
+  const int K = KT > 0 ? KT : p.K;
+  const int64_t w_t = p.w_block;
+  const A* w = static_cast<const A*>(p.w) + weight_offset(p, c);
+  const T* xc = xp + h0 * p.xs_h + w0 * p.xs_w + c;
+  const int64_t dh = p.dilation * p.xs_h, dw = p.dilation * p.xs_w;
+  typename Ops::P acc[U];
+  DLF_UNROLL
+  for (int u = 0; u < U; ++u) acc[u] = Ops::zero();
+  auto tap = [&](int i, int j) {
+    const T* xt = xc + i * dh + j * dw;
+    const A* wt = w + (i * K + j) * w_t;
+    DLF_UNROLL
+    for (int u = 0; u < U; ++u) Ops::fma(acc[u], Ops::load(xt + u * V), Ops::load_acc(wt + u * V));
+  };
+  if constexpr (KT > 0) {
+    DLF_UNROLL
+    for (int i = 0; i < KT; ++i) {
+      if (i < i_lo || i >= i_hi) continue;
+      DLF_UNROLL
+      for (int j = 0; j < KT; ++j) {
+        if (j < j_lo || j >= j_hi) continue;
+        tap(i, j);
+      }
     }
+  } else {
+    for (int i = i_lo; i < i_hi; ++i)
+      for (int j = j_lo; j < j_hi; ++j) tap(i, j);
   }
-  const auto s = Ops::load_acc(static_cast<const A*>(p.scale) + c);
-  const auto b = Ops::load_acc(static_cast<const A*>(p.shift) + c);
-  Ops::store(yp + c, Ops::epilogue(acc, s, b, p.act));
+  const A* sc = static_cast<const A*>(p.scale) + c;
+  const A* sh = static_cast<const A*>(p.shift) + c;
+  DLF_UNROLL
+  for (int u = 0; u < U; ++u) {
+    Ops::store(yp + c + u * V, Ops::epilogue(acc[u], Ops::load_acc(sc + u * V), Ops::load_acc(sh + u * V), p.act));
+  }
 }
 
 // channels_last forward: outputs (n, ho, wo in [wo_begin, wo_end), c in [c_begin, c_end)). Channels go
-// in packs of V; a tail shorter than V runs the same code with V = 1.
-template <typename T, int V>
+// in groups of U packs of V, then single packs; a tail shorter than V runs the same code with V = 1.
+template <typename T, int V, int KT, int U>
 DLF_HOST_DEVICE DLF_FORCEINLINE void dwconv_fwd_nhwc_body(const DwconvParams& p, int64_t n, int64_t ho,
                                                           int64_t wo_begin, int64_t wo_end, int64_t c_begin,
                                                           int64_t c_end) {
@@ -90,8 +122,11 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void dwconv_fwd_nhwc_body(const DwconvParams& p,
     valid_taps(w0, p.dilation, p.W, p.K, j_lo, j_hi);
     T* yp = static_cast<T*>(p.y) + n * p.ys_n + ho * p.ys_h + wo * p.ys_w;
     int64_t c = c_begin;
-    for (; c + V <= c_end; c += V) nhwc_pack<T, V>(p, xp, yp, c, h0, w0, i_lo, i_hi, j_lo, j_hi);
-    for (; c < c_end; ++c) nhwc_pack<T, 1>(p, xp, yp, c, h0, w0, i_lo, i_hi, j_lo, j_hi);
+    if constexpr (U > 1) {
+      for (; c + U * V <= c_end; c += U * V) nhwc_pack<T, V, KT, U>(p, xp, yp, c, h0, w0, i_lo, i_hi, j_lo, j_hi);
+    }
+    for (; c + V <= c_end; c += V) nhwc_pack<T, V, KT, 1>(p, xp, yp, c, h0, w0, i_lo, i_hi, j_lo, j_hi);
+    for (; c < c_end; ++c) nhwc_pack<T, 1, KT, 1>(p, xp, yp, c, h0, w0, i_lo, i_hi, j_lo, j_hi);
   }
 }
 
@@ -107,7 +142,7 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void dwconv_fwd_nchw_body(const DwconvParams& p,
   DLF_UNROLL
   for (int t = 0; t < TW; ++t) acc[t] = A(0);
   const T* xc = static_cast<const T*>(p.x) + n * p.xs_n + c * p.xs_c;
-  const A* w = static_cast<const A*>(p.w) + c * p.w_c;
+  const A* w = static_cast<const A*>(p.w) + weight_offset(p, c);
   const int64_t h0 = ho * S - p.pad;
   int i_lo, i_hi;
   valid_taps(h0, p.dilation, p.H, p.K, i_lo, i_hi);
@@ -117,7 +152,7 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void dwconv_fwd_nchw_body(const DwconvParams& p,
       const int64_t off = j * p.dilation - p.pad;
       int64_t a = wo0, b = wo1;
       valid_outputs<S>(off, p.W, a, b);
-      const A wv = w[(i * p.K + j) * p.w_t];
+      const A wv = w[(i * p.K + j) * p.w_block];
       const T* xo = xr + off + wo0 * S;
       for (int64_t t = a - wo0; t < b - wo0; ++t) acc[t] += static_cast<A>(xo[t * S]) * wv;
     }
@@ -171,7 +206,7 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void dwconv_bwd_gpre_body(const DwconvBwdParams&
   int64_t n, c, ho, wo;
   decode_index(idx, p.C, p.Ho, p.Wo, p.channels_last, n, c, ho, wo);
   const T* xc = static_cast<const T*>(p.x) + n * p.xs_n + c * p.xs_c;
-  const A* w = static_cast<const A*>(p.w) + c * p.w_c;
+  const A* w = static_cast<const A*>(p.w) + weight_offset(p, c);
   const int64_t h0 = ho * p.stride - p.pad, w0 = wo * p.stride - p.pad;
   int i_lo, i_hi, j_lo, j_hi;
   valid_taps(h0, p.dilation, p.H, p.K, i_lo, i_hi);
@@ -180,7 +215,7 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void dwconv_bwd_gpre_body(const DwconvBwdParams&
   for (int i = i_lo; i < i_hi; ++i) {
     const T* xr = xc + (h0 + i * p.dilation) * p.xs_h;
     for (int j = j_lo; j < j_hi; ++j) {
-      conv += static_cast<A>(xr[(w0 + j * p.dilation) * p.xs_w]) * w[(i * p.K + j) * p.w_t];
+      conv += static_cast<A>(xr[(w0 + j * p.dilation) * p.xs_w]) * w[(i * p.K + j) * p.w_block];
     }
   }
   const A z = conv * static_cast<const A*>(p.scale)[c] + static_cast<const A*>(p.shift)[c];
@@ -198,7 +233,7 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void dwconv_bwd_dx_body(const DwconvBwdParams& q
   int64_t n, c, h, w;
   decode_index(idx, p.C, p.H, p.W, p.channels_last, n, c, h, w);
   const A* g = static_cast<const A*>(q.gpre) + n * p.ys_n + c * p.ys_c;
-  const A* wc = static_cast<const A*>(p.w) + c * p.w_c;
+  const A* wc = static_cast<const A*>(p.w) + weight_offset(p, c);
   A acc = A(0);
   for (int i = 0; i < p.K; ++i) {
     const int64_t th = h + p.pad - i * p.dilation;
@@ -209,7 +244,7 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void dwconv_bwd_dx_body(const DwconvBwdParams& q
       const int64_t tw = w + p.pad - j * p.dilation;
       if (tw < 0) break;
       if (tw % p.stride != 0 || tw / p.stride >= p.Wo) continue;
-      acc += gr[(tw / p.stride) * p.ys_w] * wc[(i * p.K + j) * p.w_t];
+      acc += gr[(tw / p.stride) * p.ys_w] * wc[(i * p.K + j) * p.w_block];
     }
   }
   static_cast<T*>(q.gx)[n * p.xs_n + c * p.xs_c + h * p.xs_h + w * p.xs_w] =

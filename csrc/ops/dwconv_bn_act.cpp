@@ -55,9 +55,19 @@ int64_t out_size(int64_t size, int64_t K, int64_t stride, int64_t dilation) {
 
 at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-// Fill the layout-independent part of the parameters. The weight tensor must already be in the
-// accumulation dtype and in the layout the body wants ((C, K*K) or (K*K, C)).
-DwconvParams make_params(const at::Tensor& x, const at::Tensor& w, bool w_taps_major, const at::Tensor& s,
+// Weight (C, 1, K, K) in the accumulation dtype, blocked by `block` channels: (ceil(C / block), K*K, block),
+// zero-padded; see weight_offset() in csrc/kernels/dwconv_bn_act.h.
+at::Tensor blocked_weight(const at::Tensor& weight, at::ScalarType acc, int64_t block) {
+  const int64_t C = weight.size(0), KK = weight.size(2) * weight.size(3);
+  at::Tensor w = weight.to(acc).reshape({C, KK});
+  if (block == 1) return w.contiguous();
+  const int64_t Cp = (C + block - 1) / block * block;
+  if (Cp != C) w = at::constant_pad_nd(w, {0, 0, 0, Cp - C});
+  return w.view({Cp / block, block, KK}).permute({0, 2, 1}).contiguous();
+}
+
+// Fill the layout-independent part of the parameters.
+DwconvParams make_params(const at::Tensor& x, const at::Tensor& w, int64_t w_block, const at::Tensor& s,
                          const at::Tensor& b, int64_t Ho, int64_t Wo, int64_t K, int64_t stride, int64_t dilation,
                          int64_t activation, bool channels_last) {
   DwconvParams p{};
@@ -67,8 +77,7 @@ DwconvParams make_params(const at::Tensor& x, const at::Tensor& w, bool w_taps_m
   p.shift = b.data_ptr();
   p.N = x.size(0), p.C = x.size(1), p.H = x.size(2), p.W = x.size(3), p.Ho = Ho, p.Wo = Wo;
   p.xs_n = x.stride(0), p.xs_c = x.stride(1), p.xs_h = x.stride(2), p.xs_w = x.stride(3);
-  p.w_c = w_taps_major ? 1 : K * K;
-  p.w_t = w_taps_major ? x.size(1) : 1;
+  p.w_block = w_block;
   p.K = static_cast<int>(K), p.stride = static_cast<int>(stride), p.act = static_cast<int>(activation);
   p.dilation = dilation, p.pad = dilation * (K - 1) / 2;
   p.channels_last = channels_last;
@@ -92,12 +101,18 @@ at::Tensor dwconv_bn_act(const at::Tensor& x_in, const at::Tensor& weight, const
   at::Tensor y = at::empty({N, C, Ho, Wo}, x.options().memory_format(fmt));
   if (y.numel() == 0) return y;
   const auto acc = acc_dtype(x);
-  at::Tensor w = weight.to(acc).reshape({C, K * K});
-  // channels_last reads one pack of channels per tap: store the taps major so the pack is contiguous.
-  w = channels_last ? w.t().contiguous() : w.contiguous();
+  // channels_last reads packs of channels per tap: block the weight so a pack's taps lie together.
+  int64_t w_block = 1;
+  if (channels_last) {
+#ifdef DLF_WITH_CUDA
+    if (x.is_cuda()) w_block = dwconv_bn_act_cuda_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
+#endif
+    if (!x.is_cuda()) w_block = dwconv_bn_act_cpu_weight_block(x.scalar_type());
+  }
+  const at::Tensor w = blocked_weight(weight, acc, w_block);
   const at::Tensor s = scale.to(acc).contiguous();
   const at::Tensor b = shift.to(acc).contiguous();
-  DwconvParams p = make_params(x, w, channels_last, s, b, Ho, Wo, K, stride, dilation, activation, channels_last);
+  DwconvParams p = make_params(x, w, w_block, s, b, Ho, Wo, K, stride, dilation, activation, channels_last);
   p.y = y.data_ptr();
   set_out_strides(p, y);
 
@@ -133,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   if (go.numel() == 0 || x.numel() == 0) {
     return {gx.zero_(), at::zeros_like(weight), at::zeros_like(scale), at::zeros_like(shift)};
   }
-  const at::Tensor w = weight.to(acc).reshape({C, K * K}).contiguous();
+  const at::Tensor w = blocked_weight(weight, acc, 1);
   const at::Tensor s = scale.to(acc).contiguous();
   const at::Tensor b = shift.to(acc).contiguous();
   at::Tensor gpre = at::empty(go.sizes(), go.options().dtype(acc).memory_format(fmt));
@@ -141,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   at::Tensor gparams = at::empty({C, K * K + 2}, w.options());
 
   DwconvBwdParams q{};
-  q.f = make_params(x, w, false, s, b, Ho, Wo, K, stride, dilation, activation, channels_last);
+  q.f = make_params(x, w, 1, s, b, Ho, Wo, K, stride, dilation, activation, channels_last);
   set_out_strides(q.f, go);
   q.go = go.data_ptr();
   q.gpre = gpre.data_ptr();
