@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from deeplab_fast import _ext
-from deeplab_fast.ops._backend import resolve_backend
+from deeplab_fast.ops._backend import BACKENDS, resolve_backend
 from deeplab_fast.ops.reference import ACTIVATIONS, dwconv_bn_act_reference
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -68,8 +68,27 @@ def _check_inputs(
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
 
 
+def _resolve_or_error(backend: str, device: torch.device) -> str | Exception:
+    try:
+        return resolve_backend(backend, device, "dwconv_bn_act")
+    except (ValueError, RuntimeError) as exc:
+        return exc
+
+
+# Backend choices per (backend, device type), resolved at import for torch.compile: the dispatcher query
+# behind resolve_backend returns a bool that Dynamo cannot trace, a dict lookup it can.
+_RESOLVED_FOR_COMPILE = {
+    (name, dev): _resolve_or_error(name, torch.device(dev)) for name in BACKENDS for dev in ("cpu", "cuda")
+}
+
+
 def _choose_backend(backend: str, x: torch.Tensor) -> str:
-    chosen = resolve_backend(backend, x.device, "dwconv_bn_act")
+    if torch.compiler.is_compiling() and (backend, x.device.type) in _RESOLVED_FOR_COMPILE:
+        chosen = _RESOLVED_FOR_COMPILE[(backend, x.device.type)]
+        if isinstance(chosen, Exception):
+            raise chosen
+    else:
+        chosen = resolve_backend(backend, x.device, "dwconv_bn_act")
     if x.dtype == torch.float64 and chosen in ("cuda", "triton") and x.device.type == "cuda":
         if backend == "auto":
             return "reference"  # the CUDA kernels are fp32/fp16/bf16 only; float64 is a checking dtype
