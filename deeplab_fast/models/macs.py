@@ -48,10 +48,14 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int, int] = (1, 3, 
         if isinstance(m, (nn.Conv2d, nn.Linear, FusedConv, FusedDWConv))
     ]
     meta = {k: torch.empty_like(v, device="meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # a batch of 1 through the image-pool BN would fail in training mode
     try:
         with torch.no_grad():
             functional_call(model, meta, (torch.empty(tuple(input_size), device="meta"),))
     finally:
         for h in handles:
             h.remove()
+        for m, mode in modes.items():
+            m.training = mode
     return int(total)
