@@ -10,7 +10,7 @@ from torch import nn
 class TinySeg(nn.Module):
     """conv-BN-ReLU encoder at stride 4 + 1x1 classifier, bilinearly upsampled to the input size."""
 
-    def __init__(self, num_classes: int = 3, width: int = 8, align_corners: bool = False) -> None:
+    def __init__(self, num_classes: int = 3, width: int = 8, align_corners: bool = False, dropout: float = 0.1) -> None:
         super().__init__()
         self.align_corners = align_corners
         self.features = nn.Sequential(
@@ -23,7 +23,7 @@ class TinySeg(nn.Module):
             nn.Conv2d(2 * width, 2 * width, 3, padding=2, dilation=2, bias=False),
             nn.BatchNorm2d(2 * width),
             nn.ReLU(inplace=True),
-            nn.Dropout2d(0.1),
+            nn.Dropout2d(dropout),
         )
         self.classifier = nn.Conv2d(2 * width, num_classes, 1)
 
@@ -32,6 +32,7 @@ class TinySeg(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
-def tiny_seg(num_classes: int = 3, align_corners: bool = False, width: int = 8, **_: object) -> TinySeg:
+def tiny_seg(num_classes: int = 3, align_corners: bool = False, width: int = 8, dropout: float = 0.1, **_: object
+             ) -> TinySeg:  # fmt: skip
     """Factory with deeplabv3plus's keyword arguments (backbone, output_stride, ... are ignored)."""
-    return TinySeg(num_classes=num_classes, width=width, align_corners=align_corners)
+    return TinySeg(num_classes=num_classes, width=width, align_corners=align_corners, dropout=dropout)

@@ -2,7 +2,7 @@
 
 from deeplab_fast.training.checkpoint import CheckpointError, load_model_state
 from deeplab_fast.training.config import Config, ConfigError, config_from_dict, load_config
-from deeplab_fast.training.distributed import SyncBatchNorm, convert_sync_batchnorm, init_distributed
+from deeplab_fast.training.distributed import CPUSyncBatchNorm, convert_sync_batchnorm, init_distributed
 from deeplab_fast.training.evaluate import evaluate, predict_batch
 from deeplab_fast.training.schedule import PolyLR
 from deeplab_fast.training.trainer import Trainer
@@ -15,7 +15,7 @@ __all__ = [
     "load_config",
     "CheckpointError",
     "load_model_state",
-    "SyncBatchNorm",
+    "CPUSyncBatchNorm",
     "convert_sync_batchnorm",
     "init_distributed",
     "evaluate",

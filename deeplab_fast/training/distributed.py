@@ -1,9 +1,9 @@
-"""torch.distributed setup for torchrun launches, and a SyncBatchNorm that also runs on CPU (gloo).
+"""torch.distributed setup for torchrun launches, and synchronized BatchNorm on GPUs and CPUs.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; init_distributed reads them through
-torch.distributed.init_process_group("env://"). torch's own nn.SyncBatchNorm only runs on GPUs, so
-SyncBatchNorm below keeps it for GPU tensors and, for CPU tensors, computes the global batch statistics with
-differentiable all-reduces (torch.distributed.nn.functional.all_reduce), which give the same gradients.
+torch.distributed.init_process_group("env://"). torch's own nn.SyncBatchNorm only runs on GPUs, so on CPU
+(gloo) CPUSyncBatchNorm computes the global batch statistics with differentiable all-reduces
+(torch.distributed.nn.functional.all_reduce), which give the same gradients.
 """
 
 from __future__ import annotations
@@ -56,12 +56,22 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """nn.SyncBatchNorm that also synchronizes CPU tensors (gloo): batch statistics over all ranks in training,
-    plain BatchNorm in eval or outside a process group. Input (N, C, ...) float; output same shape and dtype."""
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are taken over the whole batch of all ranks, for CPU tensors (gloo),
+    where torch's nn.SyncBatchNorm does not run (and DistributedDataParallel refuses it). Plain BatchNorm in eval
+    mode or outside a process group. Input (N, C, ...) float; output the same shape and dtype."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group: dist.ProcessGroup | None = None) -> None:  # fmt: skip
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"CPUSyncBatchNorm expects input (N, C, ...), got {input.dim()}D")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.device.type != "cpu" or not (self.training and dist.is_available() and dist.is_initialized()):
+        if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(input)
         group = self.process_group or dist.group.WORLD
         if dist.get_world_size(group) == 1:
@@ -72,7 +82,9 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         shape = [1, c] + [1] * (input.dim() - 2)
         x = input.float()
         count = torch.full((1,), x.numel() // c, dtype=torch.float32)
-        # two passes (mean, then centered sum of squares): stabler than E[x^2] - E[x]^2
+        # Differentiable all-reduces: their backward sums the gradients of every rank's loss w.r.t. the shared
+        # statistics, which is what nn.SyncBatchNorm's backward computes. Two passes (mean, then centered sum of
+        # squares) are stabler than E[x^2] - E[x]^2.
         totals = dist_fn.all_reduce(torch.cat([x.sum(dims), count]), group=group)
         n = totals[c]
         mean = totals[:c] / n
@@ -91,22 +103,25 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return y.to(input.dtype)
 
 
-def convert_sync_batchnorm(module: nn.Module, process_group: dist.ProcessGroup | None = None) -> nn.Module:
-    """Replace every BatchNorm{1,2,3}d in `module` by SyncBatchNorm with the same parameters and buffers."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
-        sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                             module.track_running_stats, process_group)  # fmt: skip
+def convert_sync_batchnorm(module: nn.Module, device: torch.device | str = "cpu",
+                           process_group: dist.ProcessGroup | None = None) -> nn.Module:  # fmt: skip
+    """Replace every BatchNorm in `module` by a synchronized one sharing its parameters and buffers: torch's
+    nn.SyncBatchNorm for GPU training, CPUSyncBatchNorm for CPU training."""
+    if torch.device(device).type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        sync = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats, process_group)  # fmt: skip
         if module.affine:
-            with torch.no_grad():
-                sync.weight = module.weight
-                sync.bias = module.bias
+            sync.weight = module.weight
+            sync.bias = module.bias
         sync.running_mean = module.running_mean
         sync.running_var = module.running_var
         sync.num_batches_tracked = module.num_batches_tracked
         sync.train(module.training)
         return sync
     for name, child in module.named_children():
-        new = convert_sync_batchnorm(child, process_group)
+        new = convert_sync_batchnorm(child, device, process_group)
         if new is not child:
             setattr(module, name, new)
     return module

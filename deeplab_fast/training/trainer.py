@@ -101,7 +101,7 @@ class Trainer:
             for bn in _batchnorms(self.model):
                 bn.requires_grad_(False)
         elif self.dist.distributed:
-            self.model = convert_sync_batchnorm(self.model)
+            self.model = convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
