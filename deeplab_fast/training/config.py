@@ -52,8 +52,8 @@ class DataConfig:
     train_masks: str | None = None
     val_images: str | None = None
     val_masks: str | None = None
-    crop_size: int = 513
-    eval_crop_size: int | None = 513  # evaluation pads to this size (never resizes); None = no padding
+    crop_size: int | list = 513  # an int or [height, width]
+    eval_crop_size: int | list | None = 513  # evaluation pads to this size (never resizes); None = no padding
     scale_range: list = field(default_factory=lambda: [0.5, 2.0])
     flip: bool = True
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -125,10 +125,16 @@ class Config:
             "train.log_every": self.train.log_every,
             "train.checkpoint_every": self.train.checkpoint_every,
             "train.keep_last": self.train.keep_last,
-            "data.crop_size": self.data.crop_size,
             "eval.batch_size": self.eval.batch_size,
         }
         problems += [f"{k} must be >= 1, got {v}" for k, v in positive.items() if v < 1]
+        for key in ("crop_size", "eval_crop_size"):
+            v = getattr(self.data, key)
+            sizes = [] if v is None else [v] if isinstance(v, int) else v
+            if len(sizes) not in ((0, 1) if not isinstance(v, list) else (2,)) or any(
+                not isinstance(x, int) or x < 1 for x in sizes
+            ):
+                problems.append(f"data.{key} must be a positive int or [height, width], got {v!r}")
         if len(self.data.scale_range) != 2:
             problems.append(f"data.scale_range must be [low, high], got {self.data.scale_range}")
         if not self.eval.scales or any(float(s) <= 0 for s in self.eval.scales):

@@ -237,13 +237,18 @@ class Trainer:
 
     def train_step(self) -> float:
         """One optimizer step over train.batch_size images (all ranks and accumulation steps); returns the mean
-        loss per labelled pixel, averaged over the micro-batches (the same on every rank)."""
+        cross-entropy per labelled pixel of the whole step (the same on every rank)."""
         t = self.config.train
         self._train_mode()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), dtype=torch.float64)
-        for i in range(t.grad_accum):
-            images, masks = self._next_batch()
+        batches = [self._next_batch() for _ in range(t.grad_accum)]
+        # Normalize by the labelled pixels of the whole step (all micro-batches, all ranks): then DDP's gradient
+        # average and gradient accumulation both equal the mean loss of one big batch, even when ranks or
+        # micro-batches hold different numbers of ignored pixels.
+        labelled = sum(int((m != IGNORE_INDEX).sum()) for _, m in batches)
+        count = all_reduce_sum(torch.tensor(float(labelled), device=self.device)) / self.dist.world_size
+        for i, (images, masks) in enumerate(batches):
             images = images.to(self.device, non_blocking=True)
             masks = masks.to(self.device, non_blocking=True)
             if t.channels_last:
@@ -254,10 +259,7 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     logits = self.ddp(images)
                 loss_sum = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
-                # Normalize by the labelled pixels of the whole (global) micro-batch, so that DDP's gradient
-                # average equals the single-process mean even when ranks see different numbers of ignored pixels.
-                count = all_reduce_sum((masks != IGNORE_INDEX).sum().to(torch.float32)) / self.dist.world_size
-                loss = loss_sum / count.clamp(min=1.0) / t.grad_accum
+                loss = loss_sum / count.clamp(min=1.0)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
