@@ -42,11 +42,14 @@ class ConfusionMatrix:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch. pred, target: integer tensors of the same shape (e.g. (N, H, W)); pred in [0, K)."""
         if pred.shape != target.shape:
-            raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and "
-                             f"{tuple(target.shape)}")  # fmt: skip
+            raise ValueError(
+                f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
         if pred.is_floating_point() or target.is_floating_point():
-            raise TypeError(f"pred and target must be integer tensors (class indices), got {pred.dtype} and "
-                            f"{target.dtype}; take argmax over the class dimension first")  # fmt: skip
+            raise TypeError(
+                f"pred and target must be integer tensors (class indices), got {pred.dtype} and "
+                f"{target.dtype}; take argmax over the class dimension first"
+            )
         k = self.num_classes
         if self.matrix.device != target.device:
             self.matrix = self.matrix.to(target.device)
@@ -55,8 +58,9 @@ class ConfusionMatrix:
         valid = target != self.ignore_index
         pred, target = pred[valid], target[valid]
         if target.numel() and (int(target.min()) < 0 or int(target.max()) >= k):
-            raise ValueError(f"target has class indices outside 0..{k - 1} that are not the ignore label "
-                             f"{self.ignore_index}")  # fmt: skip
+            raise ValueError(
+                f"target has class indices outside 0..{k - 1} that are not the ignore label {self.ignore_index}"
+            )
         if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= k):
             raise ValueError(f"pred has class indices outside 0..{k - 1}")
         self.matrix += torch.bincount(target * k + pred, minlength=k * k).view(k, k)

@@ -77,15 +77,21 @@ def test_voc_missing_folders_name_path_and_layout(tmp_path):
 def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
     ids = np.array([[7, 8, 26, 33], [0, 1, 255 - 222, 24]], dtype=np.uint8)  # 33 = bicycle, 0/1 = void
     for split in ("train", "val"):
-        _write_pair(tmp_path / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png",
-                    tmp_path / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", ids)  # fmt: skip
+        _write_pair(
+            tmp_path / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png",
+            tmp_path / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png",
+            ids,
+        )
     ds = Cityscapes(tmp_path, "val")
     _, mask = ds[0]
     assert mask.tolist() == [[0, 1, 13, 18], [255, 255, 18, 11]]
     bad = ids.copy()
     bad[0, 0] = 40
-    _write_pair(tmp_path / "leftImg8bit" / "train" / "aachen" / "aachen_000000_000019_leftImg8bit.png",
-                tmp_path / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", bad)  # fmt: skip
+    _write_pair(
+        tmp_path / "leftImg8bit" / "train" / "aachen" / "aachen_000000_000019_leftImg8bit.png",
+        tmp_path / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png",
+        bad,
+    )
     with pytest.raises(ValueError, match=r"aachen_000000_000019_gtFine_labelIds\.png.*\[40\]"):
         Cityscapes(tmp_path, "train")[0]
     with pytest.raises(FileNotFoundError, match=r"leftImg8bit.*\n.*gtFine"):

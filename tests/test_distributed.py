@@ -21,19 +21,43 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 def _config(out: Path) -> dict:
     return {
         "model": {"factory": "tiny_model:tiny_seg", "num_classes": 3, "options": {"dropout": 0.0}},
-        "data": {"dataset": "synthetic", "crop_size": 32, "num_workers": 0,
-                 "synthetic": {"train_length": 16, "val_length": 4, "size": 40}},
-        "train": {"iterations": 4, "batch_size": 4, "lr": 0.05, "weight_decay": 1e-4, "output_dir": str(out),
-                  "log_every": 1, "checkpoint_every": 4, "device": "cpu", "dist_backend": "gloo"},
-    }  # fmt: skip
+        "data": {
+            "dataset": "synthetic",
+            "crop_size": 32,
+            "num_workers": 0,
+            "synthetic": {"train_length": 16, "val_length": 4, "size": 40},
+        },
+        "train": {
+            "iterations": 4,
+            "batch_size": 4,
+            "lr": 0.05,
+            "weight_decay": 1e-4,
+            "output_dir": str(out),
+            "log_every": 1,
+            "checkpoint_every": 4,
+            "device": "cpu",
+            "dist_backend": "gloo",
+        },
+    }
 
 
 def test_two_process_gloo_matches_single_process(tmp_path):
     cfg_path = tmp_path / "dist.yaml"
     cfg_path.write_text(yaml.safe_dump(_config(tmp_path / "dist")))
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "deeplab_fast", "train", "--config", str(cfg_path), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "deeplab_fast",
+        "train",
+        "--config",
+        str(cfg_path),
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     dist_state = load_file(tmp_path / "dist" / "ckpt_0000004.safetensors")

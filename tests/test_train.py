@@ -19,11 +19,24 @@ from deeplab_fast.training.logging import read_scalars
 def _cfg(out: Path, **train) -> dict:
     return {
         "model": {"factory": "tiny_model:tiny_seg", "num_classes": 3},
-        "data": {"dataset": "synthetic", "crop_size": 32, "eval_crop_size": 40, "num_workers": 0,
-                 "synthetic": {"train_length": 16, "val_length": 4, "size": 40}},
-        "train": {"iterations": 6, "batch_size": 4, "lr": 0.05, "output_dir": str(out), "log_every": 1,
-                  "checkpoint_every": 3, "warmup_iters": 2, **train},
-    }  # fmt: skip
+        "data": {
+            "dataset": "synthetic",
+            "crop_size": 32,
+            "eval_crop_size": 40,
+            "num_workers": 0,
+            "synthetic": {"train_length": 16, "val_length": 4, "size": 40},
+        },
+        "train": {
+            "iterations": 6,
+            "batch_size": 4,
+            "lr": 0.05,
+            "output_dir": str(out),
+            "log_every": 1,
+            "checkpoint_every": 3,
+            "warmup_iters": 2,
+            **train,
+        },
+    }
 
 
 def _trainer(out: Path, resume=None, **train) -> Trainer:
@@ -81,7 +94,10 @@ def test_resume_gives_the_same_losses_and_logs(tmp_path):
     assert (resumed.step, resumed.epoch, resumed.position) == (3, 0, 12)
     resumed.train()
     assert first.history[:3] + resumed.history == straight.history  # bit-identical on CPU
-    a, b = load_file(tmp_path / "a" / "ckpt_0000006.safetensors"), load_file(tmp_path / "b" / "ckpt_0000006.safetensors")
+    a, b = (
+        load_file(tmp_path / "a" / "ckpt_0000006.safetensors"),
+        load_file(tmp_path / "b" / "ckpt_0000006.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     # a second epoch began (16 samples / 4 per step): the data position carried over correctly
     assert resumed.epoch == 1
@@ -182,8 +198,21 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert "final mIoU" in capsys.readouterr().out
     weights = tmp_path / "cli" / "ckpt_0000002.safetensors"
     out = tmp_path / "m.json"
-    rc = main(["eval", "--config", str(path), "--weights", str(weights), "--scales", "0.75", "1.0", "--flip",
-               "--json", str(out)])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            "--config",
+            str(path),
+            "--weights",
+            str(weights),
+            "--scales",
+            "0.75",
+            "1.0",
+            "--flip",
+            "--json",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and "mIoU" in text and "background" in text and out.is_file()
     assert main(["train", "--config", str(path), "--set", "train.momentom=0.9"]) == 2

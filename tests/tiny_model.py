@@ -32,7 +32,8 @@ class TinySeg(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
-def tiny_seg(num_classes: int = 3, align_corners: bool = False, width: int = 8, dropout: float = 0.1, **_: object
-             ) -> TinySeg:  # fmt: skip
+def tiny_seg(
+    num_classes: int = 3, align_corners: bool = False, width: int = 8, dropout: float = 0.1, **_: object
+) -> TinySeg:
     """Factory with deeplabv3plus's keyword arguments (backbone, output_stride, ... are ignored)."""
     return TinySeg(num_classes=num_classes, width=width, align_corners=align_corners, dropout=dropout)

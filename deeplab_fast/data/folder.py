@@ -34,10 +34,10 @@ class FolderDataset(SegmentationDataset):
             if image_path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if image_path.stem not in masks:
-                raise FileNotFoundError(f"FolderDataset: image {image_path} has no mask {image_path.stem}.png in "
-                                        f"{masks_dir}")  # fmt: skip
+                raise FileNotFoundError(
+                    f"FolderDataset: image {image_path} has no mask {image_path.stem}.png in {masks_dir}"
+                )
             samples.append((image_path, masks[image_path.stem]))
         if not samples:
             raise FileNotFoundError(f"FolderDataset: no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
-        super().__init__(samples, num_classes, transform=transform, ignore_index=ignore_index,
-                         class_names=class_names)  # fmt: skip
+        super().__init__(samples, num_classes, transform=transform, ignore_index=ignore_index, class_names=class_names)

@@ -51,8 +51,9 @@ class SyntheticShapes(SegmentationDataset):
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(_sample_seed(self.seed, index))
         s = self.size
-        yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32),
-                                indexing="ij")  # fmt: skip
+        yy, xx = torch.meshgrid(
+            torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij"
+        )
         gray = 20 + 40 * torch.rand((), generator=g)
         image = gray + 25 * torch.rand(3, s, s, generator=g)
         mask = torch.zeros(s, s, dtype=torch.int64)

@@ -8,9 +8,28 @@ from deeplab_fast.data._io import read_list, require_dir
 from deeplab_fast.data.base import SegmentationDataset, Transform
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 VOC_LAYOUT = """  <root>/                         (VOC2012 itself, or a folder holding VOCdevkit/VOC2012)
     JPEGImages/<id>.jpg

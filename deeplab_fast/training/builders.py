@@ -38,16 +38,24 @@ def _factory(spec: str | None) -> Callable[..., nn.Module]:
 def describe_model(cfg: ModelConfig) -> str:
     """A one-line name of the model a ModelConfig builds (stored in checkpoints)."""
     name = cfg.factory or "deeplabv3plus"
-    return (f"{name}(backbone={cfg.backbone}, num_classes={cfg.num_classes}, output_stride={cfg.output_stride}, "
-            f"separable={cfg.separable}, decoder={cfg.decoder}, options={cfg.options})")  # fmt: skip
+    return (
+        f"{name}(backbone={cfg.backbone}, num_classes={cfg.num_classes}, output_stride={cfg.output_stride}, "
+        f"separable={cfg.separable}, decoder={cfg.decoder}, options={cfg.options})"
+    )
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The segmentation model of a ModelConfig: (N, 3, H, W) float -> logits (N, num_classes, H, W)."""
     factory = _factory(cfg.factory)
-    model = factory(backbone=cfg.backbone, num_classes=cfg.num_classes, output_stride=cfg.output_stride,
-                    separable=cfg.separable, decoder=cfg.decoder, align_corners=cfg.align_corners,
-                    **cfg.options)  # fmt: skip
+    model = factory(
+        backbone=cfg.backbone,
+        num_classes=cfg.num_classes,
+        output_stride=cfg.output_stride,
+        separable=cfg.separable,
+        decoder=cfg.decoder,
+        align_corners=cfg.align_corners,
+        **cfg.options,
+    )
     if cfg.pretrained:
         from deeplab_fast.models.weights import load_weights
 

@@ -47,8 +47,9 @@ def _open(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint file {path} is unreadable (truncated or not a safetensors file): {exc}"
-                              ) from exc  # fmt: skip
+        raise CheckpointError(
+            f"checkpoint file {path} is unreadable (truncated or not a safetensors file): {exc}"
+        ) from exc
     return tensors, metadata
 
 
@@ -86,8 +87,11 @@ def load_model_state(model: torch.nn.Module, path: str | Path) -> dict[str, str]
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
-    shapes = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in tensors and tensors[k].shape != own[k].shape]  # fmt: skip
+    shapes = [
+        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in tensors and tensors[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         where = f" (file made for model {metadata['model']})" if "model" in metadata else ""
         parts = [f"checkpoint {path} does not match this model{where}:"]
@@ -100,9 +104,12 @@ def load_model_state(model: torch.nn.Module, path: str | Path) -> dict[str, str]
 
 
 def save_checkpoint(
-    run_dir: str | Path, step: int, model_state: dict[str, torch.Tensor], train_state: dict[str, Any],
+    run_dir: str | Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    train_state: dict[str, Any],
     metadata: dict[str, str],
-) -> Path:  # fmt: skip
+) -> Path:
     """Write ckpt_<step>.state.safetensors then ckpt_<step>.safetensors; returns the weights path."""
     run_dir = Path(run_dir)
     weights = run_dir / f"ckpt_{step:07d}.safetensors"

@@ -15,21 +15,38 @@ _USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` and `eval` subcommands."""
-    train = subparsers.add_parser("train", help="train a model from a YAML config (torchrun for many GPUs)",
-                                  description="Train DeepLabV3+ as a YAML config describes. Multi-GPU / multi-node: "
-                                  "torchrun --nproc_per_node=G -m deeplab_fast train --config ...")  # fmt: skip
+    train = subparsers.add_parser(
+        "train",
+        help="train a model from a YAML config (torchrun for many GPUs)",
+        description="Train DeepLabV3+ as a YAML config describes. Multi-GPU / multi-node: "
+        "torchrun --nproc_per_node=G -m deeplab_fast train --config ...",
+    )
     train.add_argument("--config", required=True, help="YAML config file (see README: Training and evaluation)")
-    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a config key (value parsed as YAML); repeatable")  # fmt: skip
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key (value parsed as YAML); repeatable",
+    )
     train.add_argument("--output-dir", help="run folder (overrides train.output_dir)")
-    train.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                       help="continue from a checkpoint; without a path, the newest one in the run folder")  # fmt: skip
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from a checkpoint; without a path, the newest one in the run folder",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
-    ev = subparsers.add_parser("eval", help="evaluate weights on a validation set (mIoU and per-class IoU)",
-                               description="Evaluate a checkpoint with the paper's metric (mIoU), optionally "
-                               "multi-scale + flip. Runs under torchrun too (the confusion matrix is all-reduced).")  # fmt: skip
+    ev = subparsers.add_parser(
+        "eval",
+        help="evaluate weights on a validation set (mIoU and per-class IoU)",
+        description="Evaluate a checkpoint with the paper's metric (mIoU), optionally "
+        "multi-scale + flip. Runs under torchrun too (the confusion matrix is all-reduced).",
+    )
     ev.add_argument("--config", required=True, help="YAML config naming the model and the dataset")
     ev.add_argument("--weights", required=True, help="model weights (.safetensors), e.g. <run>/best.safetensors")
     ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
@@ -89,13 +106,25 @@ def _eval(args: argparse.Namespace) -> int:
         model.to(info.device)
         if config.train.channels_last:
             model.to(memory_format=torch.channels_last)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=config.eval.batch_size,
-                                             sampler=ShardSampler(len(dataset), info.world_size, info.rank),
-                                             num_workers=config.data.num_workers, collate_fn=pad_collate)  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=config.eval.batch_size,
+            sampler=ShardSampler(len(dataset), info.world_size, info.rank),
+            num_workers=config.data.num_workers,
+            collate_fn=pad_collate,
+        )
         amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.train.amp]
-        cm = evaluate(model, loader, config.model.num_classes, info.device, scales=config.eval.scales,
-                      flip=config.eval.flip, align_corners=config.model.align_corners, amp_dtype=amp,
-                      channels_last=config.train.channels_last)  # fmt: skip
+        cm = evaluate(
+            model,
+            loader,
+            config.model.num_classes,
+            info.device,
+            scales=config.eval.scales,
+            flip=config.eval.flip,
+            align_corners=config.model.align_corners,
+            amp_dtype=amp,
+            channels_last=config.train.channels_last,
+        )
     except _USER_ERRORS as exc:
         print(f"deeplab-fast eval: error: {exc}", file=sys.stderr)
         return 2

@@ -178,8 +178,14 @@ def _build(cls: type, data: Any, prefix: str, unknown: list[str]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            unknown.append(f"{prefix}{key}" + (f" (valid keys of {prefix[:-1]}: {', '.join(sorted(names))})"
-                                               if prefix else f" (valid sections: {', '.join(sorted(names))})"))  # fmt: skip
+            unknown.append(
+                f"{prefix}{key}"
+                + (
+                    f" (valid keys of {prefix[:-1]}: {', '.join(sorted(names))})"
+                    if prefix
+                    else f" (valid sections: {', '.join(sorted(names))})"
+                )
+            )
     kwargs = {}
     for key, value in data.items():
         if key not in names:

@@ -49,8 +49,13 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         chosen = backend if backend != "auto" else ("nccl" if use_cuda else "gloo")
-        dist.init_process_group(backend=chosen, init_method="env://", world_size=world_size, rank=rank,
-                                device_id=dev if chosen == "nccl" else None)  # fmt: skip
+        dist.init_process_group(
+            backend=chosen,
+            init_method="env://",
+            world_size=world_size,
+            rank=rank,
+            device_id=dev if chosen == "nccl" else None,
+        )
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
@@ -61,8 +66,15 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     where torch's nn.SyncBatchNorm does not run (and DistributedDataParallel refuses it). Plain BatchNorm in eval
     mode or outside a process group. Input (N, C, ...) float; output the same shape and dtype."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, process_group: dist.ProcessGroup | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.process_group = process_group
 
@@ -103,15 +115,17 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(input.dtype)
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device | str = "cpu",
-                           process_group: dist.ProcessGroup | None = None) -> nn.Module:  # fmt: skip
+def convert_sync_batchnorm(
+    module: nn.Module, device: torch.device | str = "cpu", process_group: dist.ProcessGroup | None = None
+) -> nn.Module:
     """Replace every BatchNorm in `module` by a synchronized one sharing its parameters and buffers: torch's
     nn.SyncBatchNorm for GPU training, CPUSyncBatchNorm for CPU training."""
     if torch.device(device).type != "cpu":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
-        sync = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats, process_group)  # fmt: skip
+        sync = CPUSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, process_group
+        )
         if module.affine:
             sync.weight = module.weight
             sync.bias = module.bias

@@ -54,8 +54,7 @@ def predict_batch(
     accum = torch.zeros(n, num_classes, h, w, dtype=torch.float32, device=images.device)
     for s in scales:
         size = (max(1, round(h * s)), max(1, round(w * s)))
-        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear",
-                                                          align_corners=align_corners)  # fmt: skip
+        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=align_corners)
         for mirrored in (False, True) if flip else (False,):
             with autocast:
                 logits = model(x.flip(-1) if mirrored else x)

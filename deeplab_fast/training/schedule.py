@@ -6,8 +6,9 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 
-def poly_warmup_factor(step: int, total: int, power: float = 0.9, warmup_iters: int = 0, warmup_factor: float = 0.1
-                       ) -> float:  # fmt: skip
+def poly_warmup_factor(
+    step: int, total: int, power: float = 0.9, warmup_iters: int = 0, warmup_factor: float = 0.1
+) -> float:
     """Multiplier of the base lr at `step` (0-based): (1 - step / total) ** power, times a linear ramp from
     warmup_factor to 1 over the first warmup_iters steps."""
     poly = max(0.0, 1.0 - step / total) ** power

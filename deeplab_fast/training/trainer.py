@@ -23,7 +23,13 @@ from deeplab_fast.metrics import format_table
 from deeplab_fast.training import checkpoint as ckpt
 from deeplab_fast.training.builders import build_datasets, build_model, describe_model
 from deeplab_fast.training.config import Config, ConfigError
-from deeplab_fast.training.distributed import DistInfo, all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed
+from deeplab_fast.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    convert_sync_batchnorm,
+    init_distributed,
+)
 from deeplab_fast.training.evaluate import evaluate
 from deeplab_fast.training.logging import RunLogger
 from deeplab_fast.training.schedule import PolyLR
@@ -74,8 +80,10 @@ class Trainer:
         self.amp_dtype = _AMP[t.amp]
         per_step = self.dist.world_size * t.grad_accum
         if t.batch_size % per_step:
-            raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by world size "
-                              f"({self.dist.world_size}) x train.grad_accum ({t.grad_accum})")  # fmt: skip
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} must be divisible by world size "
+                f"({self.dist.world_size}) x train.grad_accum ({t.grad_accum})"
+            )
         self.micro_batch = t.batch_size // per_step
 
         torch.manual_seed(t.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -115,24 +123,40 @@ class Trainer:
         self.scheduler = PolyLR(self.optimizer, t.iterations, t.poly_power, t.warmup_iters, t.warmup_factor)
         self.scaler = torch.amp.GradScaler(self.device.type) if t.amp == "fp16" else None
 
-        self.sampler = ResumableDistributedSampler(self.train_dataset, self.dist.world_size, self.dist.rank,
-                                                   shuffle=True, seed=t.seed)  # fmt: skip
+        self.sampler = ResumableDistributedSampler(
+            self.train_dataset, self.dist.world_size, self.dist.rank, shuffle=True, seed=t.seed
+        )
         if len(self.sampler) < self.micro_batch:
-            raise ConfigError(f"the training set has {len(self.train_dataset)} samples: fewer than one batch of "
-                              f"{self.micro_batch} per process")  # fmt: skip
+            raise ConfigError(
+                f"the training set has {len(self.train_dataset)} samples: fewer than one batch of "
+                f"{self.micro_batch} per process"
+            )
         pin = self.device.type == "cuda"
         # The loader draws worker base seeds when an iterator starts; its own generator keeps that draw out of the
         # global RNG stream (dropout), which would otherwise differ between a resumed and an uninterrupted run.
         loader_rng = torch.Generator().manual_seed(t.seed + self.dist.rank)
         workers = config.data.num_workers
-        self.train_loader = DataLoader(self.train_dataset, batch_size=self.micro_batch, sampler=self.sampler,
-                                       num_workers=workers, pin_memory=pin, drop_last=True,
-                                       persistent_workers=False, generator=loader_rng)  # fmt: skip
+        self.train_loader = DataLoader(
+            self.train_dataset,
+            batch_size=self.micro_batch,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=pin,
+            drop_last=True,
+            persistent_workers=False,
+            generator=loader_rng,
+        )
         self.val_loader = None
         if self.val_dataset is not None:
             shard = ShardSampler(len(self.val_dataset), self.dist.world_size, self.dist.rank)
-            self.val_loader = DataLoader(self.val_dataset, batch_size=config.eval.batch_size, sampler=shard,
-                                         num_workers=workers, pin_memory=pin, collate_fn=pad_collate)  # fmt: skip
+            self.val_loader = DataLoader(
+                self.val_dataset,
+                batch_size=config.eval.batch_size,
+                sampler=shard,
+                num_workers=workers,
+                pin_memory=pin,
+                collate_fn=pad_collate,
+            )
         if state is not None:
             self._load_state(state)
         if state is None:  # dropout etc.: a different stream per rank (a resume restores the saved ones)
@@ -207,8 +231,11 @@ class Trainer:
         state = self._state()  # collective (RNG gather): all ranks
         path = None
         if self.dist.is_main:
-            meta = {"model": self.model_name, "step": str(self.step),
-                    "config": yaml.safe_dump(self.config.to_dict(), sort_keys=False)}  # fmt: skip
+            meta = {
+                "model": self.model_name,
+                "step": str(self.step),
+                "config": yaml.safe_dump(self.config.to_dict(), sort_keys=False),
+            }
             path = ckpt.save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta)
             ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_last)
         barrier()
@@ -322,10 +349,17 @@ class Trainer:
         if self.val_loader is None:
             raise RuntimeError("no validation dataset: configure data.val_* or pass val_dataset")
         e = self.config.eval
-        cm = evaluate(self.model, self.val_loader, self.config.model.num_classes, self.device,
-                      scales=e.scales if scales is None else scales, flip=e.flip if flip is None else flip,
-                      align_corners=self.config.model.align_corners, amp_dtype=self.amp_dtype,
-                      channels_last=self.config.train.channels_last)  # fmt: skip
+        cm = evaluate(
+            self.model,
+            self.val_loader,
+            self.config.model.num_classes,
+            self.device,
+            scales=e.scales if scales is None else scales,
+            flip=e.flip if flip is None else flip,
+            align_corners=self.config.model.align_corners,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.config.train.channels_last,
+        )
         metrics = cm.compute()
         self.last_metrics = metrics
         if log and self.dist.is_main:
@@ -336,6 +370,9 @@ class Trainer:
             miou = float(metrics["mIoU"])
             if math.isfinite(miou) and miou > self.best_miou:
                 self.best_miou = miou
-                ckpt.save_weights_file(self.model.state_dict(), self.run_dir / "best.safetensors",
-                                       {"model": self.model_name, "step": str(self.step), "mIoU": repr(miou)})  # fmt: skip
+                ckpt.save_weights_file(
+                    self.model.state_dict(),
+                    self.run_dir / "best.safetensors",
+                    {"model": self.model_name, "step": str(self.step), "mIoU": repr(miou)},
+                )
         return metrics
