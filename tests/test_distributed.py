@@ -1,5 +1,5 @@
-"""Distributed training on CPU: torchrun with 2 gloo processes (DDP + SyncBatchNorm) matches one process with the
-same total batch."""
+"""Distributed training on CPU: torchrun with 2 gloo processes (DDP + SyncBatchNorm, sharded evaluation with an
+all-reduced confusion matrix) matches one process with the same total batch."""
 
 import os
 import subprocess
@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from deeplab_fast.training import Trainer, config_from_dict
+from deeplab_fast.training.logging import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,5 +70,8 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     assert set(ref) == set(dist_state)
     for name, value in ref.items():
         torch.testing.assert_close(dist_state[name], value, rtol=1e-5, atol=1e-5, msg=name)
+    # evaluation sharded over the 2 ranks + all-reduced confusion matrix == single-process evaluation
+    dist_miou = [v for s, n, v in read_scalars(tmp_path / "dist" / "scalars.csv") if n == "val/mIoU"]
+    assert dist_miou == [pytest.approx(single.last_metrics["mIoU"], abs=1e-3)]
     # the parameters did move, so the comparison is not between two untouched models
     assert max(float((ref[k] - initial[k]).abs().max()) for k in ref if ref[k].is_floating_point()) > 1e-3

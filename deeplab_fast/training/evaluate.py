@@ -53,7 +53,7 @@ def predict_batch(
     accumulate = _accumulate_fn()
     accum = torch.zeros(n, num_classes, h, w, dtype=torch.float32, device=images.device)
     for s in scales:
-        size = (max(1, round(h * s)), max(1, round(w * s)))
+        size = (max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5)))  # round half up, as deeplab_fast.Segmenter
         x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=align_corners)
         for mirrored in (False, True) if flip else (False,):
             with autocast:

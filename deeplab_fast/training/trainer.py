@@ -366,7 +366,9 @@ class Trainer:
             scalars = {f"val/{k}": float(v) for k, v in metrics.items() if k != "IoU"}
             self.logger.log(self.step, scalars)
             names = getattr(self.val_dataset, "class_names", None)
-            print(f"\nstep {self.step}\n" + format_table(metrics, names), flush=True)
+            from tqdm import tqdm
+
+            tqdm.write(f"step {self.step}\n" + format_table(metrics, names))  # keeps a running progress bar intact
             miou = float(metrics["mIoU"])
             if math.isfinite(miou) and miou > self.best_miou:
                 self.best_miou = miou
