@@ -2,9 +2,21 @@
 
 import importlib.util
 
+import pytest
+import torch
+
 from deeplab_fast.training import Trainer, config_from_dict
 
 HAS_MODELS = importlib.util.find_spec("deeplab_fast.models") is not None
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # On a loaded machine, intra-op threads spin-waiting on each other make CPU training several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_small_model_reaches_miou_on_synthetic_shapes(tmp_path):
