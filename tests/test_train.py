@@ -228,3 +228,19 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert "train.momentom" in capsys.readouterr().err
     assert main(["eval", "--config", str(path), "--weights", str(tmp_path / "none.safetensors")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_real_model_with_aux_head_output_dict(tmp_path):
+    cfg = _cfg(tmp_path / "aux", iterations=2, checkpoint_every=100)
+    cfg["model"] = {
+        "backbone": "resnet50",
+        "num_classes": 3,
+        "output_stride": 16,
+        "options": {"width_mult": 0.125, "aspp_channels": 16, "low_level_channels": 8, "aux_head": True,
+                    "output_dict": True},
+    }  # fmt: skip
+    trainer = Trainer(config_from_dict(cfg), progress=False)
+    aux_before = trainer.model.aux.classifier.weight.detach().clone()
+    metrics = trainer.train()
+    assert not torch.equal(aux_before, trainer.model.aux.classifier.weight.detach())  # the aux loss trains its head
+    assert 0.0 <= metrics["mIoU"] <= 1.0

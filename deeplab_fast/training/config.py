@@ -73,6 +73,7 @@ class TrainConfig:
     warmup_iters: int = 0
     warmup_factor: float = 0.1
     freeze_bn: bool = False
+    aux_weight: float = 0.4  # weight of the auxiliary head's loss (models built with aux_head + output_dict)
     amp: str = "none"  # none | bf16 | fp16
     grad_accum: int = 1
     channels_last: bool = False

@@ -24,6 +24,10 @@ def _softmax_accumulate_fallback(
     return accum
 
 
+def _logits(out: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    return out["out"] if isinstance(out, dict) else out  # output_dict=True models
+
+
 def _accumulate_fn():
     try:
         from deeplab_fast.ops import upsample_softmax_accumulate  # the fused op, once landed
@@ -48,7 +52,7 @@ def predict_batch(
     autocast = torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     if list(scales) == [1.0] and not flip:
         with autocast:
-            logits = model(images)
+            logits = _logits(model(images))
         return logits.argmax(1)
     accumulate = _accumulate_fn()
     accum = torch.zeros(n, num_classes, h, w, dtype=torch.float32, device=images.device)
@@ -57,7 +61,7 @@ def predict_batch(
         x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=align_corners)
         for mirrored in (False, True) if flip else (False,):
             with autocast:
-                logits = model(x.flip(-1) if mirrored else x)
+                logits = _logits(model(x.flip(-1) if mirrored else x))
             accumulate(logits, accum, weight=1.0, flip=mirrored, align_corners=align_corners)
     return accum.argmax(1)
 

@@ -284,8 +284,14 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not self.dist.distributed else self.ddp.no_sync()
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    logits = self.ddp(images)
-                loss_sum = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+                    out = self.ddp(images)
+                if isinstance(out, dict):  # output_dict=True models: {"out": logits[, "aux": aux logits]}
+                    loss_sum = F.cross_entropy(out["out"].float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+                    if "aux" in out:
+                        aux = F.cross_entropy(out["aux"].float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+                        loss_sum = loss_sum + t.aux_weight * aux
+                else:
+                    loss_sum = F.cross_entropy(out.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
                 loss = loss_sum / count.clamp(min=1.0)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
