@@ -154,6 +154,11 @@ def test_checkpoint_errors_and_atomic_writes(tmp_path, monkeypatch):
         Trainer(config_from_dict(other), resume=good, progress=False)
     with pytest.raises(CheckpointError, match="not found"):
         _trainer(tmp_path / "run", resume=tmp_path / "nope.safetensors")
+    # fine-tuning from trained weights (model.weights) starts from them at step 0
+    tuned = _cfg(tmp_path / "tuned")
+    tuned["model"]["weights"] = str(good)
+    fine = Trainer(config_from_dict(tuned), progress=False)
+    assert fine.step == 0 and torch.equal(fine.model.classifier.weight, trainer.model.classifier.weight)
 
 
 def test_grad_accumulation_matches_full_batch_and_frozen_bn(tmp_path):

@@ -60,6 +60,10 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         from deeplab_fast.models.weights import load_weights
 
         load_weights(model, cfg.pretrained, backbone_only=True)
+    if cfg.weights:
+        from deeplab_fast.training.checkpoint import load_model_state
+
+        load_model_state(model, cfg.weights)
     return model
 
 

@@ -29,6 +29,7 @@ class ModelConfig:
     decoder: bool = True
     align_corners: bool = False
     pretrained: str | None = None  # backbone weights (safetensors) loaded with backbone_only=True
+    weights: str | None = None  # whole-model initial weights (fine-tuning a trained model; not a resume)
     factory: str | None = None  # "module:function" building the model; None = deeplab_fast.models.deeplabv3plus
     options: dict = field(default_factory=dict)  # further keyword arguments of the model factory
 
