@@ -122,20 +122,27 @@ def export_torchscript(
     net = _cpu_copy(model)
     example = torch.rand(shape) * 4.0 - 2.0
     with torch.no_grad(), warnings.catch_warnings():
+        # torch.jit is deprecated in favour of torch.export, but TorchScript files are still what some
+        # deployment targets load
+        warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         traced = torch.jit.trace(net, (example,), check_trace=False)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     try:
-        torch.jit.save(traced, tmp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            torch.jit.save(traced, tmp)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     report = ExportReport(path=dest, input_shape=shape)
     if check:
-        loaded = torch.jit.load(str(dest))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            loaded = torch.jit.load(str(dest))
         errs = []
         for x in _check_inputs(example, dynamic=True):
             with torch.no_grad():
