@@ -174,8 +174,9 @@ def test_sliding_window_equals_whole_image_for_pointwise_model() -> None:
     net = Pointwise().eval()
     img = _image(70, 90, seed=4)
     whole = Segmenter(net, device="cpu").predict_proba(img)
-    tiled = Segmenter(net, window=32, stride=20, device="cpu").predict_proba(img)
-    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-6)
+    for batch_size in (1, 3, 8):  # 12 windows: one per forward, groups of 3, groups of 8 (the last one short)
+        tiled = Segmenter(net, window=32, stride=20, device="cpu", batch_size=batch_size).predict_proba(img)
+        torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-6)
     # with flip and a second scale small enough to run whole (a tiled pass at s != 1 resizes averaged
     # probabilities rather than logits, so it is not expected to match the untiled pass there)
     ms = dict(scales=(0.5, 1.0), flip=True, device="cpu")

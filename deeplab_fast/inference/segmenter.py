@@ -100,7 +100,7 @@ class Segmenter:
     optimize: run deeplab_fast.optimize(model) (BN folding, fused kernels) when that is available.
     align_corners: how logits are resized (default: the model's `align_corners` attribute, else False).
     min_size: inputs smaller than this (either side) are padded up to it, and the pad is cropped away.
-    batch_size: most images per forward in predict_batch.
+    batch_size: most images (or sliding windows) per forward.
     """
 
     def __init__(
@@ -245,7 +245,9 @@ class Segmenter:
             for flipped in (False, True) if self.flip else (False,):
                 xin = xs.flip(-1) if flipped else xs
                 if needs_sliding(tuple(xin.shape[-2:]), self.window):
-                    probs = sliding_probabilities(xin, self.window, self.stride, self._tile_probabilities)
+                    probs = sliding_probabilities(
+                        xin, self.window, self.stride, self._tile_probabilities, max(1, self.batch_size // n)
+                    )
                     if flipped:
                         probs = probs.flip(-1)
                     if tuple(probs.shape[-2:]) != (h, w):

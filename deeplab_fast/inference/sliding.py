@@ -38,21 +38,28 @@ def sliding_probabilities(
     window: tuple[int, int],
     stride: tuple[int, int],
     tile_probs: Callable[[torch.Tensor], torch.Tensor],
+    tiles_per_forward: int = 1,
 ) -> torch.Tensor:
     """Class probabilities of x (N, 3, H, W), averaged over the overlapping windows that cover each pixel.
 
-    tile_probs(tile) -> (N, K, h, w) float32: the softmax probabilities of `tile` (N, 3, h, w) at the tile's
-    own resolution. Returns (N, K, H, W) float32: each pixel's mean over the windows containing it, so the
+    tile_probs(tiles) -> (M, K, h, w) float32: the softmax probabilities of `tiles` (M, 3, h, w) at the tiles'
+    own resolution. All windows have the same size, so up to `tiles_per_forward` of them (times N images) go
+    through one call. Returns (N, K, H, W) float32: each pixel's mean over the windows containing it, so the
     probabilities of every pixel still sum to 1.
     """
     n, _, h, w = x.shape
+    boxes = tiles((h, w), window, stride)
     total: torch.Tensor | None = None
     count = torch.zeros((1, 1, h, w), dtype=torch.float32, device=x.device)
-    for y0, y1, x0, x1 in tiles((h, w), window, stride):
-        part = tile_probs(x[:, :, y0:y1, x0:x1])
+    step = max(1, int(tiles_per_forward))
+    for first in range(0, len(boxes), step):
+        group = boxes[first : first + step]
+        batch = torch.cat([x[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in group])
+        probs = tile_probs(batch)
         if total is None:
-            total = torch.zeros((n, part.shape[1], h, w), dtype=torch.float32, device=x.device)
-        total[:, :, y0:y1, x0:x1] += part
-        count[:, :, y0:y1, x0:x1] += 1.0
+            total = torch.zeros((n, probs.shape[1], h, w), dtype=torch.float32, device=x.device)
+        for i, (y0, y1, x0, x1) in enumerate(group):
+            total[:, :, y0:y1, x0:x1] += probs[i * n : (i + 1) * n]
+            count[:, :, y0:y1, x0:x1] += 1.0
     assert total is not None  # tiles() always yields at least one window
     return total / count
