@@ -287,3 +287,19 @@ def test_fallback_matches_the_op_when_present() -> None:
         )
         torch.testing.assert_close(a, want, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(b, want, rtol=1e-5, atol=1e-5)
+
+
+def test_tiles_cover_the_image_flush_with_the_border() -> None:
+    from deeplab_fast.inference.sliding import tile_starts, tiles
+
+    assert tile_starts(70, 32, 20) == [0, 20, 38]
+    assert tile_starts(32, 32, 20) == [0] and tile_starts(10, 32, 20) == [0]
+    boxes = tiles((10, 100), (32, 48), (20, 30))
+    assert boxes == [(0, 10, 0, 48), (0, 10, 30, 78), (0, 10, 52, 100)]  # windows cut to a short image
+    cover = torch.zeros(57, 83)
+    for y0, y1, x0, x1 in tiles((57, 83), (32, 40), (13, 17)):
+        assert (y1 - y0, x1 - x0) == (32, 40)
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1
+    with pytest.raises(ValueError, match="stride"):
+        tile_starts(10, 4, 0)
