@@ -161,7 +161,7 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
         f"- Date: {env.get('date')}; command: `{env.get('command', '')}`; runtime {int(runtime // 60)} min "
         f"{runtime % 60:.0f} s",
         f"- Yardsticks measured in this run: copy bandwidth {_fmt(meta.get('bandwidth_gb_s'), '.1f')} GB/s "
-        "(read + write); GEMM peak "
+        "(read + write); GEMM peak (best sample, before and after the models) "
         + ", ".join(f"{d} {v:.0f} GFLOP/s" for d, v in (meta.get("gemm_gflops") or {}).items()),
         f"- deeplab_fast extension built: {env.get('deeplab_fast_ext')}; CUDA kernels in it: "
         f"{env.get('deeplab_fast_cuda_kernels')}",
@@ -196,6 +196,12 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
         ]
         lines.append(_table(models, MODEL_COLUMNS, MODEL_HEADERS) if models else "(no model rows ran)")
         notes = sorted({f"{r['provider']}: {r['note']}" for r in models if r.get("note")})
+        if any((r.get("pct_gemm") or 0) > 100 for r in models):
+            notes.append(
+                "% GEMM peak above 100: the GEMM yardstick (best of the samples taken before and after the models) "
+                "ran at a busier moment than that provider, or the provider beats one MKL GEMM of 2048; "
+                "on a shared machine, read it as noise"
+            )
         methods = sorted({r["mem_method"] for r in models if r.get("mem_method")})
         if notes or methods:
             lines += ["", "Notes:", ""]
