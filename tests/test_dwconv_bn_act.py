@@ -195,7 +195,7 @@ def _check_grads(backend, layout, stride, dilation, activation, k=3):
     ours = torch.autograd.grad(y, inputs, grad)
     ref = dwconv_bn_act_reference(*inputs, stride, dilation, activation)
     expected = torch.autograd.grad(ref, inputs, grad)
-    for name, a, b in zip(("x", "weight", "scale", "shift"), ours, expected):
+    for name, a, b in zip(("x", "weight", "scale", "shift"), ours, expected, strict=True):
         assert a.shape == b.shape, name
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"{backend} d{name}")
     if layout == "channels_last":

@@ -132,7 +132,8 @@ def dwconv_bn_act_triton(
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         stride, dilation, dilation * (k - 1) // 2,
-        K=k, ACT=activation, ACC_F64=x.dtype == torch.float64, OUT_BF16=x.dtype == torch.bfloat16, BLOCK_P=block_p, BLOCK_C=block_c,
+        K=k, ACT=activation, ACC_F64=x.dtype == torch.float64, OUT_BF16=x.dtype == torch.bfloat16,
+        BLOCK_P=block_p, BLOCK_C=block_c,
     )  # fmt: skip
     return y
 
