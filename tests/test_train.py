@@ -272,3 +272,18 @@ def test_cli_on_voc_layout_and_missing_dataset(tmp_path, capsys):
     assert "elsewhere" in err and "JPEGImages" in err and "SegmentationClass" in err
     assert main(["train", "--config", str(path), "--set", "model.num_classes=3"]) == 2
     assert "21 classes" in capsys.readouterr().err
+
+
+def test_evaluate_multiscale_flip_matches_reference_path():
+    from deeplab_fast.training.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 1))
+    images = torch.randn(3, 3, 36, 40)
+    masks = torch.randint(0, 4, (3, 36, 40))
+    masks[:, :4] = 255
+    cm = evaluate(model, [(images, masks)], 4, torch.device("cpu"), scales=(0.75, 1.0, 1.25), flip=True)
+    pred = predict_batch(model, images, 4, scales=(0.75, 1.0, 1.25), flip=True)
+    valid = masks != 255
+    assert int(cm.matrix.sum()) == int(valid.sum())
+    assert int(cm.matrix.diag().sum()) == int((pred == masks)[valid].sum())
