@@ -62,6 +62,7 @@ CASES = (
     Case("xc_exit_1024_33_d2", 1024, 33, 1, 2),
     Case("xc_exit_1536_33_d2", 1536, 33, 1, 2),
 )
+TINY = (Case("tiny_aspp_r12", 64, 17, 1, 12), Case("tiny_s2", 32, 33, 2, 1))
 QUICK = ("aspp33_r6", "aspp33_r18", "aspp65_r36", "decoder304_129", "xc_entry2_256_129_s2", "xc_middle_728_33")
 
 
@@ -138,9 +139,12 @@ def run(
     by name; compile_providers=False leaves the torch.compile rows out as skipped (they compile per shape).
     """
     device = torch.device(device)
+    tiny = harness.tiny_requested()  # benchmarks/run.py --tiny: a smoke test, tiny cases and no compile
     batches = [batch] if batch else ([1] if quick else [1, 4])
     chosen = [c for c in CASES if (cases and c.name in cases) or (not cases and (not quick or c.name in QUICK))]
-    bandwidth = harness.measure_bandwidth(device)
+    if tiny:
+        chosen, compile_providers = list(TINY), False
+    bandwidth = harness.measure_bandwidth(device, nbytes=(16 if tiny else 256) * 2**20)
     rows: list[dict] = []
     for n in batches:
         for case in chosen:
@@ -157,7 +161,8 @@ def run(
                         continue
                     if isinstance(impl, tuple):
                         if not compile_providers:
-                            meta[key] = (layout, "torch.compile providers disabled for this run")
+                            why = "--tiny run (compiling takes minutes on a CPU)" if tiny else "disabled for this run"
+                            meta[key] = (layout, f"torch.compile providers {why}")
                             continue
                         freezing = impl[1]
                         src = block.to(memory_format=torch.channels_last)
