@@ -1,0 +1,86 @@
+"""MobileNetV2 (torchvision layout and parameter names, ReLU6) with atrous last stages."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deeplab_fast.models.backbones import dilation_schedule
+from deeplab_fast.models.layers import scaled
+
+# (expansion t, channels c, repeats n, stride s) from the MobileNetV2 paper
+_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def _conv_bn_relu6(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
+    pad = dilation * (k - 1) // 2
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, pad, dilation=dilation, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(inplace=True),
+    )
+
+
+class InvertedResidual(nn.Module):
+    """Expand 1x1 (ReLU6) -> depthwise 3x3 (ReLU6) -> project 1x1 (linear), residual when shapes allow.
+
+    `use_res_connect` depends on the nominal stride, so a unit whose stride became a dilation keeps no skip
+    (as torchvision/smp models do).
+    """
+
+    def __init__(self, inp: int, oup: int, nominal_stride: int, stride: int, dilation: int, expand: int) -> None:
+        super().__init__()
+        hidden = inp * expand
+        self.use_res_connect = nominal_stride == 1 and inp == oup
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(_conv_bn_relu6(inp, hidden, 1))
+        layers += [
+            _conv_bn_relu6(hidden, hidden, 3, stride, dilation, groups=hidden),
+            nn.Conv2d(hidden, oup, 1, bias=False),
+            nn.BatchNorm2d(oup),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 features (torchvision names `features.N...`; no classifier).
+
+    Args:
+        output_stride: 8, 16 or 32; dilated units use the new dilation already in their first unit (smp).
+        width_mult: torchvision's width multiplier.
+        last_conv: keep the final 1x1 conv to 1280 channels (torchvision/smp); False ends at 320 channels
+            (TensorFlow DeepLab).
+    Forward: (N, 3, H, W) -> (features[3] [stride 4, 24 ch], features[13] [96 ch], last [1280 or 320 ch]).
+    BatchNorm eps is torchvision's 1e-5.
+    """
+
+    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0, last_conv: bool = True) -> None:
+        super().__init__()
+        strides, specs = [], []
+        cin = scaled(32, width_mult)
+        for t, c, n, s in _SETTINGS:
+            for i in range(n):
+                strides.append(s if i == 0 else 1)
+                specs.append((t, scaled(c, width_mult)))
+        sched = dilation_schedule(strides, 2, output_stride, dilate_first_block=True)
+        layers: list[nn.Module] = [_conv_bn_relu6(3, cin, 3, stride=2)]
+        for (t, c), nominal, (stride, dil, _) in zip(specs, strides, sched):
+            layers.append(InvertedResidual(cin, c, nominal, stride, dil, t))
+            cin = c
+        if last_conv:
+            last = scaled(1280, max(1.0, width_mult))
+            layers.append(_conv_bn_relu6(cin, last, 1))
+            cin = last
+        self.features = nn.Sequential(*layers)
+        self.low_level_channels = scaled(24, width_mult)
+        self.mid_channels = scaled(96, width_mult)
+        self.out_channels = cin
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        low = self.features[:4](x)
+        mid = self.features[4:14](low)
+        return low, mid, self.features[14:](mid)

@@ -1,0 +1,233 @@
+"""DeepLabV3 / DeepLabV3+ model and its factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from deeplab_fast.models.aspp import ASPP
+from deeplab_fast.models.backbones.mobilenetv2 import MobileNetV2
+from deeplab_fast.models.backbones.resnet import ResNet
+from deeplab_fast.models.backbones.xception import Xception
+from deeplab_fast.models.decoder import Decoder
+from deeplab_fast.models.layers import ConvBNAct, conv_block
+
+BACKBONES = ("resnet50", "resnet101", "xception65", "xception71", "mobilenet_v2")
+OUTPUT_STRIDES = (8, 16, 32)
+MIN_SIZE = 32
+
+# option -> (default, description); the README's options table is generated from the same words.
+OPTIONS: dict[str, tuple[Any, str]] = {
+    "aspp_rates": (None, "three ASPP dilations; default (6, 12, 18) x 16 / output_stride"),
+    "aspp_channels": (256, "channels of every ASPP branch and of its projection"),
+    "aspp_dropout": (0.1, "dropout after the ASPP projection"),
+    "aspp_separable": (None, "separable ASPP 3x3 branches; default: `separable`"),
+    "aspp_pool_position": ("first", "image-pool branch 'first' (TensorFlow) or 'last' (torchvision, smp) in the concat"),
+    "separable_inner_bn": (True, "BN + ReLU between depthwise and pointwise convs of the heads (False: smp)"),
+    "post_aspp_conv": ("none", "extra 3x3 conv + BN + ReLU after ASPP: 'none', 'dense' or 'separable'"),
+    "decoder_convs": (2, "number of 3x3 conv blocks in the decoder"),
+    "decoder_separable": (None, "separable decoder convs; default: `separable`"),
+    "low_level_channels": (48, "channels the stride-4 features are reduced to in the decoder"),
+    "bn_eps": (None, "BatchNorm eps; default 1e-3 for Xception (TensorFlow), 1e-5 otherwise (MobileNetV2: 1e-5)"),
+    "multi_grid": (None, "ResNet: dilation multipliers of layer4's units, e.g. (1, 2, 4)"),
+    "dilate_first_block": (True, "ResNet: first unit of a dilated stage uses the new dilation (False: torchvision)"),
+    "width_mult": (1.0, "scales every backbone width (small models for tests)"),
+    "mobilenet_last_conv": (True, "MobileNetV2: keep the final 1x1 conv to 1280 channels"),
+    "aux_head": (False, "auxiliary FCN head on the stride-16 stage (torchvision's aux classifier)"),
+    "output_dict": (False, "forward returns {'out': logits[, 'aux': aux logits]} (torchvision style)"),
+}
+
+
+def list_backbones() -> list[str]:
+    """Names accepted by deeplabv3plus(backbone=...)."""
+    return list(BACKBONES)
+
+
+def check_image_batch(x: Any) -> None:
+    """Raise a clear error unless x is a float (N, 3, H, W) tensor with H, W >= 32."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"input must be 4-D (N, 3, H, W), got {x.dim()}-D with shape {tuple(x.shape)}")
+    if x.shape[1] != 3:
+        raise ValueError(f"input must have 3 channels (N, 3, H, W), got {x.shape[1]} (shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating point tensor (normalized image), got {x.dtype}; use x.float()")
+    if x.shape[2] < MIN_SIZE or x.shape[3] < MIN_SIZE:
+        raise ValueError(f"input height and width must be >= {MIN_SIZE}, got {tuple(x.shape[2:])}")
+
+
+class AuxHead(nn.Module):
+    """torchvision's FCN auxiliary head: 3x3 conv (C/4) + BN + ReLU, dropout 0.1, 1x1 classifier."""
+
+    def __init__(self, in_channels: int, num_classes: int, eps: float) -> None:
+        super().__init__()
+        self.conv = ConvBNAct(in_channels, in_channels // 4, 3, eps=eps)
+        self.dropout = nn.Dropout(0.1)
+        self.classifier = nn.Conv2d(in_channels // 4, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.conv(x)))
+
+
+class DeepLab(nn.Module):
+    """DeepLabV3+ (decoder=True) or DeepLabV3: (N, 3, H, W) float -> (N, num_classes, H, W) logits.
+
+    Build it with deeplabv3plus(); attributes: backbone, aspp, post_aspp (or None), decoder (or None),
+    classifier (1x1 conv with bias), aux (AuxHead or None), align_corners, output_dict.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        aspp: ASPP,
+        post_aspp: nn.Module | None,
+        decoder: Decoder | None,
+        classifier: nn.Conv2d,
+        aux: AuxHead | None,
+        *,
+        align_corners: bool,
+        output_dict: bool,
+        config: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.aspp = aspp
+        self.post_aspp = post_aspp
+        self.decoder = decoder
+        self.classifier = classifier
+        self.aux = aux
+        self.align_corners = align_corners
+        self.output_dict = output_dict
+        self.config = config
+
+    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        check_image_batch(x)
+        size = (x.shape[2], x.shape[3])
+        low, mid, high = self.backbone(x)
+        y = self.aspp(high)
+        if self.post_aspp is not None:
+            y = self.post_aspp(y)
+        if self.decoder is not None:
+            y = self.decoder(y, low)
+        out = self._resize(self.classifier(y), size)
+        if not self.output_dict:
+            return out
+        result = {"out": out}
+        if self.aux is not None:
+            result["aux"] = self._resize(self.aux(mid), size)
+        return result
+
+
+def deeplabv3plus(
+    backbone: str = "xception65",
+    num_classes: int = 21,
+    output_stride: int = 16,
+    separable: bool = True,
+    decoder: bool = True,
+    align_corners: bool = False,
+    **options: Any,
+) -> DeepLab:
+    """Build DeepLabV3+ (decoder=True) or DeepLabV3 (decoder=False) with random weights.
+
+    Args:
+        backbone: one of list_backbones().
+        num_classes: >= 1 output channels.
+        output_stride: 8, 16 or 32 (encoder output stride; atrous convs replace the later strides).
+        separable: depthwise separable 3x3 convs in ASPP and decoder (the paper's "SC" variant).
+        decoder: add the DeepLabV3+ decoder (stride-4 features); False gives DeepLabV3.
+        align_corners: bilinear resize convention of the decoder and the final upsampling.
+        **options: see OPTIONS (also documented in README.md, "## Models").
+
+    Returns:
+        DeepLab module; forward maps (N, 3, H, W) float (H, W >= 32) to (N, num_classes, H, W) logits
+        (or a dict with output_dict=True).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; known backbones: {', '.join(BACKBONES)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; known options: {', '.join(OPTIONS)}")
+    opt = {k: options.get(k, default) for k, (default, _) in OPTIONS.items()}
+    if opt["post_aspp_conv"] not in ("none", "dense", "separable"):
+        raise ValueError(f"post_aspp_conv must be 'none', 'dense' or 'separable', got {opt['post_aspp_conv']!r}")
+    eps = opt["bn_eps"] if opt["bn_eps"] is not None else (1e-3 if backbone.startswith("xception") else 1e-5)
+    width = opt["width_mult"]
+    if backbone.startswith("resnet"):
+        net: nn.Module = ResNet(
+            backbone,
+            output_stride=output_stride,
+            multi_grid=opt["multi_grid"],
+            dilate_first_block=opt["dilate_first_block"],
+            width_mult=width,
+            eps=eps,
+        )
+    elif backbone.startswith("xception"):
+        net = Xception(backbone, output_stride=output_stride, width_mult=width, eps=eps)
+    else:
+        net = MobileNetV2(output_stride=output_stride, width_mult=width, last_conv=opt["mobilenet_last_conv"])
+    rates = opt["aspp_rates"]
+    if rates is None:
+        rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
+    ch = opt["aspp_channels"]
+    aspp_sep = separable if opt["aspp_separable"] is None else opt["aspp_separable"]
+    inner_bn = opt["separable_inner_bn"]
+    aspp = ASPP(
+        net.out_channels,
+        ch,
+        tuple(rates),
+        separable=aspp_sep,
+        separable_inner_bn=inner_bn,
+        pool_position=opt["aspp_pool_position"],
+        dropout=opt["aspp_dropout"],
+        eps=eps,
+    )
+    post = None
+    if opt["post_aspp_conv"] != "none":
+        post = conv_block(ch, ch, separable=opt["post_aspp_conv"] == "separable", inner_bn=inner_bn, eps=eps)
+    dec = None
+    head_in = ch
+    if decoder:
+        dec = Decoder(
+            ch,
+            net.low_level_channels,
+            low_level_channels=opt["low_level_channels"],
+            channels=ch,
+            num_convs=opt["decoder_convs"],
+            separable=separable if opt["decoder_separable"] is None else opt["decoder_separable"],
+            separable_inner_bn=inner_bn,
+            align_corners=align_corners,
+            eps=eps,
+        )
+        head_in = dec.out_channels
+    aux = AuxHead(net.mid_channels, num_classes, eps) if opt["aux_head"] else None
+    config = {
+        "backbone": backbone,
+        "num_classes": num_classes,
+        "output_stride": output_stride,
+        "separable": separable,
+        "decoder": decoder,
+        "align_corners": align_corners,
+        **{k: options[k] for k in options},
+    }
+    return DeepLab(
+        net,
+        aspp,
+        post,
+        dec,
+        nn.Conv2d(head_in, num_classes, 1),
+        aux,
+        align_corners=align_corners,
+        output_dict=opt["output_dict"],
+        config=config,
+    )
