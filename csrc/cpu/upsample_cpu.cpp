@@ -42,6 +42,13 @@ struct TapTable {
   LinearTap at(int64_t o) const { return LinearTap{i0[o], i1[o], l0[o], l1[o]}; }
 };
 
+// Rows per parallel chunk: small outputs run on the calling thread (waking threads costs more than
+// the work, and far more on a loaded machine).
+int64_t rows_grain(int64_t elements_per_row) {
+  constexpr int64_t kMinElementsPerChunk = 1 << 16;
+  return dlf_max<int64_t>(1, kMinElementsPerChunk / dlf_max<int64_t>(1, elements_per_row));
+}
+
 template <typename T>
 DLF_FORCEINLINE float ld(const T* p) {
   return static_cast<float>(*p);
@@ -66,7 +73,7 @@ void concat_channels_last(const UpsampleConcatParams& p) {
     th.emplace_back(p.H[j], p.Ho, p.align_corners);
     tw.emplace_back(p.W[j], p.Wo, p.align_corners);
   }
-  at::parallel_for(0, p.N * p.Ho, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.Ho, rows_grain(p.Ctot * p.Wo), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / p.Ho, ho = row % p.Ho;
       T* yrow = static_cast<T*>(p.y) + n * p.ys_n + ho * p.ys_h;
@@ -97,7 +104,7 @@ void concat_nchw(const UpsampleConcatParams& p) {
     th.emplace_back(p.H[j], p.Ho, p.align_corners);
     tw.emplace_back(p.W[j], p.Wo, p.align_corners);
   }
-  at::parallel_for(0, p.N * p.Ctot * p.Ho, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.Ctot * p.Ho, rows_grain(p.Wo), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t ho = row % p.Ho, c = (row / p.Ho) % p.Ctot, n = row / (p.Ho * p.Ctot);
       int j = 0;
@@ -264,7 +271,7 @@ DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64
 template <typename T>
 void argmax_rows(const UpsampleClassParams& p) {
   const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
-  at::parallel_for(0, p.N * p.Ho, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.Ho, rows_grain(p.K * p.Wo), [&](int64_t begin, int64_t end) {
     const int64_t Wo = p.Wo;
     std::vector<float> best(Wo);
     std::vector<int32_t> arg(Wo);
@@ -320,7 +327,7 @@ DLF_FORCEINLINE __m256 exp_avx2(__m256 x) {
 template <typename T>
 void softmax_accumulate_rows(const UpsampleClassParams& p) {
   const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
-  at::parallel_for(0, p.N * p.Ho, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.Ho, rows_grain(p.K * p.Wo), [&](int64_t begin, int64_t end) {
     const int64_t Wo = p.Wo, K = p.K;
     std::vector<float> val(K * Wo), mx(Wo), scale(Wo);
     for_rows<T>(p, th, tw, begin, end, [&](int64_t n, int64_t ho, const LinearTap& h, const float* r0, const float* r1) {
