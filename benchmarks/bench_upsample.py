@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--stem", default=FAMILY, help="result file name stem (default: upsample)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda msg: print(msg, flush=True),
     )
     env = harness.environment(device)
-    paths = harness.write_rows(rows, args.out, FAMILY, env)
+    paths = harness.write_rows(rows, args.out, args.stem, env)
     cols = [
         "case",
         "layout",
@@ -213,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_torch.compile",
         "skipped",
     ]
-    md = f"# upsample benchmarks ({device.type}, {args.dtype})\n\n{harness.markdown_table(rows, cols)}\n"
-    md_path = os.path.join(args.out, FAMILY + ".md")
+    title = f"# upsample benchmarks ({device.type}, {args.dtype}, {torch.get_num_threads()} threads)"
+    md = f"{title}\n\n{harness.markdown_table(rows, cols)}\n"
+    md_path = os.path.join(args.out, args.stem + ".md")
     harness.atomic_write_text(md_path, md)
     print(md)
     print(f"wrote {paths['json']}, {paths['csv']}, {md_path}")
