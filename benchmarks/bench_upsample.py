@@ -147,6 +147,7 @@ def run(
                 }
                 if name in times:
                     t = harness.median(times[name])
+                    row["min_ms"] = min(times[name]) * 1e3
                     row.update(
                         median_ms=t * 1e3,
                         gb_s=moved / t / 1e9,
@@ -171,9 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = run(
         device,
         getattr(torch, args.dtype),

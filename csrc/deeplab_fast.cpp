@@ -12,4 +12,8 @@ TORCH_LIBRARY(deeplab_fast, m) {
   m.def(
       "upsample_softmax_accumulate(Tensor logits, Tensor(a!) accum, float weight, bool flip, bool align_corners) "
       "-> ()");
+  // Gradients of dwconv_bn_act for (x, weight, scale, shift), each in its input's dtype and layout.
+  m.def(
+      "dwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
+      "int dilation, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -11,8 +11,13 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include <climits>
 #include <cstring>
 #include <vector>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #include "kernels/upsample_launchers.h"
 
@@ -120,8 +125,20 @@ template <typename T>
 class RowCache {
  public:
   RowCache(const UpsampleClassParams& p, const TapTable& tw)
-      : p_(p), tw_(tw), buf_(2 * p.K * p.Wo), stage_(p.K * p.W), i0_(tw.i0.begin(), tw.i0.end()),
-        i1_(tw.i1.begin(), tw.i1.end()) {}
+      : p_(p), tw_(tw), buf_(2 * p.K * p.Wo), ws_(p.W + kWin), stage_(p.K * ws_, 0.f),
+        i0_(tw.i0.begin(), tw.i0.end()), i1_(tw.i1.begin(), tw.i1.end()), win_((p.Wo + kWin - 1) / kWin, -1) {
+    // A chunk of 8 output columns whose taps all fall in 8 consecutive source columns [b, b + 8) is
+    // blended from one 8-wide load of the staged row and two in-register permutes (upsampling: always
+    // the case from a factor of about 1.2 on); other chunks (downsampling) take the scalar loop.
+    for (int64_t c = 0; c * kWin + kWin <= p.Wo; ++c) {
+      int32_t lo = INT32_MAX, hi = INT32_MIN;
+      for (int64_t j = c * kWin; j < c * kWin + kWin; ++j) {
+        lo = dlf_min(lo, dlf_min(i0_[j], i1_[j]));
+        hi = dlf_max(hi, dlf_max(i0_[j], i1_[j]));
+      }
+      if (hi - lo < kWin) win_[c] = lo;
+    }
+  }
 
   const float* get(int64_t n, int64_t ih) {
     for (int s = 0; s < 2; ++s)
@@ -141,28 +158,51 @@ class RowCache {
     const T* x = static_cast<const T*>(p_.x) + n * p_.xs_n + ih * p_.xs_h;
     const int64_t Wo = p_.Wo, W = p_.W, sw = p_.xs_w, sk = p_.xs_k;
     float* __restrict st = stage_.data();
+    const int64_t ws = ws_;  // staged row stride: W plus a pad so 8-wide window loads stay in bounds
     if (sk == 1) {
       for (int64_t w = 0; w < W; ++w)
-        for (int64_t k = 0; k < p_.K; ++k) st[k * W + w] = ld(x + w * sw + k);
+        for (int64_t k = 0; k < p_.K; ++k) st[k * ws + w] = ld(x + w * sw + k);
     } else {
       for (int64_t k = 0; k < p_.K; ++k)
-        for (int64_t w = 0; w < W; ++w) st[k * W + w] = ld(x + k * sk + w * sw);
+        for (int64_t w = 0; w < W; ++w) st[k * ws + w] = ld(x + k * sk + w * sw);
     }
     const int32_t* __restrict i0 = i0_.data();
     const int32_t* __restrict i1 = i1_.data();
     const float* __restrict l0 = tw_.l0.data();
     const float* __restrict l1 = tw_.l1.data();
     for (int64_t k = 0; k < p_.K; ++k) {
-      const float* __restrict s = st + k * W;
+      const float* __restrict s = st + k * ws;
       float* __restrict o = out + k * Wo;
-      for (int64_t wo = 0; wo < Wo; ++wo) o[wo] = bilinear_blend(l0[wo], s[i0[wo]], l1[wo], s[i1[wo]]);
+      int64_t wo = 0;
+#ifdef __AVX2__
+      for (; wo + kWin <= Wo; wo += kWin) {
+        const int32_t b = win_[wo / kWin];
+        if (b < 0) {
+          for (int64_t j = wo; j < wo + kWin; ++j) o[j] = bilinear_blend(l0[j], s[i0[j]], l1[j], s[i1[j]]);
+          continue;
+        }
+        const __m256 window = _mm256_loadu_ps(s + b);
+        const __m256i base = _mm256_set1_epi32(b);
+        const __m256i d0 = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + wo)), base);
+        const __m256i d1 = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + wo)), base);
+        const __m256 a = _mm256_permutevar8x32_ps(window, d0);
+        const __m256 c = _mm256_permutevar8x32_ps(window, d1);
+        // fmaf(l0, a, l1 * c), lane by lane: the same rounding as bilinear_blend.
+        _mm256_storeu_ps(o + wo, _mm256_fmadd_ps(_mm256_loadu_ps(l0 + wo), a, _mm256_mul_ps(_mm256_loadu_ps(l1 + wo), c)));
+      }
+#endif
+      for (; wo < Wo; ++wo) o[wo] = bilinear_blend(l0[wo], s[i0[wo]], l1[wo], s[i1[wo]]);
     }
   }
 
   const UpsampleClassParams& p_;
   const TapTable& tw_;
-  std::vector<float> buf_, stage_;
-  std::vector<int32_t> i0_, i1_;  // 32-bit copies of the W taps: 8-wide AVX2 gathers
+  static constexpr int64_t kWin = 8;
+  std::vector<float> buf_;
+  int64_t ws_;
+  std::vector<float> stage_;
+  std::vector<int32_t> i0_, i1_;  // 32-bit copies of the W taps (AVX2 lane offsets)
+  std::vector<int32_t> win_;      // per chunk of 8 output columns: first source column of its window, or -1
   int64_t key_[2] = {-1, -1};
   int64_t last_used_ = -1;
 };
@@ -182,6 +222,45 @@ void for_rows(const UpsampleClassParams& p, const TapTable& th, const TapTable& 
   }
 }
 
+#ifdef __AVX2__
+// Running argmax over K classes for NC x 8 output columns, kept in registers: NC independent chains
+// hide the compare/blend latency. r0/r1 are W-blended source rows (K, Wo) at the first column.
+template <int NC>
+DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64_t Wo, int64_t K, const LinearTap& h,
+                                         int64_t* out) {
+  const __m256 h0 = _mm256_set1_ps(h.l0), h1 = _mm256_set1_ps(h.l1);
+  __m256 best[NC];
+  __m256i arg[NC];
+#pragma GCC unroll 4
+  for (int c = 0; c < NC; ++c) {
+    best[c] = _mm256_fmadd_ps(h0, _mm256_loadu_ps(r0 + 8 * c), _mm256_mul_ps(h1, _mm256_loadu_ps(r1 + 8 * c)));
+    arg[c] = _mm256_setzero_si256();
+  }
+  __m256i kv = _mm256_setzero_si256();
+  const __m256i one = _mm256_set1_epi32(1);
+  for (int64_t k = 1; k < K; ++k) {
+    kv = _mm256_add_epi32(kv, one);
+    const float* s0 = r0 + k * Wo;
+    const float* s1 = r1 + k * Wo;
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      // fmaf(h0, a, h1 * b): bilinear_blend's rounding.
+      const __m256 v = _mm256_fmadd_ps(h0, _mm256_loadu_ps(s0 + 8 * c), _mm256_mul_ps(h1, _mm256_loadu_ps(s1 + 8 * c)));
+      // argmax_takes: !(v <= best) is "v > best or either is NaN"; a NaN best is never replaced.
+      const __m256 take = _mm256_and_ps(_mm256_cmp_ps(v, best[c], _CMP_NLE_UQ), _mm256_cmp_ps(best[c], best[c], _CMP_ORD_Q));
+      best[c] = _mm256_blendv_ps(best[c], v, take);
+      arg[c] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg[c]), _mm256_castsi256_ps(kv), take));
+    }
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < NC; ++c) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(arg[c])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c + 4),
+                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(arg[c], 1)));
+  }
+}
+#endif
+
 template <typename T>
 void argmax_rows(const UpsampleClassParams& p) {
   const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
@@ -192,20 +271,26 @@ void argmax_rows(const UpsampleClassParams& p) {
     for_rows<T>(p, th, tw, begin, end, [&](int64_t n, int64_t ho, const LinearTap& h, const float* r0, const float* r1) {
       float* __restrict b = best.data();
       int32_t* __restrict a = arg.data();
-      for (int64_t wo = 0; wo < Wo; ++wo) b[wo] = bilinear_blend(h.l0, r0[wo], h.l1, r1[wo]), a[wo] = 0;
+      int64_t* __restrict out = p.labels + (n * p.Ho + ho) * Wo;
+      int64_t w8 = 0;
+#ifdef __AVX2__
+      for (; w8 + 32 <= Wo; w8 += 32) argmax_columns_avx2<4>(r0 + w8, r1 + w8, Wo, p.K, h, out + w8);
+      for (; w8 + 8 <= Wo; w8 += 8) argmax_columns_avx2<1>(r0 + w8, r1 + w8, Wo, p.K, h, out + w8);
+#endif
+      if (w8 == Wo) return;
+      for (int64_t wo = w8; wo < Wo; ++wo) b[wo] = bilinear_blend(h.l0, r0[wo], h.l1, r1[wo]), a[wo] = 0;
       for (int64_t k = 1; k < p.K; ++k) {
         const float* __restrict s0 = r0 + k * Wo;
         const float* __restrict s1 = r1 + k * Wo;
         const int32_t kk = static_cast<int32_t>(k);
-        for (int64_t wo = 0; wo < Wo; ++wo) {
+        for (int64_t wo = w8; wo < Wo; ++wo) {
           const float v = bilinear_blend(h.l0, s0[wo], h.l1, s1[wo]);
           const bool t = argmax_takes(v, b[wo]);
           b[wo] = t ? v : b[wo];
           a[wo] = t ? kk : a[wo];
         }
       }
-      int64_t* __restrict out = p.labels + (n * p.Ho + ho) * Wo;
-      for (int64_t wo = 0; wo < Wo; ++wo) out[wo] = a[wo];
+      for (int64_t wo = w8; wo < Wo; ++wo) out[wo] = a[wo];
     });
   });
 }

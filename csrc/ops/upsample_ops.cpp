@@ -51,7 +51,8 @@ at::Tensor upsample_concat(at::TensorList tensors, at::IntArrayRef size, bool al
   for (size_t j = 0; j < tensors.size(); ++j) {
     const at::Tensor& t = tensors[j];
     TORCH_CHECK(t.dim() == 4, "tensors[", j, "] must be a 4-D (N, C, H, W) tensor, got shape ", t.sizes());
-    check_float(t, "tensors[j]");
+    TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
+                "tensors[", j, "] must be float32, float16 or bfloat16, got ", t.scalar_type());
     TORCH_CHECK(t.size(0) == first.size(0), "tensors[", j, "] has batch size ", t.size(0), " but tensors[0] has ",
                 first.size(0));
     TORCH_CHECK(t.scalar_type() == first.scalar_type(), "tensors[", j, "] has dtype ", t.scalar_type(),
