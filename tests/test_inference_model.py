@@ -104,3 +104,26 @@ def test_cli_demo_with_a_real_model_in_a_subprocess(tmp_path: Path) -> None:
     assert "random weights" in run.stderr
     assert "1 image in" in run.stdout and "0 failed" in run.stdout
     assert (tmp_path / "demo" / "sample.png").is_file() and (tmp_path / "demo" / "sample_overlay.png").is_file()
+
+
+def test_cli_with_weights_and_with_weights_of_another_architecture(tmp_path: Path, capsys) -> None:
+    from deeplab_fast import cli as top_cli
+    from deeplab_fast.models.weights import save_weights
+
+    torch.manual_seed(0)
+    weights = tmp_path / "mnv2_3cls.safetensors"
+    save_weights(deeplabv3plus("mobilenet_v2", num_classes=3).eval(), weights)
+    src = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.fromarray(_image(40, 52)).save(src)
+    base = ["predict", str(src), "--weights", str(weights), "--backbone", "mobilenet_v2", "--quiet"]
+    assert top_cli.main([*base, "--num-classes", "3", "--out", str(tmp_path / "ok")]) == 0
+    captured = capsys.readouterr()
+    assert "random weights" not in captured.err and "1 image in" in captured.out
+    with Image.open(tmp_path / "ok" / "img.png") as lab:
+        assert lab.mode == "P" and np.asarray(lab).max() < 3
+    assert top_cli.main([*base, "--num-classes", "21", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit --backbone mobilenet_v2 --num-classes 21" in err and "classifier" in err
+    assert not (tmp_path / "bad" / "img.png").exists()
