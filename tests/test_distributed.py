@@ -1,6 +1,7 @@
 """Distributed training on CPU: torchrun with 2 gloo processes (DDP + SyncBatchNorm, sharded evaluation with an
 all-reduced confusion matrix) matches one process with the same total batch."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -84,3 +85,17 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     assert dist_miou == [pytest.approx(single.last_metrics["mIoU"], abs=1e-3)]
     # the parameters did move, so the comparison is not between two untouched models
     assert max(float((ref[k] - initial[k]).abs().max()) for k in ref if ref[k].is_floating_point()) > 1e-3
+
+
+def test_convert_sync_batchnorm_shares_state_and_matches_batchnorm_outside_a_group():
+    from deeplab_fast.training import CPUSyncBatchNorm, convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, eps=1e-3))
+    reference = copy.deepcopy(model)
+    converted = convert_sync_batchnorm(model, "cpu")
+    assert isinstance(converted[1], CPUSyncBatchNorm) and converted[1].eps == 1e-3
+    assert set(converted.state_dict()) == set(reference.state_dict())
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(converted(x), reference(x))  # no process group: plain BatchNorm
+    torch.testing.assert_close(converted[1].running_mean, reference[1].running_mean)

@@ -249,3 +249,41 @@ def test_real_model_with_aux_head_output_dict(tmp_path):
     metrics = trainer.train()
     assert not torch.equal(aux_before, trainer.model.aux.classifier.weight.detach())  # the aux loss trains its head
     assert 0.0 <= metrics["mIoU"] <= 1.0
+
+
+def test_cli_on_voc_layout_and_missing_dataset(tmp_path, capsys):
+    import yaml
+    from test_data import _voc
+
+    root = _voc(tmp_path / "voc", ids=("a", "b", "c", "d"))
+    cfg = {
+        "model": {"factory": "tiny_model:tiny_seg", "num_classes": 21},
+        "data": {"dataset": "voc", "root": str(root), "train_split": "train", "crop_size": 32, "eval_crop_size": 32,
+                 "num_workers": 0},
+        "train": {"iterations": 1, "batch_size": 2, "output_dir": str(tmp_path / "run")},
+    }  # fmt: skip
+    path = tmp_path / "voc.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    assert "aeroplane" in capsys.readouterr().out  # the per-class table names the VOC classes
+    missing = str(tmp_path / "elsewhere")
+    assert main(["train", "--config", str(path), "--set", f"data.root={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert "elsewhere" in err and "JPEGImages" in err and "SegmentationClass" in err
+    assert main(["train", "--config", str(path), "--set", "model.num_classes=3"]) == 2
+    assert "21 classes" in capsys.readouterr().err
+
+
+def test_evaluate_multiscale_flip_matches_reference_path():
+    from deeplab_fast.training.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 1))
+    images = torch.randn(3, 3, 36, 40)
+    masks = torch.randint(0, 4, (3, 36, 40))
+    masks[:, :4] = 255
+    cm = evaluate(model, [(images, masks)], 4, torch.device("cpu"), scales=(0.75, 1.0, 1.25), flip=True)
+    pred = predict_batch(model, images, 4, scales=(0.75, 1.0, 1.25), flip=True)
+    valid = masks != 255
+    assert int(cm.matrix.sum()) == int(valid.sum())
+    assert int(cm.matrix.diag().sum()) == int((pred == masks)[valid].sum())

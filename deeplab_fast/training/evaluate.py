@@ -4,6 +4,7 @@ ConfusionMatrix reduced over ranks."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,21 @@ def _accumulate_fn():
     except ImportError:
         return _softmax_accumulate_fallback
     return upsample_softmax_accumulate
+
+
+def _segmenter(
+    model: nn.Module, scales: Sequence[float], flip: bool, align_corners: bool, device: torch.device
+) -> Any | None:
+    # Multi-scale / flip evaluation goes through deeplab_fast.Segmenter (the same passes as deployed inference)
+    # when it is installed. Batches arrive normalized, so the Segmenter's own normalization is the identity.
+    if list(scales) == [1.0] and not flip:
+        return None
+    try:
+        from deeplab_fast.inference.segmenter import Segmenter
+    except ImportError:
+        return None
+    return Segmenter(model, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scales=scales, flip=flip, device=device,
+                     optimize=False, align_corners=align_corners, batch_size=64)  # fmt: skip
 
 
 @torch.no_grad()
@@ -83,12 +99,17 @@ def evaluate(
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+    segmenter = _segmenter(model, scales, flip, align_corners, device)
     try:
         for images, masks in batches:
             images = images.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            pred = predict_batch(model, images, num_classes, scales, flip, align_corners, amp_dtype)
+            if segmenter is not None:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    pred = torch.stack(segmenter.predict_batch(images))
+            else:
+                pred = predict_batch(model, images, num_classes, scales, flip, align_corners, amp_dtype)
             cm.update(pred, masks.to(device, non_blocking=True))
     finally:
         model.train(was_training)
