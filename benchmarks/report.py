@@ -212,7 +212,7 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
     lines += ["", "## Skipped", ""]
     if skipped:
         for r in skipped:
-            where = [str(r[k]) for k in ("family", "case", "provider", "dtype") if r.get(k)]
+            where = [str(r[k]) for k in ("family", "case", "provider", "dtype", "layout") if r.get(k)]
             if r.get("batch"):
                 where.append(f"batch {r['batch']}")
             lines.append(f"- {' / '.join(where)}: {r['skipped']}")
