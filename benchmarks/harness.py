@@ -26,8 +26,9 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable[[], Any], device: torch.device | str, *, warmup: int = 2, reps: int = 5,
-            min_time: float = 0.0) -> list[float]:
+def time_fn(
+    fn: Callable[[], Any], device: torch.device | str, *, warmup: int = 2, reps: int = 5, min_time: float = 0.0
+) -> list[float]:
     """Run `fn` `warmup` times, then time each of `reps` calls (seconds). Repeats until `min_time`."""
     for _ in range(warmup):
         fn()
@@ -44,16 +45,30 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str, *, warmup: int = 
     return times
 
 
-def time_interleaved(providers: dict[str, Callable[[], Any]], device: torch.device | str, *,
-                     warmup: int = 2, reps: int = 5) -> dict[str, list[float]]:
+def time_interleaved(
+    providers: dict[str, Callable[[], Any]],
+    device: torch.device | str,
+    *,
+    warmup: int = 2,
+    reps: int = 5,
+    first_call: dict[str, float] | None = None,
+    on_call: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
     """Time providers in turn (A B C A B C ...) after warm-up, so drift in machine load hits all alike.
 
-    Returns the list of per-call seconds for each provider.
+    Returns the list of per-call seconds for each provider. If `first_call` is given, it receives the
+    seconds of each provider's first warm-up call (which includes torch.compile's compilation, lazy
+    initialisation and cache misses). `on_call(name)` is called after every call (progress bars).
     """
-    for fn in providers.values():
-        for _ in range(warmup):
+    for name, fn in providers.items():
+        for i in range(max(warmup, 1 if first_call is not None else 0)):
+            t0 = time.perf_counter()
             fn()
-    synchronize(device)
+            synchronize(device)
+            if i == 0 and first_call is not None:
+                first_call[name] = time.perf_counter() - t0
+            if on_call is not None:
+                on_call(name)
     times: dict[str, list[float]] = {name: [] for name in providers}
     for _ in range(reps):
         for name, fn in providers.items():
@@ -61,6 +76,8 @@ def time_interleaved(providers: dict[str, Callable[[], Any]], device: torch.devi
             fn()
             synchronize(device)
             times[name].append(time.perf_counter() - t0)
+            if on_call is not None:
+                on_call(name)
     return times
 
 
@@ -108,6 +125,7 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "threads": torch.get_num_threads(),
         "onednn": torch.backends.mkldnn.is_available() and _onednn_version(),
+        "torch_cuda_build": torch.version.cuda,
     }
     if device.type == "cuda":
         env.update(
@@ -115,6 +133,8 @@ def environment(device: torch.device | str) -> dict[str, Any]:
             cuda=torch.version.cuda,
             cudnn=torch.backends.cudnn.version(),
         )
+    for package in ("torchvision", "segmentation_models_pytorch", "onnxruntime", "triton"):
+        env[package] = _package_version(package)
     try:
         import deeplab_fast
 
@@ -124,6 +144,28 @@ def environment(device: torch.device | str) -> dict[str, Any]:
     except ImportError:
         pass
     return env
+
+
+def _package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    dist = {"segmentation_models_pytorch": "segmentation-models-pytorch"}.get(name, name)
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _cpu_model() -> str:
@@ -165,11 +207,17 @@ def atomic_write_text(path: str, text: str) -> None:
         raise
 
 
-def write_rows(rows: list[dict[str, Any]], out_dir: str, stem: str, env: dict[str, Any]) -> dict[str, str]:
-    """Write rows as `<stem>.json` (with the environment) and `<stem>.csv`; returns the paths."""
+def write_rows(
+    rows: list[dict[str, Any]], out_dir: str, stem: str, env: dict[str, Any], extra: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Write rows as `<stem>.json` (with the environment and `extra` keys) and `<stem>.csv`; returns the paths.
+
+    The CSV starts with one `# {environment JSON}` comment line, so every result file records the machine.
+    """
     json_path = os.path.join(out_dir, stem + ".json")
     csv_path = os.path.join(out_dir, stem + ".csv")
-    atomic_write_text(json_path, json.dumps({"environment": env, "rows": rows}, indent=2, default=str))
+    payload = {"environment": env, **(extra or {}), "rows": rows}
+    atomic_write_text(json_path, json.dumps(payload, indent=2, default=str))
     fields: list[str] = []
     for row in rows:
         fields.extend(k for k in row if k not in fields)
@@ -196,3 +244,85 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str], floatfmt: str
     for row in rows:
         lines.append("| " + " | ".join(cell(row.get(c)) for c in columns) + " |")
     return "\n".join(lines)
+
+
+TINY_ENV = "DEEPLAB_FAST_BENCH_TINY"
+
+
+def tiny_requested() -> bool:
+    """True when benchmarks/run.py runs with --tiny (a smoke test): families may then shrink their cases
+    further and leave out torch.compile, whose compilation alone takes many seconds per case on a CPU."""
+    return os.environ.get(TINY_ENV) == "1"
+
+
+def proc_status_kib(field: str) -> int | None:
+    """A `kB` field of /proc/self/status (e.g. "VmRSS", "VmHWM") in KiB; None where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size (VmHWM) to its current RSS; False where Linux refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class Progress:
+    """A tolerant progress handle that benchmark families receive as `progress`.
+
+    Families may call it as `progress()` / `progress(n)` / `progress("message")`, or use the tqdm-like
+    `update(n)`, `set_postfix_str(s)` and `write(s)`. Without a bar underneath it does nothing, so
+    families never need to check for None if they wrap it: `progress = progress or Progress(None)`.
+    """
+
+    def __init__(self, bar: Any = None, prefix: str = "") -> None:
+        self.bar = bar
+        self.prefix = prefix
+
+    def __call__(self, arg: int | str | None = None, *_args: Any, **_kwargs: Any) -> None:
+        if isinstance(arg, str):
+            self.set_postfix_str(arg)
+        else:
+            self.update(1 if arg is None else arg)
+
+    @property
+    def total(self) -> int | None:
+        return getattr(self.bar, "total", None)
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        if self.bar is not None:
+            self.bar.total = value
+            self.bar.refresh()
+
+    def set_postfix(self, **values: Any) -> None:
+        self.set_postfix_str(", ".join(f"{k}={v}" for k, v in values.items()))
+
+    def close(self) -> None:
+        """Does nothing: the bar belongs to run.py, which closes it."""
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def set_postfix_str(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str((self.prefix + text)[:60], refresh=True)
+
+    def set_description(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(text)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)

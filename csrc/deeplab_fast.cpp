@@ -6,4 +6,14 @@ TORCH_LIBRARY(deeplab_fast, m) {
   m.def(
       "dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, int dilation, "
       "int activation) -> Tensor");
+  // Bilinear resize ops (align_corners as in F.interpolate; size = (H, W)).
+  m.def("upsample_concat(Tensor[] tensors, int[] size, bool align_corners) -> Tensor");
+  m.def("upsample_argmax(Tensor logits, int[] size, bool align_corners) -> Tensor");
+  m.def(
+      "upsample_softmax_accumulate(Tensor logits, Tensor(a!) accum, float weight, bool flip, bool align_corners) "
+      "-> ()");
+  // Gradients of dwconv_bn_act for (x, weight, scale, shift), each in its input's dtype and layout.
+  m.def(
+      "dwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
+      "int dilation, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -9,9 +9,11 @@
 #if defined(__CUDACC__)
 #define DLF_HOST_DEVICE __host__ __device__
 #define DLF_FORCEINLINE __forceinline__
+#define DLF_UNROLL _Pragma("unroll")
 #else
 #define DLF_HOST_DEVICE
 #define DLF_FORCEINLINE inline __attribute__((always_inline))
+#define DLF_UNROLL _Pragma("GCC unroll 16")
 #endif
 
 namespace dlf {
@@ -24,10 +26,19 @@ DLF_HOST_DEVICE DLF_FORCEINLINE T dlf_min(T a, T b) { return a < b ? a : b; }
 template <typename T>
 DLF_HOST_DEVICE DLF_FORCEINLINE T dlf_max(T a, T b) { return a > b ? a : b; }
 
-DLF_HOST_DEVICE DLF_FORCEINLINE float apply_activation(float v, int act) {
-  if (act == kActRelu) return v > 0.f ? v : 0.f;
-  if (act == kActRelu6) return v > 0.f ? (v < 6.f ? v : 6.f) : 0.f;
+template <typename A>
+DLF_HOST_DEVICE DLF_FORCEINLINE A apply_activation(A v, int act) {
+  if (act == kActRelu) return v > A(0) ? v : A(0);
+  if (act == kActRelu6) return v > A(0) ? (v < A(6) ? v : A(6)) : A(0);
   return v;
+}
+
+// d act(z) / dz as a 0/1 factor, with PyTorch's convention at the kinks (relu: z > 0; relu6: 0 < z < 6).
+template <typename A>
+DLF_HOST_DEVICE DLF_FORCEINLINE A activation_grad_mask(A z, int act) {
+  if (act == kActRelu) return z > A(0) ? A(1) : A(0);
+  if (act == kActRelu6) return (z > A(0) && z < A(6)) ? A(1) : A(0);
+  return A(1);
 }
 
 // Fixed-size array with a plain meaning on the host and aligned vector loads on the device.

@@ -6,5 +6,8 @@
 #include "kernels/dwconv_bn_act.h"
 
 namespace dlf {
+// Weight blocking the CPU channels_last forward expects (channels per block) for x's dtype.
+int64_t dwconv_bn_act_cpu_weight_block(c10::ScalarType dtype);
 void dwconv_bn_act_cpu(const DwconvParams& p, c10::ScalarType dtype);
+void dwconv_bn_act_backward_cpu(const DwconvBwdParams& q, c10::ScalarType dtype);
 }  // namespace dlf

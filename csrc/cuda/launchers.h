@@ -7,5 +7,9 @@
 #include "kernels/dwconv_bn_act.h"
 
 namespace dlf {
+// Weight blocking the CUDA channels_last forward uses: 16 bytes of channels per thread when the channel
+// count and the x/y pointers allow aligned vector access, else 1.
+int64_t dwconv_bn_act_cuda_weight_block(c10::ScalarType dtype, int64_t C, const void* x, const void* y);
 void dwconv_bn_act_cuda(const DwconvParams& p, c10::ScalarType dtype, cudaStream_t stream);
+void dwconv_bn_act_backward_cuda(const DwconvBwdParams& q, c10::ScalarType dtype, cudaStream_t stream);
 }  // namespace dlf

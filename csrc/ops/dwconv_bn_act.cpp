@@ -1,7 +1,10 @@
-// Entry point of deeplab_fast::dwconv_bn_act for CPU and CUDA tensors: checks, output allocation in
-// the input's memory format, parameter packing, and the call into the device launcher.
+// Entry points of deeplab_fast::dwconv_bn_act and ::dwconv_bn_act_backward for CPU and CUDA tensors:
+// checks, output allocation in the input's memory format, parameter packing, and the call into the
+// device launcher.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#include <tuple>
 
 #include "common/checks.h"
 #include "cpu/launchers.h"
@@ -13,49 +16,105 @@
 #endif
 
 namespace dlf {
+namespace {
 
-at::Tensor dwconv_bn_act(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scale,
-                         const at::Tensor& shift, int64_t stride, int64_t dilation, int64_t activation) {
-  DLF_CHECK_NDIM(x_in, 4, "x");
-  DLF_CHECK_FLOATING(x_in, "x");
-  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& shift,
+                  int64_t stride, int64_t dilation, int64_t activation) {
+  DLF_CHECK_NDIM(x, 4, "x");
+  DLF_CHECK_FLOATING(x, "x");
+  const int64_t C = x.size(1);
   TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1,
               "weight must have shape (C, 1, k, k) with C = ", C, ", got ", weight.sizes());
   const int64_t K = weight.size(2);
   TORCH_CHECK(weight.size(3) == K && K % 2 == 1, "weight must be square with odd k, got ", weight.sizes());
   TORCH_CHECK(scale.dim() == 1 && scale.size(0) == C, "scale must have shape (", C, ",), got ", scale.sizes());
   TORCH_CHECK(shift.dim() == 1 && shift.size(0) == C, "shift must have shape (", C, ",), got ", shift.sizes());
-  DLF_CHECK_SAME_DEVICE(x_in, weight, "x", "weight");
-  DLF_CHECK_SAME_DEVICE(x_in, scale, "x", "scale");
-  DLF_CHECK_SAME_DEVICE(x_in, shift, "x", "shift");
+  DLF_CHECK_SAME_DEVICE(x, weight, "x", "weight");
+  DLF_CHECK_SAME_DEVICE(x, scale, "x", "scale");
+  DLF_CHECK_SAME_DEVICE(x, shift, "x", "shift");
+  DLF_CHECK_SAME_DTYPE(x, weight, "x", "weight");
+  DLF_CHECK_SAME_DTYPE(x, scale, "x", "scale");
+  DLF_CHECK_SAME_DTYPE(x, shift, "x", "shift");
   TORCH_CHECK(stride == 1 || stride == 2, "stride must be 1 or 2, got ", stride);
   TORCH_CHECK(dilation >= 1, "dilation must be >= 1, got ", dilation);
-  TORCH_CHECK(activation >= 0 && activation <= 2, "activation code must be 0 (none), 1 (relu) or 2 (relu6)");
+  TORCH_CHECK(activation >= 0 && activation <= 2, "activation code must be 0 (none), 1 (relu) or 2 (relu6), got ",
+              activation);
+  TORCH_CHECK(!(x.is_cuda() && x.scalar_type() == at::kDouble),
+              "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
+              "bfloat16); use float32 or backend='reference'");
+}
 
-  const bool channels_last = x_in.is_contiguous(at::MemoryFormat::ChannelsLast) && !x_in.is_contiguous();
-  const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor x = x_in.contiguous(fmt);
+bool is_channels_last(const at::Tensor& x) {
+  return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+}
+
+int64_t out_size(int64_t size, int64_t K, int64_t stride, int64_t dilation) {
   const int64_t pad = dilation * (K - 1) / 2;
-  const int64_t Ho = (H + 2 * pad - dilation * (K - 1) - 1) / stride + 1;
-  const int64_t Wo = (W + 2 * pad - dilation * (K - 1) - 1) / stride + 1;
-  at::Tensor y = at::empty({N, C, Ho, Wo}, x.options().memory_format(fmt));
-  if (y.numel() == 0) return y;
-  const at::Tensor w32 = weight.to(at::kFloat).contiguous().view({C, K * K});
-  const at::Tensor s32 = scale.to(at::kFloat).contiguous();
-  const at::Tensor b32 = shift.to(at::kFloat).contiguous();
+  return (size + 2 * pad - dilation * (K - 1) - 1) / stride + 1;
+}
 
+at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// Weight (C, 1, K, K) in the accumulation dtype, blocked by `block` channels: (ceil(C / block), K*K, block),
+// zero-padded; see weight_offset() in csrc/kernels/dwconv_bn_act.h.
+at::Tensor blocked_weight(const at::Tensor& weight, at::ScalarType acc, int64_t block) {
+  const int64_t C = weight.size(0), KK = weight.size(2) * weight.size(3);
+  at::Tensor w = weight.to(acc).reshape({C, KK});
+  if (block == 1) return w.contiguous();
+  const int64_t Cp = (C + block - 1) / block * block;
+  if (Cp != C) w = at::constant_pad_nd(w, {0, 0, 0, Cp - C});
+  return w.view({Cp / block, block, KK}).permute({0, 2, 1}).contiguous();
+}
+
+// Fill the layout-independent part of the parameters.
+DwconvParams make_params(const at::Tensor& x, const at::Tensor& w, int64_t w_block, const at::Tensor& s,
+                         const at::Tensor& b, int64_t Ho, int64_t Wo, int64_t K, int64_t stride, int64_t dilation,
+                         int64_t activation, bool channels_last) {
   DwconvParams p{};
   p.x = x.data_ptr();
-  p.w = w32.data_ptr<float>();
-  p.scale = s32.data_ptr<float>();
-  p.shift = b32.data_ptr<float>();
-  p.y = y.data_ptr();
-  p.N = N, p.C = C, p.H = H, p.W = W, p.Ho = Ho, p.Wo = Wo;
+  p.w = w.data_ptr();
+  p.scale = s.data_ptr();
+  p.shift = b.data_ptr();
+  p.N = x.size(0), p.C = x.size(1), p.H = x.size(2), p.W = x.size(3), p.Ho = Ho, p.Wo = Wo;
   p.xs_n = x.stride(0), p.xs_c = x.stride(1), p.xs_h = x.stride(2), p.xs_w = x.stride(3);
-  p.ys_n = y.stride(0), p.ys_c = y.stride(1), p.ys_h = y.stride(2), p.ys_w = y.stride(3);
-  p.K = static_cast<int>(K), p.stride = static_cast<int>(stride), p.dilation = static_cast<int>(dilation);
-  p.pad = static_cast<int>(pad), p.act = static_cast<int>(activation);
+  p.w_block = w_block;
+  p.K = static_cast<int>(K), p.stride = static_cast<int>(stride), p.act = static_cast<int>(activation);
+  p.dilation = dilation, p.pad = dilation * (K - 1) / 2;
   p.channels_last = channels_last;
+  return p;
+}
+
+void set_out_strides(DwconvParams& p, const at::Tensor& y) {
+  p.ys_n = y.stride(0), p.ys_c = y.stride(1), p.ys_h = y.stride(2), p.ys_w = y.stride(3);
+}
+
+}  // namespace
+
+at::Tensor dwconv_bn_act(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scale,
+                         const at::Tensor& shift, int64_t stride, int64_t dilation, int64_t activation) {
+  check_inputs(x_in, weight, scale, shift, stride, dilation, activation);
+  const bool channels_last = is_channels_last(x_in);
+  const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = x_in.contiguous(fmt);
+  const int64_t N = x.size(0), C = x.size(1), K = weight.size(2);
+  const int64_t Ho = out_size(x.size(2), K, stride, dilation), Wo = out_size(x.size(3), K, stride, dilation);
+  at::Tensor y = at::empty({N, C, Ho, Wo}, x.options().memory_format(fmt));
+  if (y.numel() == 0) return y;
+  const auto acc = acc_dtype(x);
+  // channels_last reads packs of channels per tap: block the weight so a pack's taps lie together.
+  int64_t w_block = 1;
+  if (channels_last) {
+#ifdef DLF_WITH_CUDA
+    if (x.is_cuda()) w_block = dwconv_bn_act_cuda_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
+#endif
+    if (!x.is_cuda()) w_block = dwconv_bn_act_cpu_weight_block(x.scalar_type());
+  }
+  const at::Tensor w = blocked_weight(weight, acc, w_block);
+  const at::Tensor s = scale.to(acc).contiguous();
+  const at::Tensor b = shift.to(acc).contiguous();
+  DwconvParams p = make_params(x, w, w_block, s, b, Ho, Wo, K, stride, dilation, activation, channels_last);
+  p.y = y.data_ptr();
+  set_out_strides(p, y);
 
   if (x.is_cuda()) {
 #ifdef DLF_WITH_CUDA
@@ -70,9 +129,66 @@ at::Tensor dwconv_bn_act(const at::Tensor& x_in, const at::Tensor& weight, const
   return y;
 }
 
-TORCH_LIBRARY_IMPL(deeplab_fast, CPU, m) { m.impl("dwconv_bn_act", &dwconv_bn_act); }
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backward(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scale,
+    const at::Tensor& shift, int64_t stride, int64_t dilation, int64_t activation) {
+  check_inputs(x_in, weight, scale, shift, stride, dilation, activation);
+  const bool channels_last = is_channels_last(x_in);
+  const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = x_in.contiguous(fmt);
+  const int64_t N = x.size(0), C = x.size(1), K = weight.size(2);
+  const int64_t Ho = out_size(x.size(2), K, stride, dilation), Wo = out_size(x.size(3), K, stride, dilation);
+  DLF_CHECK_NDIM(grad_out, 4, "grad_out");
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({N, C, Ho, Wo}), "grad_out must have shape (", N, ", ", C, ", ",
+              Ho, ", ", Wo, "), got ", grad_out.sizes());
+  DLF_CHECK_SAME_DEVICE(x, grad_out, "x", "grad_out");
+  const at::Tensor go = grad_out.to(x.scalar_type()).contiguous(fmt);
+  at::Tensor gx = at::empty_like(x, x.options().memory_format(fmt));
+  const auto acc = acc_dtype(x);
+  if (go.numel() == 0 || x.numel() == 0) {
+    return {gx.zero_(), at::zeros_like(weight), at::zeros_like(scale), at::zeros_like(shift)};
+  }
+  const at::Tensor w = blocked_weight(weight, acc, 1);
+  const at::Tensor s = scale.to(acc).contiguous();
+  const at::Tensor b = shift.to(acc).contiguous();
+  at::Tensor gpre = at::empty(go.sizes(), go.options().dtype(acc).memory_format(fmt));
+  at::Tensor gprod = at::empty_like(gpre);
+  at::Tensor gparams = at::empty({C, K * K + 2}, w.options());
+
+  DwconvBwdParams q{};
+  q.f = make_params(x, w, 1, s, b, Ho, Wo, K, stride, dilation, activation, channels_last);
+  set_out_strides(q.f, go);
+  q.go = go.data_ptr();
+  q.gpre = gpre.data_ptr();
+  q.gprod = gprod.data_ptr();
+  q.gx = gx.data_ptr();
+  q.gparams = gparams.data_ptr();
+
+  if (x.is_cuda()) {
 #ifdef DLF_WITH_CUDA
-TORCH_LIBRARY_IMPL(deeplab_fast, CUDA, m) { m.impl("dwconv_bn_act", &dwconv_bn_act); }
+    const c10::cuda::CUDAGuard guard(x.device());
+    dwconv_bn_act_backward_cuda(q, x.scalar_type(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+#else
+    TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
+#endif
+  } else {
+    dwconv_bn_act_backward_cpu(q, x.scalar_type());
+  }
+  at::Tensor gw = gparams.narrow(1, 0, K * K).reshape({C, 1, K, K}).to(weight.scalar_type());
+  at::Tensor gs = gparams.select(1, K * K).to(scale.scalar_type()).contiguous();
+  at::Tensor gb = gparams.select(1, K * K + 1).to(shift.scalar_type()).contiguous();
+  return {gx, gw.contiguous(), gs, gb};
+}
+
+TORCH_LIBRARY_IMPL(deeplab_fast, CPU, m) {
+  m.impl("dwconv_bn_act", &dwconv_bn_act);
+  m.impl("dwconv_bn_act_backward", &dwconv_bn_act_backward);
+}
+#ifdef DLF_WITH_CUDA
+TORCH_LIBRARY_IMPL(deeplab_fast, CUDA, m) {
+  m.impl("dwconv_bn_act", &dwconv_bn_act);
+  m.impl("dwconv_bn_act_backward", &dwconv_bn_act_backward);
+}
 #endif
 
 }  // namespace dlf

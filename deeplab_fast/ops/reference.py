@@ -61,18 +61,36 @@ def upsample_concat_reference(
     """
     compute = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
     parts = [
-        F.interpolate(t.to(compute), size=tuple(size), mode="bilinear", align_corners=align_corners)
-        for t in tensors
+        F.interpolate(t.to(compute), size=tuple(size), mode="bilinear", align_corners=align_corners) for t in tensors
     ]
     out = torch.cat(parts, dim=1).to(tensors[0].dtype)
     fmt = torch.channels_last if _is_channels_last(tensors[0]) else torch.contiguous_format
     return out.contiguous(memory_format=fmt)
 
 
-def upsample_argmax_reference(
-    logits: torch.Tensor, size: tuple[int, int], align_corners: bool = False
-) -> torch.Tensor:
+def upsample_argmax_reference(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
     """Labels (N, H, W) int64 of F.interpolate(logits, size, bilinear).argmax(1), resized in fp32."""
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
     up = F.interpolate(logits.to(compute), size=tuple(size), mode="bilinear", align_corners=align_corners)
     return up.argmax(1)
+
+
+def upsample_softmax_accumulate_reference(
+    logits: torch.Tensor,
+    accum: torch.Tensor,
+    weight: float = 1.0,
+    flip: bool = False,
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """accum += weight * softmax over K of bilinear_resize(flip_W(logits) if flip else logits, accum's (H, W)).
+
+    logits: (N, K, h, w) float32/float16/bfloat16; accum: (N, K, H, W) float32, updated in place and returned.
+    The resize and the softmax run in fp32 (the logits are upcast first). Used for multi-scale + flip
+    inference: flip=True un-flips the logits of a horizontally flipped input.
+    """
+    x = logits.to(torch.float32)
+    if flip:
+        x = x.flip(-1)
+    up = F.interpolate(x, size=tuple(accum.shape[-2:]), mode="bilinear", align_corners=align_corners)
+    accum.add_(torch.softmax(up, dim=1), alpha=float(weight))
+    return accum

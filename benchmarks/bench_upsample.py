@@ -1,0 +1,212 @@
+"""Benchmark family "upsample": fused bilinear resize ops against eager PyTorch and torch.compile.
+
+Cases (DeepLabV3+ at 513x513, output stride 16):
+  decoder        upsample_concat: 256 ch 33x33 -> 129x129, concat with 48 ch at 129x129
+  aspp_pool      upsample_concat: 4 x 256 ch at 33x33 + the 1x1x256 image-pooling branch broadcast
+  predict_voc    upsample_argmax: 21 classes 129x129 -> 513x513
+  predict_city   upsample_argmax: 19 classes 129x129 -> 513x513
+  predict_city_full  upsample_argmax: 19 classes 257x513 -> 1025x2049 (Cityscapes-size image)
+  msaccum_voc    upsample_softmax_accumulate: 21 classes 129x129 -> 513x513 into an fp32 accumulator
+Providers: ours-<backend> for every backend (rows with `skipped` set where one cannot run), eager
+(F.interpolate + torch.cat / argmax / softmax + add_) and torch.compile of the same eager function.
+Each row: median time, GB/s (bytes the op must move: inputs read once, output written once), % of the
+copy bandwidth measured in the same run, and copy_ratio = time / time of copying the output tensor.
+
+Run alone: python benchmarks/bench_upsample.py [--quick] [--device cpu] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import harness  # noqa: E402
+from deeplab_fast.ops import upsample_argmax, upsample_concat, upsample_softmax_accumulate  # noqa: E402
+from deeplab_fast.ops._backend import resolve_backend  # noqa: E402
+
+FAMILY = "upsample"
+
+
+def _cases(quick: bool) -> list[dict[str, Any]]:
+    cases = [
+        {"case": "decoder", "op": "concat", "inputs": [(256, 33, 33), (48, 129, 129)], "size": (129, 129)},
+        {"case": "aspp_pool", "op": "concat", "inputs": [(256, 33, 33)] * 4 + [(256, 1, 1)], "size": (33, 33)},
+        {"case": "predict_voc", "op": "argmax", "inputs": [(21, 129, 129)], "size": (513, 513)},
+        {"case": "predict_city", "op": "argmax", "inputs": [(19, 129, 129)], "size": (513, 513)},
+        {"case": "predict_city_full", "op": "argmax", "inputs": [(19, 257, 513)], "size": (1025, 2049)},
+        {"case": "msaccum_voc", "op": "softmax_accumulate", "inputs": [(21, 129, 129)], "size": (513, 513)},
+    ]
+    if quick:
+        cases = [c for c in cases if c["case"] in ("decoder", "aspp_pool", "predict_voc")]
+    return cases
+
+
+def _eager(op: str, size: tuple[int, int]) -> Callable:
+    if op == "concat":
+        return lambda ts: torch.cat([F.interpolate(t, size=size, mode="bilinear") for t in ts], 1)
+    if op == "argmax":
+        return lambda ts: F.interpolate(ts[0], size=size, mode="bilinear").argmax(1)
+
+    def accumulate(ts):
+        logits, accum = ts
+        return accum.add_(torch.softmax(F.interpolate(logits.float(), size=size, mode="bilinear"), 1), alpha=0.5)
+
+    return accumulate
+
+
+def _ours(op: str, size: tuple[int, int], backend: str) -> Callable:
+    if op == "concat":
+        return lambda ts: upsample_concat(ts, size, backend=backend)
+    if op == "argmax":
+        return lambda ts: upsample_argmax(ts[0], size, backend=backend)
+    return lambda ts: upsample_softmax_accumulate(ts[0], ts[1], weight=0.5, backend=backend)
+
+
+def _available(backend: str, device: torch.device, op: str) -> str:
+    try:
+        resolve_backend(backend, device, op)
+    except (RuntimeError, ValueError) as exc:
+        return str(exc)
+    return ""
+
+
+def run(
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    quick: bool,
+    batch: int | None,
+    reps: int,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Time every case x layout x provider; returns one row per (case, layout, provider)."""
+    device = torch.device(device)
+    n = batch or 1
+    bw = harness.measure_bandwidth(device)
+    rows: list[dict[str, Any]] = []
+    layouts = ["channels_last"] if quick else ["channels_last", "nchw"]
+    for spec in _cases(quick):
+        op, size = spec["op"], spec["size"]
+        op_name = {"concat": "upsample_concat", "argmax": "upsample_argmax"}.get(op, "upsample_softmax_accumulate")
+        for layout in layouts:
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            ts = [
+                torch.randn((n, *s), device=device, dtype=dtype).contiguous(memory_format=fmt) for s in spec["inputs"]
+            ]
+            if op == "softmax_accumulate":
+                ts.append(torch.zeros((n, spec["inputs"][0][0], *size), device=device, dtype=torch.float32))
+            eager = _eager(op, size)
+            out = eager(ts)
+            in_bytes = sum(t.numel() * t.element_size() for t in ts)
+            moved = in_bytes + out.numel() * out.element_size() * (2 if op == "softmax_accumulate" else 1)
+            # int64 labels are timed as a float32 tensor of the same bytes (copy_time fills with normal_)
+            copy_like = out if out.is_floating_point() else out.view(torch.float32)
+            copy_s = harness.copy_time(copy_like, device, reps=max(reps, 5))
+            providers: dict[str, Callable[[], Any]] = {}
+            skipped: dict[str, str] = {}
+            for backend in ("cpu", "cuda", "triton"):
+                why = _available(backend, device, op_name)
+                if why:
+                    skipped[f"ours-{backend}"] = why
+                else:
+                    fn = _ours(op, size, backend)
+                    providers[f"ours-{backend}"] = lambda fn=fn, ts=ts: fn(ts)
+            providers["eager"] = lambda eager=eager, ts=ts: eager(ts)
+            try:
+                compiled = torch.compile(eager, fullgraph=True)
+                compiled(ts)
+                providers["torch.compile"] = lambda c=compiled, ts=ts: c(ts)
+            except Exception as exc:  # noqa: BLE001  (a baseline that cannot compile is reported, not fatal)
+                skipped["torch.compile"] = f"torch.compile failed: {type(exc).__name__}: {exc}"[:200]
+            if progress:
+                progress(f"{FAMILY}: {spec['case']} {layout} ({', '.join(providers)})")
+            times = harness.time_interleaved(providers, device, warmup=2, reps=reps)
+            for name in [*providers, *skipped]:
+                row = {
+                    "family": FAMILY,
+                    "case": spec["case"],
+                    "provider": name,
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "layout": layout,
+                    "batch": n,
+                    "median_ms": None,
+                    "gb_s": None,
+                    "pct_bw": None,
+                    "copy_ratio": None,
+                    "copy_ms": copy_s * 1e3,
+                    "bw_gb_s": bw,
+                    "skipped": skipped.get(name, ""),
+                }
+                if name in times:
+                    t = harness.median(times[name])
+                    row["min_ms"] = min(times[name]) * 1e3
+                    row.update(
+                        median_ms=t * 1e3,
+                        gb_s=moved / t / 1e9,
+                        pct_bw=100 * moved / t / 1e9 / bw,
+                        copy_ratio=t / copy_s,
+                    )
+                rows.append(row)
+            # speedups against the two baselines, for the summary
+            for row in rows[-len(providers) - len(skipped) :]:
+                if row["median_ms"] is not None:
+                    for base in ("eager", "torch.compile"):
+                        if base in times:
+                            row[f"speedup_vs_{base}"] = harness.median(times[base]) * 1e3 / row["median_ms"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the family alone and write <out>/upsample.{json,csv,md}."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = run(
+        device,
+        getattr(torch, args.dtype),
+        quick=args.quick,
+        batch=args.batch,
+        reps=args.reps,
+        progress=lambda msg: print(msg, flush=True),
+    )
+    env = harness.environment(device)
+    paths = harness.write_rows(rows, args.out, FAMILY, env)
+    cols = [
+        "case",
+        "layout",
+        "provider",
+        "median_ms",
+        "gb_s",
+        "pct_bw",
+        "copy_ratio",
+        "speedup_vs_eager",
+        "speedup_vs_torch.compile",
+        "skipped",
+    ]
+    md = f"# upsample benchmarks ({device.type}, {args.dtype})\n\n{harness.markdown_table(rows, cols)}\n"
+    md_path = os.path.join(args.out, FAMILY + ".md")
+    harness.atomic_write_text(md_path, md)
+    print(md)
+    print(f"wrote {paths['json']}, {paths['csv']}, {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,332 @@
+"""Result files of benchmarks/run.py: JSON + CSV (all rows), a Markdown summary and a PNG chart of speedups.
+
+The summary states the machine, the yardsticks measured in the same run (copy bandwidth, GEMM peak), the
+project's targets as PASS/FAIL lines, the kernel and model tables, every skipped provider with its reason
+and what the suite left out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import harness
+
+# (model, speedup column, reference provider, target, wording). Targets of issue #5: CPU, fp32, 513, batch 1.
+TARGETS = (
+    ("resnet101", "optimize", "eager", 1.3),
+    ("resnet101", "optimize", "smp", 1.3),
+    ("xception65", "optimize", "eager", 1.5),
+)
+TARGET_CONFIG = {"device": "cpu", "dtype": "float32", "size": 513, "batch": 1}
+AIM_SPEEDUP = 2.0
+AIM_PCT_GEMM = 50.0
+
+KERNEL_COLUMNS = ["family", "case", "provider", "dtype", "layout", "batch", "median_ms", "gb_s", "pct_bw", "copy_ratio"]
+MODEL_COLUMNS = [
+    "model",
+    "provider",
+    "dtype",
+    "batch",
+    "input",
+    "median_ms",
+    "images_s",
+    "gmacs",
+    "gflop_s",
+    "pct_gemm",
+    "peak_mem_mb",
+    "optimize_speedup",
+    "compile_optimize_speedup",
+    "first_call_s",
+]
+MODEL_HEADERS = {
+    "median_ms": "median ms",
+    "images_s": "images/s",
+    "gmacs": "GMACs",
+    "gflop_s": "GFLOP/s",
+    "pct_gemm": "% GEMM peak",
+    "peak_mem_mb": "peak MiB",
+    "optimize_speedup": "optimize() is x faster",
+    "compile_optimize_speedup": "compile(optimize()) is x faster",
+    "first_call_s": "first call s",
+}
+KERNEL_HEADERS = {"median_ms": "median ms", "gb_s": "GB/s", "pct_bw": "% of copy BW", "copy_ratio": "time / copy time"}
+
+
+def _rows(rows: list[dict[str, Any]], part: str, *, skipped: bool) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("part") == part and bool(r.get("skipped")) == skipped]
+
+
+def _find(rows: list[dict[str, Any]], model: str, provider: str, dtype: str, batch: int) -> dict[str, Any] | None:
+    for r in rows:
+        if (
+            r.get("part") == "models"
+            and r.get("model") == model
+            and r.get("provider_key") == provider
+            and r.get("dtype") == dtype
+            and r.get("batch") == batch
+        ):
+            return r
+    return None
+
+
+def targets(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's must-reach targets and aims, evaluated on this run's rows.
+
+    Each entry: kind ("target"/"aim"), text, status ("PASS", "FAIL" or "n/a") and value. Results from another
+    configuration than CPU/fp32/513/batch 1 are still computed but flagged in the text.
+    """
+    plan = meta.get("plan", {})
+    size = plan.get("size")
+    off = []
+    if env.get("device") != TARGET_CONFIG["device"]:
+        off.append(f"device {env.get('device')}")
+    if size != TARGET_CONFIG["size"]:
+        off.append(f"size {size}")
+    caveat = f" [not the target configuration: {', '.join(off)}]" if off else ""
+    dtype, batch = TARGET_CONFIG["dtype"], TARGET_CONFIG["batch"]
+    out: list[dict[str, Any]] = []
+
+    def ratio(model: str, fast: str, slow: str) -> tuple[float | None, str]:
+        a = _find(rows, model, fast, dtype, batch)
+        b = _find(rows, model, slow, dtype, batch)
+        for r, name in ((a, fast), (b, slow)):
+            if r is None:
+                return None, f"{name} was not run"
+            if r.get("skipped"):
+                return None, f"{r['provider']} skipped: {r['skipped']}"
+        return b["median_ms"] / a["median_ms"], ""
+
+    from bench_models import LABELS
+
+    for model, fast, slow, goal in TARGETS:
+        value, why = ratio(model, fast, slow)
+        text = f"{model}: {LABELS[fast]} is {_x(value)} faster than {LABELS[slow]} (target >= {goal}x)"
+        out.append(_entry("target", text + (f": {why}" if why else "") + caveat, value, goal))
+    for model in ("resnet101", "xception65"):
+        value, why = ratio(model, "optimize", "eager")
+        text = f"{model}: {LABELS['optimize']} is {_x(value)} faster than {LABELS['eager']} (aim >= {AIM_SPEEDUP}x)"
+        out.append(_entry("aim", text + (f": {why}" if why else "") + caveat, value, AIM_SPEEDUP))
+        for other in ("compile", "onnxruntime"):
+            value, why = ratio(model, "optimize", other)
+            text = f"{model}: {LABELS['optimize']} is {_x(value)} faster than {LABELS[other]} (aim > 1x)"
+            out.append(_entry("aim", text + (f": {why}" if why else "") + caveat, value, 1.0, strict=True))
+        row = _find(rows, model, "optimize", dtype, batch)
+        pct = row.get("pct_gemm") if row and not row.get("skipped") else None
+        text = (
+            f"{model}: {LABELS['optimize']} reaches {_fmt(pct, '.0f')}% of the GEMM peak measured in this run "
+            f"(aim >= {AIM_PCT_GEMM:.0f}%)"
+        )
+        why = "" if pct is not None else ": no MAC count or no row"
+        out.append(_entry("aim", text + why + caveat, pct, AIM_PCT_GEMM))
+    return out
+
+
+def _entry(kind: str, text: str, value: float | None, goal: float, strict: bool = False) -> dict[str, Any]:
+    if value is None:
+        status = "n/a"
+    else:
+        status = "PASS" if (value > goal if strict else value >= goal) else "FAIL"
+    return {"kind": kind, "status": status, "text": text, "value": value, "goal": goal}
+
+
+def _x(value: float | None) -> str:
+    return "?x" if value is None else f"{value:.2f}x"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "?" if value is None else format(value, spec)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], headers: dict[str, str]) -> str:
+    renamed = [{headers.get(k, k): v for k, v in r.items()} for r in rows]
+    return harness.markdown_table(renamed, [headers.get(c, c) for c in columns])
+
+
+def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The Markdown summary: machine, yardsticks, targets, tables, skipped providers, what was left out."""
+    plan = meta.get("plan", {})
+    runtime = meta.get("runtime_s") or 0.0
+    device = env.get("device")
+    hw = env.get("gpu") if device == "cuda" else env.get("cpu")
+    versions = [f"torch {env.get('torch')}"]
+    if device == "cuda":
+        versions += [f"CUDA {env.get('cuda')}", f"cuDNN {env.get('cudnn')}"]
+    versions.append(f"oneDNN: {env.get('onednn') or 'not available'}")
+    lines = [
+        f"# deeplab_fast benchmarks: {plan.get('suite', '?')} suite on {device}",
+        "",
+        f"- Machine: {hw}, {env.get('threads')} threads; {'; '.join(versions)}; Python {env.get('python')}",
+        f"- Date: {env.get('date')}; command: `{env.get('command', '')}`; runtime {int(runtime // 60)} min "
+        f"{runtime % 60:.0f} s",
+        f"- Yardsticks measured in this run: copy bandwidth {_fmt(meta.get('bandwidth_gb_s'), '.1f')} GB/s "
+        "(read + write); GEMM peak "
+        + ", ".join(f"{d} {v:.0f} GFLOP/s" for d, v in (meta.get("gemm_gflops") or {}).items()),
+        f"- deeplab_fast extension built: {env.get('deeplab_fast_ext')}; CUDA kernels in it: "
+        f"{env.get('deeplab_fast_cuda_kernels')}",
+    ]
+    if "models" in plan.get("parts", []):
+        checks = targets(rows, env, meta)
+        lines += ["", "## Targets (CPU, fp32, 513x513, batch 1)", ""]
+        lines += [f"- **{c['status']}** {c['text']}" for c in checks if c["kind"] == "target"]
+        lines += ["", "Aims (reported, not required):", ""]
+        lines += [f"- {c['status']} {c['text']}" for c in checks if c["kind"] == "aim"]
+
+    kernels = _rows(rows, "kernels", skipped=False)
+    if "kernels" in plan.get("parts", []):
+        lines += ["", "## Kernels", ""]
+        lines += [
+            "Time is the median over the repetitions; GB/s counts the bytes the op must move (read inputs, write "
+            "output once); `% of copy BW` compares it with a copy of the same tensor timed in the same run.",
+            "",
+        ]
+        lines.append(_table(kernels, KERNEL_COLUMNS, KERNEL_HEADERS) if kernels else "(no kernel rows ran)")
+
+    models = _rows(rows, "models", skipped=False)
+    if "models" in plan.get("parts", []):
+        lines += ["", "## Models", ""]
+        lines += [
+            "Eval forward, timed interleaved (A B C A B C ...) after warm-up; median over "
+            f"{plan.get('model_reps')} runs per provider. `x faster` columns: this provider's time divided by "
+            "optimize()'s / torch.compile(optimize())'s (above 1: ours is faster). GMACs by "
+            "deeplab_fast.count_macs; GFLOP/s = 2 x MACs / time; `first call s` includes torch.compile's "
+            "compilation.",
+            "",
+        ]
+        lines.append(_table(models, MODEL_COLUMNS, MODEL_HEADERS) if models else "(no model rows ran)")
+        notes = sorted({f"{r['provider']}: {r['note']}" for r in models if r.get("note")})
+        methods = sorted({r["mem_method"] for r in models if r.get("mem_method")})
+        if notes or methods:
+            lines += ["", "Notes:", ""]
+            lines += [f"- {n}" for n in notes]
+            lines += [f"- peak MiB: {m}" for m in methods]
+
+    skipped = [r for r in rows if r.get("skipped")]
+    lines += ["", "## Skipped", ""]
+    if skipped:
+        for r in skipped:
+            where = [str(r[k]) for k in ("family", "case", "provider", "dtype") if r.get(k)]
+            if r.get("batch"):
+                where.append(f"batch {r['batch']}")
+            lines.append(f"- {' / '.join(where)}: {r['skipped']}")
+    else:
+        lines.append("- nothing")
+    lines += ["", "## Left out of this suite", ""]
+    lines += [f"- {item}" for item in plan.get("left_out", [])] or ["- nothing"]
+    return "\n".join(lines) + "\n"
+
+
+def machine_line(env: dict[str, Any]) -> str:
+    """One line naming the machine and the versions, for the chart and the summary."""
+    device = env.get("device")
+    parts = [
+        f"{device}: {env.get('gpu') if device == 'cuda' else env.get('cpu')}",
+        f"{env.get('threads')} threads",
+        f"torch {env.get('torch')}",
+    ]
+    if device == "cuda":
+        parts += [f"CUDA {env.get('cuda')}", f"cuDNN {env.get('cudnn')}"]
+    version = re.search(r"v\d+(\.\d+)+", str(env.get("onednn") or ""))
+    parts.append(f"oneDNN {version.group(0) if version else 'n/a'}")
+    parts.append(str(env.get("date", "")))
+    return ", ".join(parts)
+
+
+def plot_speedups(rows: list[dict[str, Any]], path: str, caption: str = "") -> bool:
+    """PNG chart: models (speedup of optimize() over every provider) and kernels (time / copy time).
+
+    With nothing to plot it still writes a PNG that says so (the file always exists). Returns True.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [
+        r
+        for r in _rows(rows, "models", skipped=False)
+        if r.get("optimize_speedup") and r.get("provider_key") != "optimize"
+    ]
+    kernels = [r for r in _rows(rows, "kernels", skipped=False) if r.get("copy_ratio")]
+    kernel_dtypes = sorted({str(r.get("dtype")) for r in kernels})
+    # one dtype keeps the chart readable after a --full run; the tables hold the rest
+    kernel_dtype = "float32" if "float32" in kernel_dtypes else (kernel_dtypes[0] if kernel_dtypes else "")
+    kernels = [r for r in kernels if str(r.get("dtype")) == kernel_dtype]
+    panels = [p for p in (("models", models), ("kernels", kernels)) if p[1]]
+    if not panels:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.axis("off")
+        ax.text(
+            0.5,
+            0.5,
+            "No speedups to plot: every provider needed for one was skipped (see the summary).",
+            ha="center",
+            va="center",
+            fontsize=9,
+            wrap=True,
+        )
+        fig.text(0.5, 0.02, caption, ha="center", fontsize=7)
+        _save(fig, path)
+        return True
+    heights = [max(2.0, 0.28 * len(p[1]) + 1.2) for p in panels]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(9, sum(heights)), squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
+    for ax, (kind, data) in zip(axes[:, 0], panels, strict=True):
+        if kind == "models":
+            labels = [f"{r['model']} {r['dtype']} b{r['batch']}: vs {r['provider']}" for r in data]
+            values = [r["optimize_speedup"] for r in data]
+            colors = ["tab:green" if v >= 1 else "tab:red" for v in values]
+            ax.axvline(1.0, color="black", linewidth=0.8)
+            ax.set_xlabel("speedup of deeplab_fast optimize() (provider time / optimize() time; > 1: ours faster)")
+            ax.set_title("Models")
+        else:
+            labels = [f"{r.get('family')} {r.get('case')} {r.get('dtype')}: {r.get('provider')}" for r in data]
+            values = [r["copy_ratio"] for r in data]
+            colors = ["tab:blue"] * len(values)
+            ax.axvline(1.0, color="black", linewidth=0.8)
+            ax.set_xlabel("time / time of a copy of the same tensor (1 = speed of a copy; lower is better)")
+            ax.set_title(f"Kernels ({kernel_dtype}; the summary has every dtype)")
+        pos = list(range(len(values)))
+        ax.barh(pos, values, color=colors)
+        ax.set_yticks(pos, [label[:80] for label in labels], fontsize=7)
+        ax.invert_yaxis()
+        for y, v in zip(pos, values, strict=True):
+            ax.text(v, y, f" {v:.2f}", va="center", fontsize=7)
+    fig.tight_layout()
+    if caption:
+        fig.text(0.5, 0.0, caption, ha="center", va="top", fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def _save(fig: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, ".tmp-" + os.path.basename(path))
+    try:
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_all(
+    rows: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any], out_dir: str, stem: str
+) -> dict[str, Any]:
+    """Write <stem>.json/.csv/.md/.png under `out_dir` (atomically); returns their paths and the Markdown text."""
+    text = summary_markdown(rows, env, meta)
+    extra = dict(meta)
+    if "models" in meta.get("plan", {}).get("parts", []):
+        extra["targets"] = targets(rows, env, meta)
+    paths: dict[str, Any] = harness.write_rows(rows, out_dir, stem, env, extra=extra)
+    paths["md"] = os.path.join(out_dir, stem + ".md")
+    harness.atomic_write_text(paths["md"], text)
+    png = os.path.join(out_dir, stem + ".png")
+    paths["png"] = png if plot_speedups(rows, png, caption=machine_line(env)) else None
+    paths["markdown_text"] = text
+    return paths

@@ -1,0 +1,408 @@
+"""Benchmarks of deeplab_fast: fused kernels and whole models against eager PyTorch, torch.compile and peers.
+
+    python benchmarks/run.py               # quick suite on the detected device (CPU: under 10 minutes)
+    python benchmarks/run.py --full        # every shape, dtype and provider
+    python benchmarks/run.py --only models --device cpu --reps 7 --out /tmp/results
+
+Writes <out>/<device>_<suite>_<date>.{json,csv,md,png} and prints the Markdown summary. See README.md,
+section "Benchmarks", for what every provider and column means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_OUT = HERE / "results"
+KERNEL_FAMILIES = {
+    "dwconv": "dwconv_bn_act (atrous depthwise conv + folded BN + activation)",
+    "upsample": "upsample_concat / upsample_argmax (bilinear resize fused with concat / argmax)",
+}
+DTYPE_NAMES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+}
+MODEL_SIZE = 513
+TINY_SIZE = 65
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"run.py: error: {message} (see python benchmarks/run.py --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _dtypes(text: str) -> list[str]:
+    names = []
+    for part in text.split(","):
+        key = part.strip().lower()
+        if key not in DTYPE_NAMES:
+            raise argparse.ArgumentTypeError(
+                f"unknown dtype {part.strip()!r}; expected fp32, fp16 or bf16 (comma-separated)"
+            )
+        if DTYPE_NAMES[key] not in names:
+            names.append(DTYPE_NAMES[key])
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (without importing torch, so bad flags fail fast)."""
+    p = _Parser(
+        prog="python benchmarks/run.py",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--full", action="store_true", help="every shape, dtype and provider (slow on a CPU)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help=f"tiny sizes ({TINY_SIZE}x{TINY_SIZE} models, no torch.compile): a smoke test, not a benchmark",
+    )
+    p.add_argument("--only", choices=("kernels", "models"), help="run one part only")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if a GPU is visible, else cpu")
+    p.add_argument("--dtype", type=_dtypes, help="fp32, fp16, bf16 or a comma-separated list (default: per device)")
+    p.add_argument("--batch", type=_positive_int, help="batch size for kernels and models (default: per part)")
+    p.add_argument("--size", type=_positive_int, help=f"model input side (default {MODEL_SIZE}; --tiny {TINY_SIZE})")
+    p.add_argument("--reps", type=_positive_int, help="timed repetitions per provider (default: per suite)")
+    p.add_argument(
+        "--threads", type=_positive_int, help="CPU threads for torch and onnxruntime (default: torch's default)"
+    )
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the result files (default benchmarks/results)")
+    args = p.parse_args(argv)
+    if args.full and args.tiny:
+        p.error("--full and --tiny exclude each other")
+    if args.size is not None and args.size < 33:
+        p.error(f"--size must be at least 33 (the models downsample 16x), got {args.size}")
+    return args
+
+
+def check_out_dir(path: str) -> str | None:
+    """Create `path` if needed and prove it writable; returns an error message or None."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"--out {path!r} is not a writable folder ({exc.strerror or exc})"
+    return None
+
+
+def _setup_paths() -> None:
+    # `python benchmarks/run.py` puts benchmarks/ on sys.path, not the repository; families and the
+    # package are imported from this checkout.
+    for folder in (str(REPO), str(HERE)):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
+class Plan:
+    """What one invocation runs: suite, dtypes, batches, providers, repetitions, and what it leaves out."""
+
+    def __init__(self, args: argparse.Namespace, device: Any) -> None:
+        import bench_models
+        import harness
+        import torch
+
+        self.device = device
+        gpu = device.type == "cuda"
+        self.suite = "full" if args.full else "tiny" if args.tiny else "quick"
+        self.parts = [args.only] if args.only else ["kernels", "models"]
+        self.left_out: list[str] = []
+        all_dtypes = ["float32", "float16", "bfloat16"]
+
+        # kernels
+        if args.dtype:
+            self.kernel_dtypes = list(args.dtype)
+        elif gpu or args.full:
+            self.kernel_dtypes = all_dtypes
+        else:
+            self.kernel_dtypes = ["float32"]
+            self.left_out.append("kernels in fp16/bf16 (CPU quick suite; --full or --dtype adds them)")
+        self.kernel_batch = args.batch
+        self.kernel_reps = args.reps or (20 if args.full else 10)
+
+        # models
+        native_low = bool(harness.cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"})
+        if args.dtype:
+            self.model_dtypes = list(args.dtype)
+        elif gpu:
+            self.model_dtypes = all_dtypes
+        elif args.full and native_low:
+            self.model_dtypes = all_dtypes
+        else:
+            self.model_dtypes = ["float32"]
+            if args.full:
+                self.left_out.append(
+                    "models in fp16/bf16: this CPU has no native bf16/fp16 arithmetic (AVX2 only); "
+                    "--dtype bf16 runs them anyway"
+                )
+        self.model_batches = [args.batch] if args.batch else ([1, 8] if gpu else [1])
+        self.size = args.size or (TINY_SIZE if args.tiny else MODEL_SIZE)
+        self.model_reps = args.reps or (10 if args.full else 5)
+        self.model_warmup = 2 if args.full else 1
+        self.models = tuple(bench_models.MODELS)
+        providers = list(bench_models.PROVIDERS)
+        memory = list(bench_models.PROVIDERS)
+        if args.tiny:
+            providers = [p for p in providers if not p.startswith("compile") and p != "torchvision"]
+            self.left_out.append("torch.compile providers (--tiny: compiling takes minutes on a CPU)")
+            self.left_out.append("torchvision deeplabv3_resnet101 (--tiny: output stride 8, the slowest peer)")
+            memory = ["optimize"]
+            self.left_out.append("memory of every provider but optimize() (--tiny)")
+        elif not args.full:
+            # Quick suite: torchvision's DeepLabV3 at output stride 8 costs several times our model per forward
+            # and is no target; each torch.compile of a whole model takes minutes (max-autotune on a GPU too,
+            # for every dtype and batch), and on a CPU would compile again in each memory subprocess.
+            providers = [p for p in providers if p not in ("torchvision", "compile_optimize")]
+            self.left_out.append(
+                "torchvision deeplabv3_resnet101 (quick suite: output stride 8 makes it several times slower "
+                "than the rest, and it is no target; --full includes it)"
+            )
+            self.left_out.append(
+                "torch.compile(optimize()) (quick suite: each torch.compile of a whole model takes minutes; "
+                "--full includes it)"
+            )
+            if not gpu:
+                memory = [p for p in memory if not p.startswith("compile")]
+                self.left_out.append(
+                    "memory of torch.compile(eager) (CPU quick suite: it would compile again in its subprocess; "
+                    "--full measures it)"
+                )
+        self.providers = tuple(providers)
+        self.memory = tuple(memory)
+        self.threads = torch.get_num_threads()
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as plain data, recorded in the JSON."""
+        return {
+            "suite": self.suite,
+            "parts": self.parts,
+            "kernel_dtypes": self.kernel_dtypes,
+            "kernel_batch": self.kernel_batch,
+            "kernel_reps": self.kernel_reps,
+            "model_dtypes": self.model_dtypes,
+            "model_batches": self.model_batches,
+            "size": self.size,
+            "model_reps": self.model_reps,
+            "model_warmup": self.model_warmup,
+            "models": list(self.models),
+            "providers": list(self.providers),
+            "memory_providers": list(self.memory),
+            "left_out": self.left_out,
+            "threads": self.threads,
+        }
+
+
+def _family_skip(family: str, dtype: str, reason: str) -> dict[str, Any]:
+    return {
+        "part": "kernels",
+        "family": family,
+        "case": "(all cases)",
+        "provider": "(all providers)",
+        "dtype": dtype,
+        "layout": "",
+        "batch": None,
+        "median_ms": None,
+        "gb_s": None,
+        "pct_bw": None,
+        "copy_ratio": None,
+        "skipped": reason,
+    }
+
+
+def run_kernels(plan: Plan, bar_factory: Any) -> list[dict[str, Any]]:
+    """Rows of every kernel family present in this checkout; a missing or failing family is a skipped row."""
+    import harness
+    import torch
+
+    rows: list[dict[str, Any]] = []
+    modules: dict[str, Any] = {}
+    for family in KERNEL_FAMILIES:
+        try:
+            modules[family] = importlib.import_module(f"bench_{family}")
+        except ImportError as exc:
+            missing = getattr(exc, "name", None) == f"bench_{family}"
+            reason = (
+                f"benchmarks/bench_{family}.py is not in this checkout"
+                if missing
+                else f"bench_{family} failed to import: {type(exc).__name__}: {exc}"
+            )
+            for dtype in plan.kernel_dtypes:
+                rows.append(_family_skip(family, dtype, reason))
+    bar = bar_factory(desc="kernels", total=None, unit="step")
+    try:
+        for dtype_name in plan.kernel_dtypes:
+            dtype = getattr(torch, dtype_name)
+            for family, module in modules.items():
+                progress = harness.Progress(bar, prefix=f"{family} {dtype_name}: ")
+                progress.set_postfix_str("")
+                try:
+                    got = module.run(
+                        plan.device,
+                        dtype,
+                        quick=plan.suite != "full",
+                        batch=plan.kernel_batch,
+                        reps=plan.kernel_reps,
+                        progress=progress,
+                    )
+                except Exception as exc:  # noqa: BLE001  (the other families still run; the reason is reported)
+                    got = [_family_skip(family, dtype_name, f"family crashed: {type(exc).__name__}: {exc}"[:300])]
+                for row in got:
+                    row.setdefault("part", "kernels")
+                    row.setdefault("family", family)
+                    row.setdefault("skipped", "")
+                rows.extend(got)
+    finally:
+        bar.close()
+    return rows
+
+
+def run_models(plan: Plan, bar_factory: Any, gemm: dict[str, float]) -> list[dict[str, Any]]:
+    """Rows of the model part for every dtype and batch of the plan."""
+    import bench_models
+    import harness
+    import torch
+
+    rows: list[dict[str, Any]] = []
+    per = bench_models.steps(plan.models, plan.providers, plan.model_reps, plan.model_warmup)
+    bar = bar_factory(desc="models", total=per * len(plan.model_dtypes) * len(plan.model_batches), unit="step")
+    try:
+        for dtype_name in plan.model_dtypes:
+            for batch in plan.model_batches:
+                rows.extend(
+                    bench_models.run(
+                        plan.device,
+                        getattr(torch, dtype_name),
+                        size=plan.size,
+                        batch=batch,
+                        reps=plan.model_reps,
+                        warmup=plan.model_warmup,
+                        models=plan.models,
+                        providers=plan.providers,
+                        memory=plan.memory,
+                        gemm_gflops=gemm.get(dtype_name),
+                        progress=harness.Progress(bar, prefix=f"{dtype_name} b{batch} "),
+                    )
+                )
+    finally:
+        bar.close()
+    return rows
+
+
+def _stem(env: dict[str, Any], suite: str) -> str:
+    import re
+
+    model = env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
+    slug = re.sub(r"[^a-z0-9]+", "-", str(model or "").lower()).strip("-")[:32]
+    date = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return "_".join(s for s in (env.get("device"), slug, suite, date) if s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    started = time.perf_counter()
+    args = parse_args(argv)
+    error = check_out_dir(args.out)
+    if error:
+        print(f"run.py: error: {error}", file=sys.stderr)
+        return 2
+    _setup_paths()
+    # torch.compile on a machine without a GPU logs "No CUDA runtime is found" in the middle of the progress bar
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    if args.tiny:
+        os.environ["DEEPLAB_FAST_BENCH_TINY"] = "1"  # harness.tiny_requested(): families may shrink further
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(
+            "run.py: error: --device cuda needs a CUDA GPU, but torch.cuda.is_available() is False on this "
+            "machine (use --device cpu)",
+            file=sys.stderr,
+        )
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import bench_models  # noqa: F401  (fail early if the benchmark folder is incomplete)
+    import harness
+    import report
+
+    plan = Plan(args, device)
+    env = harness.environment(device)
+    env["command"] = " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
+    from tqdm import tqdm
+
+    def bar_factory(**kw: Any) -> Any:
+        return tqdm(file=sys.stderr, dynamic_ncols=True, mininterval=0.5, leave=True, **kw)
+
+    print(
+        f"deeplab_fast benchmarks: {plan.suite} suite on {device.type} "
+        f"({env.get('gpu') or env.get('cpu')}, {plan.threads} threads), parts: {', '.join(plan.parts)}",
+        file=sys.stderr,
+    )
+    tiny = plan.suite == "tiny"
+    bandwidth = harness.measure_bandwidth(device, nbytes=(16 if tiny else 256) * 2**20)
+    gemm: dict[str, float] = {}
+    if "models" in plan.parts:
+        for dtype_name in plan.model_dtypes:
+            gemm[dtype_name] = harness.measure_gemm_gflops(device, getattr(torch, dtype_name), n=256 if tiny else 2048)
+
+    rows: list[dict[str, Any]] = []
+    if "kernels" in plan.parts:
+        rows.extend(run_kernels(plan, bar_factory))
+    if "models" in plan.parts:
+        rows.extend(run_models(plan, bar_factory, gemm))
+
+    meta = {
+        "plan": plan.describe(),
+        "bandwidth_gb_s": bandwidth,
+        "gemm_gflops": gemm,
+        "runtime_s": time.perf_counter() - started,
+        "families": {f: d for f, d in KERNEL_FAMILIES.items()},
+    }
+    stem = _stem(env, plan.suite)
+    paths = report.write_all(rows, env, meta, args.out, stem)
+    print(paths["markdown_text"])
+    for kind in ("json", "csv", "md", "png"):
+        if paths.get(kind):
+            print(f"{kind:>4}: {paths[kind]}", file=sys.stderr)
+    total = time.perf_counter() - started
+    print(f"Total runtime: {int(total // 60)} min {total % 60:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("run.py: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,174 @@
+// Packs of V lanes used by the shared kernel bodies: one source, three meanings.
+//
+//  * Plain C++ (any host, any V): a fixed-length array and loops over it.
+//  * Host with AVX2 (the CPU build passes -mavx2 -mfma -mf16c): Pack<float, 8> is one __m256 and its
+//    helpers are intrinsics, so an NHWC body vectorizes 8 channels per instruction.
+//  * CUDA device: loads and stores of V * sizeof(T) == 8 or 16 bytes go through an aligned Vec<T, V>
+//    (one LDG.64/.128 per pack); the launcher guarantees the alignment before it picks V > 1.
+//
+// The body never needs to know which meaning it got.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "common/host_device.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__CUDA_ARCH__) && !defined(__CUDACC__)
+#define DLF_HOST_AVX2 1
+#include <immintrin.h>
+#else
+#define DLF_HOST_AVX2 0
+#endif
+
+namespace dlf {
+
+// Accumulation type of a storage type: fp32 for every float type except float64, which keeps float64
+// (gradcheck needs it).
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccOf<T>::type;
+
+template <typename A, int V>
+struct Pack {
+  A v[V];
+};
+
+#if DLF_HOST_AVX2
+template <>
+struct Pack<float, 8> {
+  __m256 v;
+};
+#endif
+
+// Pack operations, specialized per (storage, accumulator, width). The generic one is the plain meaning.
+template <typename T, typename A, int V>
+struct PackOps {
+  using P = Pack<A, V>;
+  // One 8- or 16-byte access per pack on the GPU (the launcher checks the alignment).
+  static constexpr bool kVectorIO = V > 1 && (sizeof(T) * V == 8 || sizeof(T) * V == 16);
+  static DLF_HOST_DEVICE DLF_FORCEINLINE P zero() {
+    P r;
+    DLF_UNROLL
+    for (int l = 0; l < V; ++l) r.v[l] = A(0);
+    return r;
+  }
+  // Weights, scale and shift are stored in the accumulation type.
+  static DLF_HOST_DEVICE DLF_FORCEINLINE P load_acc(const A* p) {
+    P r;
+    DLF_UNROLL
+    for (int l = 0; l < V; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static DLF_HOST_DEVICE DLF_FORCEINLINE P load(const T* p) {
+    P r;
+#if defined(__CUDA_ARCH__)
+    if constexpr (kVectorIO) {
+      const Vec<T, V> raw = *reinterpret_cast<const Vec<T, V>*>(p);
+      DLF_UNROLL
+      for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(raw.v[l]);
+    } else
+#endif
+    {
+      DLF_UNROLL
+      for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(p[l]);
+    }
+    return r;
+  }
+  static DLF_HOST_DEVICE DLF_FORCEINLINE void store(T* p, const P& a) {
+#if defined(__CUDA_ARCH__)
+    if constexpr (kVectorIO) {
+      Vec<T, V> raw;
+      DLF_UNROLL
+      for (int l = 0; l < V; ++l) raw.v[l] = static_cast<T>(a.v[l]);
+      *reinterpret_cast<Vec<T, V>*>(p) = raw;
+    } else
+#endif
+    {
+      DLF_UNROLL
+      for (int l = 0; l < V; ++l) p[l] = static_cast<T>(a.v[l]);
+    }
+  }
+  // acc += x * w
+  static DLF_HOST_DEVICE DLF_FORCEINLINE void fma(P& acc, const P& x, const P& w) {
+    DLF_UNROLL
+    for (int l = 0; l < V; ++l) acc.v[l] += x.v[l] * w.v[l];
+  }
+  // act(acc * s + b)
+  static DLF_HOST_DEVICE DLF_FORCEINLINE P epilogue(const P& acc, const P& s, const P& b, int act) {
+    P r;
+    DLF_UNROLL
+    for (int l = 0; l < V; ++l) r.v[l] = apply_activation(acc.v[l] * s.v[l] + b.v[l], act);
+    return r;
+  }
+};
+
+#if DLF_HOST_AVX2
+// fp32 lanes in one __m256; the storage-specific part is only load/store.
+struct AvxF32 {
+  using P = Pack<float, 8>;
+  static DLF_FORCEINLINE P zero() { return P{_mm256_setzero_ps()}; }
+  static DLF_FORCEINLINE P load_acc(const float* p) { return P{_mm256_loadu_ps(p)}; }
+  static DLF_FORCEINLINE void fma(P& acc, const P& x, const P& w) { acc.v = _mm256_fmadd_ps(x.v, w.v, acc.v); }
+  static DLF_FORCEINLINE P epilogue(const P& acc, const P& s, const P& b, int act) {
+    __m256 r = _mm256_fmadd_ps(acc.v, s.v, b.v);
+    if (act != kActNone) r = _mm256_max_ps(r, _mm256_setzero_ps());
+    if (act == kActRelu6) r = _mm256_min_ps(r, _mm256_set1_ps(6.f));
+    return P{r};
+  }
+};
+
+template <>
+struct PackOps<float, float, 8> : AvxF32 {
+  static DLF_FORCEINLINE P load(const float* p) { return P{_mm256_loadu_ps(p)}; }
+  static DLF_FORCEINLINE void store(float* p, const P& a) { _mm256_storeu_ps(p, a.v); }
+};
+
+template <>
+struct PackOps<c10::BFloat16, float, 8> : AvxF32 {
+  // bf16 is the upper half of an fp32: widen and shift.
+  static DLF_FORCEINLINE P load(const c10::BFloat16* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return P{_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
+  }
+  // Round to nearest even like c10::BFloat16(float); NaN becomes the canonical 0x7fc0.
+  static DLF_FORCEINLINE void store(c10::BFloat16* p, const P& a) {
+    const __m256i u = _mm256_castps_si256(a.v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+};
+
+template <>
+struct PackOps<c10::Half, float, 8> : AvxF32 {
+  static DLF_FORCEINLINE P load(const c10::Half* p) {
+    return P{_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+  }
+  static DLF_FORCEINLINE void store(c10::Half* p, const P& a) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(a.v, _MM_FROUND_TO_NEAREST_INT));
+  }
+};
+#endif
+
+// Widest pack each launcher uses for a storage type: one AVX2 register on the host, 16 bytes on the GPU.
+template <typename T>
+struct HostLanes {
+  static constexpr int value = sizeof(acc_t<T>) == 4 ? 8 : 4;
+};
+template <typename T>
+struct DeviceLanes {
+  static constexpr int value = static_cast<int>(16 / sizeof(T));
+};
+
+}  // namespace dlf

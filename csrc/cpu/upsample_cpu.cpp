@@ -1,0 +1,373 @@
+// CPU launchers of the upsample ops. They run over output rows with at::parallel_for and call the
+// shared tap/blend helpers (csrc/common/bilinear.h, csrc/kernels/upsample.h) in the same order as
+// the CUDA bodies. Two CPU-specific arrangements make them fast, neither changes the arithmetic:
+//  * the source taps of every output row and column are computed once into small tables;
+//  * channels_last concat blends whole channel vectors (unit stride, the compiler vectorizes the
+//    loops for AVX2/FMA), and the class ops blend each needed source row along W once into a
+//    (K, Wo) row buffer, then blend two such rows along H for all classes with a running
+//    max / softmax that is vectorized over output columns.
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <climits>
+#include <cstring>
+#include <vector>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#include "kernels/upsample_launchers.h"
+
+namespace dlf {
+namespace {
+
+// Taps of every output index along one axis, as separate arrays (vectorizer-friendly).
+struct TapTable {
+  std::vector<int64_t> i0, i1;
+  std::vector<float> l0, l1;
+  TapTable(int64_t in_size, int64_t out_size, bool align_corners, bool flip = false)
+      : i0(out_size), i1(out_size), l0(out_size), l1(out_size) {
+    const float scale = bilinear_scale(in_size, out_size, align_corners);
+    for (int64_t o = 0; o < out_size; ++o) {
+      const LinearTap t = bilinear_tap(scale, o, in_size, out_size, align_corners);
+      i0[o] = flip ? in_size - 1 - t.i0 : t.i0;
+      i1[o] = flip ? in_size - 1 - t.i1 : t.i1;
+      l0[o] = t.l0;
+      l1[o] = t.l1;
+    }
+  }
+  LinearTap at(int64_t o) const { return LinearTap{i0[o], i1[o], l0[o], l1[o]}; }
+};
+
+template <typename T>
+DLF_FORCEINLINE float ld(const T* p) {
+  return static_cast<float>(*p);
+}
+
+// y[c] = bilinear value of four channel vectors (unit stride), c in [0, C).
+template <typename T>
+void blend_channels(const T* __restrict a, const T* __restrict b, const T* __restrict c, const T* __restrict d,
+                    T* __restrict y, int64_t C, const LinearTap& th, const LinearTap& tw) {
+  const float h0 = th.l0, h1 = th.l1, w0 = tw.l0, w1 = tw.l1;
+  for (int64_t i = 0; i < C; ++i) {
+    const float top = bilinear_blend(w0, ld(a + i), w1, ld(b + i));
+    const float bot = bilinear_blend(w0, ld(c + i), w1, ld(d + i));
+    y[i] = static_cast<T>(bilinear_blend(h0, top, h1, bot));
+  }
+}
+
+template <typename T>
+void concat_channels_last(const UpsampleConcatParams& p) {
+  std::vector<TapTable> th, tw;
+  for (int j = 0; j < p.num_inputs; ++j) {
+    th.emplace_back(p.H[j], p.Ho, p.align_corners);
+    tw.emplace_back(p.W[j], p.Wo, p.align_corners);
+  }
+  at::parallel_for(0, p.N * p.Ho, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / p.Ho, ho = row % p.Ho;
+      T* yrow = static_cast<T*>(p.y) + n * p.ys_n + ho * p.ys_h;
+      for (int j = 0; j < p.num_inputs; ++j) {
+        const T* x = static_cast<const T*>(p.x[j]) + n * p.xs_n[j];
+        const LinearTap h = th[j].at(ho);
+        const T* r0 = x + h.i0 * p.xs_h[j];
+        const T* r1 = x + h.i1 * p.xs_h[j];
+        const int64_t C = p.C[j], sw = p.xs_w[j];
+        T* y = yrow + p.c_begin[j];
+        if (p.H[j] == p.Ho && p.W[j] == p.Wo) {  // already at size: a copy
+          for (int64_t wo = 0; wo < p.Wo; ++wo) std::memcpy(y + wo * p.ys_w, r0 + wo * sw, C * sizeof(T));
+          continue;
+        }
+        for (int64_t wo = 0; wo < p.Wo; ++wo) {
+          const LinearTap w = tw[j].at(wo);
+          blend_channels<T>(r0 + w.i0 * sw, r0 + w.i1 * sw, r1 + w.i0 * sw, r1 + w.i1 * sw, y + wo * p.ys_w, C, h, w);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void concat_nchw(const UpsampleConcatParams& p) {
+  std::vector<TapTable> th, tw;
+  for (int j = 0; j < p.num_inputs; ++j) {
+    th.emplace_back(p.H[j], p.Ho, p.align_corners);
+    tw.emplace_back(p.W[j], p.Wo, p.align_corners);
+  }
+  at::parallel_for(0, p.N * p.Ctot * p.Ho, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t ho = row % p.Ho, c = (row / p.Ho) % p.Ctot, n = row / (p.Ho * p.Ctot);
+      int j = 0;
+      while (j + 1 < p.num_inputs && c >= p.c_begin[j + 1]) ++j;
+      const T* x = static_cast<const T*>(p.x[j]) + n * p.xs_n[j] + (c - p.c_begin[j]) * p.xs_c[j];
+      const LinearTap h = th[j].at(ho);
+      const T* __restrict r0 = x + h.i0 * p.xs_h[j];
+      const T* __restrict r1 = x + h.i1 * p.xs_h[j];
+      const int64_t sw = p.xs_w[j];
+      T* __restrict y = static_cast<T*>(p.y) + n * p.ys_n + c * p.ys_c + ho * p.ys_h;
+      const TapTable& w = tw[j];
+      for (int64_t wo = 0; wo < p.Wo; ++wo) {
+        const int64_t q0 = w.i0[wo] * sw, q1 = w.i1[wo] * sw;
+        const float top = bilinear_blend(w.l0[wo], ld(r0 + q0), w.l1[wo], ld(r0 + q1));
+        const float bot = bilinear_blend(w.l0[wo], ld(r1 + q0), w.l1[wo], ld(r1 + q1));
+        y[wo * p.ys_w] = static_cast<T>(bilinear_blend(h.l0, top, h.l1, bot));
+      }
+    }
+  });
+}
+
+// Source rows of the logits blended along W into (K, Wo) fp32 buffers, with a two-slot cache: within
+// a block of consecutive output rows the needed source rows only move forward.
+template <typename T>
+class RowCache {
+ public:
+  RowCache(const UpsampleClassParams& p, const TapTable& tw)
+      : p_(p), tw_(tw), buf_(2 * p.K * p.Wo), ws_(p.W + kWin), stage_(p.K * ws_, 0.f),
+        i0_(tw.i0.begin(), tw.i0.end()), i1_(tw.i1.begin(), tw.i1.end()), win_((p.Wo + kWin - 1) / kWin, -1) {
+    // A chunk of 8 output columns whose taps all fall in 8 consecutive source columns [b, b + 8) is
+    // blended from one 8-wide load of the staged row and two in-register permutes (upsampling: always
+    // the case from a factor of about 1.2 on); other chunks (downsampling) take the scalar loop.
+    for (int64_t c = 0; c * kWin + kWin <= p.Wo; ++c) {
+      int32_t lo = INT32_MAX, hi = INT32_MIN;
+      for (int64_t j = c * kWin; j < c * kWin + kWin; ++j) {
+        lo = dlf_min(lo, dlf_min(i0_[j], i1_[j]));
+        hi = dlf_max(hi, dlf_max(i0_[j], i1_[j]));
+      }
+      if (hi - lo < kWin) win_[c] = lo;
+    }
+  }
+
+  const float* get(int64_t n, int64_t ih) {
+    for (int s = 0; s < 2; ++s)
+      if (key_[s] == n * p_.H + ih) return buf_.data() + s * p_.K * p_.Wo;
+    const int s = (key_[0] == last_used_) ? 1 : 0;  // evict the slot not used last
+    key_[s] = n * p_.H + ih;
+    float* out = buf_.data() + s * p_.K * p_.Wo;
+    fill(out, n, ih);
+    return out;
+  }
+  void touch(int64_t n, int64_t ih) { last_used_ = n * p_.H + ih; }
+
+ private:
+  // Stage the source row as fp32 (K, W) first (a transpose for channels_last logits), so the blend
+  // along W gathers from a small L1-resident buffer with 32-bit indices, whatever the logits' layout.
+  void fill(float* out, int64_t n, int64_t ih) {
+    const T* x = static_cast<const T*>(p_.x) + n * p_.xs_n + ih * p_.xs_h;
+    const int64_t Wo = p_.Wo, W = p_.W, sw = p_.xs_w, sk = p_.xs_k;
+    float* __restrict st = stage_.data();
+    const int64_t ws = ws_;  // staged row stride: W plus a pad so 8-wide window loads stay in bounds
+    if (sk == 1) {
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t k = 0; k < p_.K; ++k) st[k * ws + w] = ld(x + w * sw + k);
+    } else {
+      for (int64_t k = 0; k < p_.K; ++k)
+        for (int64_t w = 0; w < W; ++w) st[k * ws + w] = ld(x + k * sk + w * sw);
+    }
+    const int32_t* __restrict i0 = i0_.data();
+    const int32_t* __restrict i1 = i1_.data();
+    const float* __restrict l0 = tw_.l0.data();
+    const float* __restrict l1 = tw_.l1.data();
+    for (int64_t k = 0; k < p_.K; ++k) {
+      const float* __restrict s = st + k * ws;
+      float* __restrict o = out + k * Wo;
+      int64_t wo = 0;
+#ifdef __AVX2__
+      for (; wo + kWin <= Wo; wo += kWin) {
+        const int32_t b = win_[wo / kWin];
+        if (b < 0) {
+          for (int64_t j = wo; j < wo + kWin; ++j) o[j] = bilinear_blend(l0[j], s[i0[j]], l1[j], s[i1[j]]);
+          continue;
+        }
+        const __m256 window = _mm256_loadu_ps(s + b);
+        const __m256i base = _mm256_set1_epi32(b);
+        const __m256i d0 = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + wo)), base);
+        const __m256i d1 = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + wo)), base);
+        const __m256 a = _mm256_permutevar8x32_ps(window, d0);
+        const __m256 c = _mm256_permutevar8x32_ps(window, d1);
+        // fmaf(l0, a, l1 * c), lane by lane: the same rounding as bilinear_blend.
+        _mm256_storeu_ps(o + wo, _mm256_fmadd_ps(_mm256_loadu_ps(l0 + wo), a, _mm256_mul_ps(_mm256_loadu_ps(l1 + wo), c)));
+      }
+#endif
+      for (; wo < Wo; ++wo) o[wo] = bilinear_blend(l0[wo], s[i0[wo]], l1[wo], s[i1[wo]]);
+    }
+  }
+
+  const UpsampleClassParams& p_;
+  const TapTable& tw_;
+  static constexpr int64_t kWin = 8;
+  std::vector<float> buf_;
+  int64_t ws_;
+  std::vector<float> stage_;
+  std::vector<int32_t> i0_, i1_;  // 32-bit copies of the W taps (AVX2 lane offsets)
+  std::vector<int32_t> win_;      // per chunk of 8 output columns: first source column of its window, or -1
+  int64_t key_[2] = {-1, -1};
+  int64_t last_used_ = -1;
+};
+
+// Calls fn(n, ho, th, r0, r1) for each output row in [begin, end), r0/r1 being the W-blended rows.
+template <typename T, typename Fn>
+void for_rows(const UpsampleClassParams& p, const TapTable& th, const TapTable& tw, int64_t begin, int64_t end, Fn fn) {
+  RowCache<T> cache(p, tw);
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / p.Ho, ho = row % p.Ho;
+    const LinearTap h = th.at(ho);
+    const float* r0 = cache.get(n, h.i0);
+    cache.touch(n, h.i0);
+    const float* r1 = cache.get(n, h.i1);
+    cache.touch(n, h.i1);
+    fn(n, ho, h, r0, r1);
+  }
+}
+
+#ifdef __AVX2__
+// Running argmax over K classes for NC x 8 output columns, kept in registers: NC independent chains
+// hide the compare/blend latency. r0/r1 are W-blended source rows (K, Wo) at the first column.
+template <int NC>
+DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64_t Wo, int64_t K, const LinearTap& h,
+                                         int64_t* out) {
+  const __m256 h0 = _mm256_set1_ps(h.l0), h1 = _mm256_set1_ps(h.l1);
+  __m256 best[NC];
+  __m256i arg[NC];
+#pragma GCC unroll 4
+  for (int c = 0; c < NC; ++c) {
+    best[c] = _mm256_fmadd_ps(h0, _mm256_loadu_ps(r0 + 8 * c), _mm256_mul_ps(h1, _mm256_loadu_ps(r1 + 8 * c)));
+    arg[c] = _mm256_setzero_si256();
+  }
+  __m256i kv = _mm256_setzero_si256();
+  const __m256i one = _mm256_set1_epi32(1);
+  for (int64_t k = 1; k < K; ++k) {
+    kv = _mm256_add_epi32(kv, one);
+    const float* s0 = r0 + k * Wo;
+    const float* s1 = r1 + k * Wo;
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      // fmaf(h0, a, h1 * b): bilinear_blend's rounding.
+      const __m256 v = _mm256_fmadd_ps(h0, _mm256_loadu_ps(s0 + 8 * c), _mm256_mul_ps(h1, _mm256_loadu_ps(s1 + 8 * c)));
+      // argmax_takes: !(v <= best) is "v > best or either is NaN"; a NaN best is never replaced.
+      const __m256 take = _mm256_and_ps(_mm256_cmp_ps(v, best[c], _CMP_NLE_UQ), _mm256_cmp_ps(best[c], best[c], _CMP_ORD_Q));
+      best[c] = _mm256_blendv_ps(best[c], v, take);
+      arg[c] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg[c]), _mm256_castsi256_ps(kv), take));
+    }
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < NC; ++c) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(arg[c])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c + 4),
+                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(arg[c], 1)));
+  }
+}
+#endif
+
+template <typename T>
+void argmax_rows(const UpsampleClassParams& p) {
+  const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
+  at::parallel_for(0, p.N * p.Ho, 4, [&](int64_t begin, int64_t end) {
+    const int64_t Wo = p.Wo;
+    std::vector<float> best(Wo);
+    std::vector<int32_t> arg(Wo);
+    for_rows<T>(p, th, tw, begin, end, [&](int64_t n, int64_t ho, const LinearTap& h, const float* r0, const float* r1) {
+      float* __restrict b = best.data();
+      int32_t* __restrict a = arg.data();
+      int64_t* __restrict out = p.labels + (n * p.Ho + ho) * Wo;
+      int64_t w8 = 0;
+#ifdef __AVX2__
+      for (; w8 + 32 <= Wo; w8 += 32) argmax_columns_avx2<4>(r0 + w8, r1 + w8, Wo, p.K, h, out + w8);
+      for (; w8 + 8 <= Wo; w8 += 8) argmax_columns_avx2<1>(r0 + w8, r1 + w8, Wo, p.K, h, out + w8);
+#endif
+      if (w8 == Wo) return;
+      for (int64_t wo = w8; wo < Wo; ++wo) b[wo] = bilinear_blend(h.l0, r0[wo], h.l1, r1[wo]), a[wo] = 0;
+      for (int64_t k = 1; k < p.K; ++k) {
+        const float* __restrict s0 = r0 + k * Wo;
+        const float* __restrict s1 = r1 + k * Wo;
+        const int32_t kk = static_cast<int32_t>(k);
+        for (int64_t wo = w8; wo < Wo; ++wo) {
+          const float v = bilinear_blend(h.l0, s0[wo], h.l1, s1[wo]);
+          const bool t = argmax_takes(v, b[wo]);
+          b[wo] = t ? v : b[wo];
+          a[wo] = t ? kk : a[wo];
+        }
+      }
+      for (int64_t wo = w8; wo < Wo; ++wo) out[wo] = a[wo];
+    });
+  });
+}
+
+template <typename T>
+void softmax_accumulate_rows(const UpsampleClassParams& p) {
+  const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
+  at::parallel_for(0, p.N * p.Ho, 4, [&](int64_t begin, int64_t end) {
+    const int64_t Wo = p.Wo, K = p.K;
+    std::vector<float> val(K * Wo), mx(Wo), scale(Wo);
+    for_rows<T>(p, th, tw, begin, end, [&](int64_t n, int64_t ho, const LinearTap& h, const float* r0, const float* r1) {
+      float* __restrict v = val.data();
+      float* __restrict m = mx.data();
+      float* __restrict s = scale.data();
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t wo = 0; wo < Wo; ++wo) {
+          const float x = bilinear_blend(h.l0, r0[k * Wo + wo], h.l1, r1[k * Wo + wo]);
+          v[k * Wo + wo] = x;
+          m[wo] = k == 0 ? x : dlf_max(m[wo], x);
+        }
+      }
+      for (int64_t wo = 0; wo < Wo; ++wo) s[wo] = 0.f;
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t wo = 0; wo < Wo; ++wo) {
+          const float e = expf(v[k * Wo + wo] - m[wo]);
+          v[k * Wo + wo] = e;
+          s[wo] += e;
+        }
+      for (int64_t wo = 0; wo < Wo; ++wo) s[wo] = p.weight / s[wo];
+      float* acc = p.accum + n * K * p.Ho * Wo + ho * Wo;
+      for (int64_t k = 0; k < K; ++k) {
+        float* __restrict a = acc + k * p.Ho * Wo;
+        for (int64_t wo = 0; wo < Wo; ++wo) a[wo] += v[k * Wo + wo] * s[wo];
+      }
+    });
+  });
+}
+
+template <template <typename> class Fn, typename P>
+void dispatch(const P& p, c10::ScalarType dtype, const char* op) {
+  switch (dtype) {
+    case c10::ScalarType::Float: return Fn<float>::run(p);
+    case c10::ScalarType::Half: return Fn<c10::Half>::run(p);
+    case c10::ScalarType::BFloat16: return Fn<c10::BFloat16>::run(p);
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
+  }
+}
+
+template <typename T>
+struct ConcatRun {
+  static void run(const UpsampleConcatParams& p) {
+    if (p.channels_last) {
+      concat_channels_last<T>(p);
+    } else {
+      concat_nchw<T>(p);
+    }
+  }
+};
+template <typename T>
+struct ArgmaxRun {
+  static void run(const UpsampleClassParams& p) { argmax_rows<T>(p); }
+};
+template <typename T>
+struct SoftmaxRun {
+  static void run(const UpsampleClassParams& p) { softmax_accumulate_rows<T>(p); }
+};
+
+}  // namespace
+
+void upsample_concat_cpu(const UpsampleConcatParams& p, c10::ScalarType dtype) {
+  dispatch<ConcatRun>(p, dtype, "upsample_concat");
+}
+void upsample_argmax_cpu(const UpsampleClassParams& p, c10::ScalarType dtype) {
+  dispatch<ArgmaxRun>(p, dtype, "upsample_argmax");
+}
+void upsample_softmax_accumulate_cpu(const UpsampleClassParams& p, c10::ScalarType dtype) {
+  dispatch<SoftmaxRun>(p, dtype, "upsample_softmax_accumulate");
+}
+
+}  // namespace dlf

@@ -1,0 +1,178 @@
+// Entry points of deeplab_fast::upsample_concat, ::upsample_argmax and ::upsample_softmax_accumulate for
+// CPU and CUDA tensors: checks, output allocation, parameter packing, the call into the launchers.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "kernels/upsample_launchers.h"
+#ifdef DLF_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace dlf {
+namespace {
+
+bool is_channels_last(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
+
+void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
+              name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+}
+
+std::pair<int64_t, int64_t> check_size(at::IntArrayRef size) {
+  TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0, "size must be two positive ints (H, W), got ", size);
+  return {size[0], size[1]};
+}
+
+#ifdef DLF_WITH_CUDA
+cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+#endif
+
+void fill_class_params(UpsampleClassParams& p, const at::Tensor& x, int64_t Ho, int64_t Wo, bool align_corners) {
+  p.x = x.data_ptr();
+  p.N = x.size(0), p.K = x.size(1), p.H = x.size(2), p.W = x.size(3), p.Ho = Ho, p.Wo = Wo;
+  p.xs_n = x.stride(0), p.xs_k = x.stride(1), p.xs_h = x.stride(2), p.xs_w = x.stride(3);
+  p.scale_h = bilinear_scale(p.H, Ho, align_corners);
+  p.scale_w = bilinear_scale(p.W, Wo, align_corners);
+  p.align_corners = align_corners;
+}
+
+}  // namespace
+
+at::Tensor upsample_concat(at::TensorList tensors, at::IntArrayRef size, bool align_corners) {
+  TORCH_CHECK(!tensors.empty(), "tensors must hold at least one tensor, got an empty sequence");
+  TORCH_CHECK(static_cast<int>(tensors.size()) <= kMaxConcatInputs, "tensors must hold at most ", kMaxConcatInputs,
+              " tensors, got ", tensors.size());
+  const auto [Ho, Wo] = check_size(size);
+  const at::Tensor& first = tensors[0];
+  for (size_t j = 0; j < tensors.size(); ++j) {
+    const at::Tensor& t = tensors[j];
+    TORCH_CHECK(t.dim() == 4, "tensors[", j, "] must be a 4-D (N, C, H, W) tensor, got shape ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
+                "tensors[", j, "] must be float32, float16 or bfloat16, got ", t.scalar_type());
+    TORCH_CHECK(t.size(0) == first.size(0), "tensors[", j, "] has batch size ", t.size(0), " but tensors[0] has ",
+                first.size(0));
+    TORCH_CHECK(t.scalar_type() == first.scalar_type(), "tensors[", j, "] has dtype ", t.scalar_type(),
+                " but tensors[0] has ", first.scalar_type());
+    TORCH_CHECK(t.device() == first.device(), "tensors[", j, "] is on ", t.device(), " but tensors[0] is on ",
+                first.device());
+    TORCH_CHECK(t.numel() == 0 || (t.size(2) > 0 && t.size(3) > 0), "tensors[", j,
+                "] must have positive height and width, got ", t.sizes());
+  }
+  const bool cl = is_channels_last(first);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  std::vector<at::Tensor> xs;
+  int64_t ctot = 0;
+  for (const auto& t : tensors) {
+    xs.push_back(cl ? t.contiguous(fmt) : t);
+    ctot += t.size(1);
+  }
+  at::Tensor y = at::empty({first.size(0), ctot, Ho, Wo}, first.options().memory_format(fmt));
+  if (y.numel() == 0) return y;
+
+  UpsampleConcatParams p{};
+  p.num_inputs = static_cast<int>(xs.size());
+  int64_t c0 = 0;
+  for (int j = 0; j < p.num_inputs; ++j) {
+    const at::Tensor& t = xs[j];
+    p.x[j] = t.data_ptr();
+    p.C[j] = t.size(1), p.H[j] = t.size(2), p.W[j] = t.size(3);
+    p.xs_n[j] = t.stride(0), p.xs_c[j] = t.stride(1), p.xs_h[j] = t.stride(2), p.xs_w[j] = t.stride(3);
+    p.scale_h[j] = bilinear_scale(p.H[j], Ho, align_corners);
+    p.scale_w[j] = bilinear_scale(p.W[j], Wo, align_corners);
+    p.c_begin[j] = c0;
+    c0 += p.C[j];
+  }
+  p.c_begin[p.num_inputs] = c0;
+  p.y = y.data_ptr();
+  p.N = y.size(0), p.Ctot = ctot, p.Ho = Ho, p.Wo = Wo;
+  p.ys_n = y.stride(0), p.ys_c = y.stride(1), p.ys_h = y.stride(2), p.ys_w = y.stride(3);
+  p.channels_last = cl;
+  p.align_corners = align_corners;
+  if (y.is_cuda()) {
+#ifdef DLF_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(y.device());
+    upsample_concat_cuda(p, y.scalar_type(), stream_of(y));
+#else
+    TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
+#endif
+  } else {
+    upsample_concat_cpu(p, y.scalar_type());
+  }
+  return y;
+}
+
+at::Tensor upsample_argmax(const at::Tensor& logits, at::IntArrayRef size, bool align_corners) {
+  DLF_CHECK_NDIM(logits, 4, "logits");
+  check_float(logits, "logits");
+  const auto [Ho, Wo] = check_size(size);
+  TORCH_CHECK(logits.size(1) > 0, "logits must have at least one class (K > 0), got shape ", logits.sizes());
+  TORCH_CHECK(logits.numel() == 0 || (logits.size(2) > 0 && logits.size(3) > 0),
+              "logits must have positive height and width, got ", logits.sizes());
+  at::Tensor labels = at::empty({logits.size(0), Ho, Wo}, logits.options().dtype(at::kLong));
+  if (labels.numel() == 0) return labels;
+  UpsampleClassParams p{};
+  fill_class_params(p, logits, Ho, Wo, align_corners);
+  p.labels = labels.data_ptr<int64_t>();
+  if (logits.is_cuda()) {
+#ifdef DLF_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(logits.device());
+    upsample_argmax_cuda(p, logits.scalar_type(), stream_of(logits));
+#else
+    TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
+#endif
+  } else {
+    upsample_argmax_cpu(p, logits.scalar_type());
+  }
+  return labels;
+}
+
+void upsample_softmax_accumulate(const at::Tensor& logits, const at::Tensor& accum, double weight, bool flip,
+                                 bool align_corners) {
+  DLF_CHECK_NDIM(logits, 4, "logits");
+  DLF_CHECK_NDIM(accum, 4, "accum");
+  check_float(logits, "logits");
+  TORCH_CHECK(accum.scalar_type() == at::kFloat, "accum must be float32, got ", accum.scalar_type());
+  TORCH_CHECK(accum.is_contiguous(), "accum must be contiguous (NCHW), got strides ", accum.strides());
+  DLF_CHECK_SAME_DEVICE(logits, accum, "logits", "accum");
+  TORCH_CHECK(accum.size(0) == logits.size(0), "accum's batch size ", accum.size(0), " must equal logits' ",
+              logits.size(0));
+  TORCH_CHECK(accum.size(1) == logits.size(1), "accum's class count ", accum.size(1), " must equal logits' ",
+              logits.size(1));
+  TORCH_CHECK(accum.numel() == 0 || (logits.size(2) > 0 && logits.size(3) > 0),
+              "logits must have positive height and width, got ", logits.sizes());
+  if (accum.numel() == 0) return;
+  UpsampleClassParams p{};
+  fill_class_params(p, logits, accum.size(2), accum.size(3), align_corners);
+  p.flip = flip;
+  p.accum = accum.data_ptr<float>();
+  p.weight = static_cast<float>(weight);
+  if (logits.is_cuda()) {
+#ifdef DLF_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(logits.device());
+    upsample_softmax_accumulate_cuda(p, logits.scalar_type(), stream_of(logits));
+#else
+    TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
+#endif
+  } else {
+    upsample_softmax_accumulate_cpu(p, logits.scalar_type());
+  }
+}
+
+TORCH_LIBRARY_IMPL(deeplab_fast, CPU, m) {
+  m.impl("upsample_concat", &upsample_concat);
+  m.impl("upsample_argmax", &upsample_argmax);
+  m.impl("upsample_softmax_accumulate", &upsample_softmax_accumulate);
+}
+#ifdef DLF_WITH_CUDA
+TORCH_LIBRARY_IMPL(deeplab_fast, CUDA, m) {
+  m.impl("upsample_concat", &upsample_concat);
+  m.impl("upsample_argmax", &upsample_argmax);
+  m.impl("upsample_softmax_accumulate", &upsample_softmax_accumulate);
+}
+#endif
+
+}  // namespace dlf

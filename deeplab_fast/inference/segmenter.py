@@ -1,0 +1,396 @@
+"""Segmenter: a trained segmentation model turned into one call from images to label maps.
+
+Semantics (the slow reference in tests/test_inference.py composes exactly this from F.interpolate + softmax):
+
+1. The image becomes float RGB in [0, 1] (uint8 / 255), then (x - mean) / std.
+2. For every scale s and (with flip=True) both orientations, the normalised image is resized bilinearly
+   (align_corners=False) to (int(H*s + 0.5), int(W*s + 0.5)), flipped left-right for the flipped pass, and
+   run through the model. Inputs smaller than `min_size` are zero-padded at the bottom/right and the pad is
+   cropped off the logits.
+3. Each pass's logits are flipped back, resized bilinearly to (H, W) and softmaxed over classes; the passes'
+   probabilities are averaged (deeplab_fast.ops.upsample_softmax_accumulate does resize + softmax + add in
+   one step). With a window, a pass whose input is larger than the window is tiled instead: the windows'
+   probabilities are averaged where they overlap, then resized to (H, W).
+4. predict() takes the argmax. A single pass (one scale, no flip, no tiling) skips the probabilities and
+   goes through deeplab_fast.ops.upsample_argmax.
+
+A pass's logits are the model's lowest-resolution class scores when the model can produce them (a
+DeepLabV3+ from deeplab_fast.models at output stride 16 gives 1/4-resolution logits from its decoder); the
+one bilinear resize straight to (H, W) is then cheaper than the model's own upsampling followed by a second
+resize. Other models (any nn.Module mapping (N, 3, H, W) to (N, K, h, w) logits, or to a dict with "out") are
+used through their forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeplab_fast import ops
+from deeplab_fast.inference.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageLike,
+    check_mean_std,
+    normalize,
+    pad_to_min,
+    rescale,
+    to_float_rgb,
+)
+from deeplab_fast.inference.sliding import needs_sliding, sliding_probabilities
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def upsample_softmax_accumulate_fallback(
+    logits: torch.Tensor, accum: torch.Tensor, *, weight: float = 1.0, flip: bool = False, align_corners: bool = False
+) -> torch.Tensor:
+    """accum (N, K, H, W) fp32 += weight * softmax_K(resize_bilinear(flip_W(logits) if flip else logits, (H, W))).
+
+    Plain-PyTorch stand-in for deeplab_fast.ops.upsample_softmax_accumulate while that op is not in this build.
+    logits: (N, K, h, w) float (upcast to fp32). Returns accum, updated in place.
+    """
+    x = logits.to(torch.float32)
+    if flip:
+        x = x.flip(-1)
+    if tuple(x.shape[-2:]) != tuple(accum.shape[-2:]):
+        x = F.interpolate(x, size=tuple(accum.shape[-2:]), mode="bilinear", align_corners=align_corners)
+    accum.add_(torch.softmax(x, dim=1), alpha=float(weight))
+    return accum
+
+
+def upsample_softmax_accumulate(
+    logits: torch.Tensor, accum: torch.Tensor, *, weight: float = 1.0, flip: bool = False, align_corners: bool = False
+) -> torch.Tensor:
+    """The fused op deeplab_fast.ops.upsample_softmax_accumulate when this build has it, else the fallback."""
+    op = getattr(ops, "upsample_softmax_accumulate", None)
+    if op is None:
+        fallback = upsample_softmax_accumulate_fallback
+        return fallback(logits, accum, weight=weight, flip=flip, align_corners=align_corners)
+    return op(logits, accum, weight=weight, flip=flip, align_corners=align_corners)
+
+
+class Segmenter:
+    """Predict label maps and class probabilities of images with a segmentation model.
+
+    model: an nn.Module mapping (N, 3, H, W) normalised RGB to logits (N, K, h, w) (any h, w: they are resized
+        to the image), or to a dict holding them under "out" (torchvision's models). It is put in eval mode and
+        moved to `device` and `dtype` in place.
+    mean, std: per-channel normalisation of RGB in [0, 1] (ImageNet's by default).
+    scales: image scales of the passes (e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) for the paper's evaluation).
+    flip: also run each scale on the left-right flipped image.
+    window: (H, W) or int: tile inputs larger than this into overlapping windows (Cityscapes-size images).
+    stride: (H, W) or int step between windows (default: two thirds of the window, one third overlap).
+    device: "auto" (CUDA when available, else CPU), or any torch.device / string.
+    dtype: the model's compute dtype (torch.float32, torch.float16, torch.bfloat16, or "fp16", "bf16", ...);
+        probabilities are always accumulated in float32.
+    optimize: run deeplab_fast.optimize(model) (BN folding, fused kernels) when that is available.
+    align_corners: how logits are resized (default: the model's `align_corners` attribute, else False).
+    min_size: inputs smaller than this (either side) are padded up to it, and the pad is cropped away.
+    batch_size: most images (or sliding windows) per forward.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        window: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | str = torch.float32,
+        optimize: bool = True,
+        align_corners: bool | None = None,
+        min_size: int = 32,
+        batch_size: int = 8,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        self.mean, self.std = check_mean_std(mean, std)
+        self.scales = _check_scales(scales)
+        self.flip = bool(flip)
+        self.min_size = _check_positive_int(min_size, "min_size")
+        self.batch_size = _check_positive_int(batch_size, "batch_size")
+        self.window = None if window is None else _pair(window, "window")
+        if self.window is not None and min(self.window) < self.min_size:
+            raise ValueError(f"window must be at least min_size={self.min_size} on each side; got {self.window}")
+        if stride is not None and self.window is None:
+            raise ValueError("stride is only used with window; pass window=(H, W) too")
+        if self.window is None:
+            self.stride = None
+        elif stride is None:
+            self.stride = (max(1, (2 * self.window[0]) // 3), max(1, (2 * self.window[1]) // 3))
+        else:
+            self.stride = _pair(stride, "stride")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        if align_corners is None:
+            align_corners = bool(getattr(model, "align_corners", False))
+        self.align_corners = bool(align_corners)
+
+        model = model.eval().to(device=self.device)
+        self.optimized = False
+        if optimize:
+            model, self.optimized = _try_optimize(model)
+        self.model = model.eval().to(dtype=self.dtype)
+        self._channels_last = _uses_channels_last(self.model)
+        self._lowres = lowres_logits_fn(self.model)
+
+    def __repr__(self) -> str:
+        return (
+            f"Segmenter({type(self.model).__name__}, scales={self.scales}, flip={self.flip}, window={self.window}, "
+            f"stride={self.stride}, device={self.device}, dtype={self.dtype}, optimized={self.optimized})"
+        )
+
+    @property
+    def passes(self) -> list[tuple[float, bool]]:
+        """(scale, flipped) of every pass, in the order they run."""
+        flips = (False, True) if self.flip else (False,)
+        return [(s, f) for s in self.scales for f in flips]
+
+    # ---- public API -------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict(self, image: ImageLike) -> torch.Tensor:
+        """Label map (H, W) int64 of one image (path, PIL image, HxWx3 numpy, or (C, H, W)/(1, C, H, W) tensor).
+
+        The result is on the input tensor's device for tensors, on the CPU otherwise.
+        """
+        x = self._prepare_one(image)
+        return self._labels(x)[0].to(_result_device(image))
+
+    __call__ = predict
+
+    @torch.inference_mode()
+    def predict_proba(self, image: ImageLike) -> torch.Tensor:
+        """Class probabilities (C, H, W) float32 of one image: softmax averaged over scales, flips and windows."""
+        x = self._prepare_one(image)
+        return self._probabilities(x)[0].to(_result_device(image))
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[ImageLike] | torch.Tensor) -> list[torch.Tensor]:
+        """Label maps [(H_i, W_i) int64] of several images (a sequence of images, or an (N, C, H, W) tensor).
+
+        Consecutive images of the same size run together, up to batch_size per forward.
+        """
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4:
+                raise ValueError(f"a batch tensor must have shape (N, C, H, W); got {tuple(images.shape)}")
+            images = list(images.unbind(0))
+        elif isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            raise ValueError(f"images must be a list of images or an (N, C, H, W) tensor; got {type(images).__name__}")
+        results: list[torch.Tensor] = []
+        group: list[torch.Tensor] = []
+        devices: list[torch.device] = []
+
+        def flush() -> None:
+            if group:
+                labels = self._labels(torch.cat(group))
+                results.extend(lab.to(dev) for lab, dev in zip(labels, devices, strict=True))
+                group.clear()
+                devices.clear()
+
+        for image in images:
+            x = to_float_rgb(image, self.device)
+            for one in x.split(1):
+                if group and (one.shape[-2:] != group[0].shape[-2:] or len(group) == self.batch_size):
+                    flush()
+                group.append(normalize(one, self.mean, self.std))
+                devices.append(_result_device(image))
+        flush()
+        return results
+
+    # ---- internals --------------------------------------------------------------------------------------------
+
+    def _prepare_one(self, image: ImageLike) -> torch.Tensor:
+        x = to_float_rgb(image, self.device)
+        if x.shape[0] != 1:
+            raise ValueError(f"predict takes one image; got a batch of {x.shape[0]} (use predict_batch)")
+        return normalize(x, self.mean, self.std)
+
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        """Labels (N, H, W) int64 of normalised images x (N, 3, H, W) float32."""
+        size = (x.shape[-2], x.shape[-1])
+        if len(self.passes) == 1:
+            scale = self.scales[0]
+            xs = rescale(x, scale)
+            if not needs_sliding(tuple(xs.shape[-2:]), self.window):
+                return ops.upsample_argmax(self._logits(xs), size, align_corners=self.align_corners)
+        return self._probabilities(x).argmax(1)
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Averaged probabilities (N, K, H, W) float32 of normalised images x (N, 3, H, W) float32."""
+        n, _, h, w = x.shape
+        passes = self.passes
+        weight = 1.0 / len(passes)
+        accum: torch.Tensor | None = None
+        for scale in self.scales:
+            xs = rescale(x, scale)
+            for flipped in (False, True) if self.flip else (False,):
+                xin = xs.flip(-1) if flipped else xs
+                if needs_sliding(tuple(xin.shape[-2:]), self.window):
+                    probs = sliding_probabilities(
+                        xin, self.window, self.stride, self._tile_probabilities, max(1, self.batch_size // n)
+                    )
+                    if flipped:
+                        probs = probs.flip(-1)
+                    if tuple(probs.shape[-2:]) != (h, w):
+                        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=self.align_corners)
+                    if accum is None:
+                        accum = torch.zeros((n, probs.shape[1], h, w), dtype=torch.float32, device=x.device)
+                    accum.add_(probs, alpha=weight)
+                else:
+                    logits = self._logits(xin)
+                    if accum is None:
+                        accum = torch.zeros((n, logits.shape[1], h, w), dtype=torch.float32, device=x.device)
+                    upsample_softmax_accumulate(
+                        logits, accum, weight=weight, flip=flipped, align_corners=self.align_corners
+                    )
+        assert accum is not None  # there is at least one scale
+        return accum
+
+    def _tile_probabilities(self, tile: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(tile)
+        accum = torch.zeros(
+            (tile.shape[0], logits.shape[1], tile.shape[-2], tile.shape[-1]), dtype=torch.float32, device=tile.device
+        )
+        return upsample_softmax_accumulate(logits, accum, align_corners=self.align_corners)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K, h', w') of normalised x (N, 3, h, w), covering exactly the image (pads cropped away)."""
+        xp, (h, w) = pad_to_min(x, self.min_size)
+        padded = tuple(xp.shape[-2:]) != (h, w)
+        inp = xp.to(self.dtype)
+        if self._channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        if self._lowres is not None and not padded:
+            out = _as_logits(self._lowres(inp), x.shape[0])
+        else:
+            out = _as_logits(self.model(inp), x.shape[0])
+        if padded:
+            # crop in input pixels: bring the logits to the padded input's size first
+            if tuple(out.shape[-2:]) != tuple(xp.shape[-2:]):
+                out = F.interpolate(
+                    out.float(), size=tuple(xp.shape[-2:]), mode="bilinear", align_corners=self.align_corners
+                )
+            out = out[..., :h, :w]
+        return out
+
+
+def lowres_logits_fn(model: nn.Module) -> Callable[[torch.Tensor], Any] | None:
+    """The model's way to produce its logits before the final upsampling, or None if it has none.
+
+    Recognised: a `forward_logits(x, upsample=False)` / `forward_lowres(x)` method (deeplab_fast's DeepLabV3+).
+    """
+    fn = getattr(model, "forward_lowres", None)
+    if callable(fn):
+        return fn
+    fn = getattr(model, "forward_logits", None)
+    if callable(fn):
+        return lambda x: fn(x, upsample=False)
+    return None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; other values through torch.device, checked to be usable."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} asks for CUDA, but no CUDA device is available; use device='cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """torch.float32 / float16 / bfloat16, or one of their names ("float32", "fp16", "bf16", ...)."""
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(sorted(_DTYPES))}; got {dtype!r}")
+        return _DTYPES[dtype.lower()]
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16; got {dtype!r}")
+    return dtype
+
+
+def _try_optimize(model: nn.Module) -> tuple[nn.Module, bool]:
+    try:
+        from deeplab_fast.models.fuse import optimize
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.startswith("deeplab_fast"):
+            return model, False  # the models package is not in this build
+        raise
+    return optimize(model), True
+
+
+def _uses_channels_last(model: nn.Module) -> bool:
+    for p in model.parameters():
+        if p.dim() == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
+def _as_logits(out: Any, n: int) -> torch.Tensor:
+    if isinstance(out, dict):
+        if "out" not in out:
+            raise ValueError(f"the model returned a dict without an 'out' entry (keys: {sorted(out)})")
+        out = out["out"]
+    elif isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != n or not out.is_floating_point():
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model must return float logits of shape (N={n}, K, h, w); got {got}")
+    return out
+
+
+def _result_device(image: Any) -> torch.device:
+    return image.device if isinstance(image, torch.Tensor) else torch.device("cpu")
+
+
+def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(scales, (int, float)):
+        scales = (scales,)
+    try:
+        vals = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"scales must be a sequence of positive numbers; got {scales!r}") from None
+    if not vals or any(not (s > 0 and s < float("inf")) for s in vals):
+        raise ValueError(f"scales must be a non-empty sequence of positive numbers; got {scales!r}")
+    return vals
+
+
+def _check_positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        pair = tuple(int(v) for v in value)
+        ok = len(pair) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or min(pair) < 1:
+        raise ValueError(f"{name} must be a positive int or a pair (H, W) of them; got {value!r}")
+    return pair  # type: ignore[return-value]

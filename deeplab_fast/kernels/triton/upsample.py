@@ -1,0 +1,317 @@
+"""Triton kernels of the three bilinear-resize ops, exposed as torch.library.triton_op so
+torch.compile sees into them: upsample_concat_triton, upsample_argmax_triton and
+upsample_softmax_accumulate_triton (mutates `accum`).
+
+`_tap` mirrors csrc/common/bilinear.h (PyTorch's area_pixel_compute_source_index with the scale from the
+sizes, clamping, the exact-copy case, fused multiply-adds in PyTorch's order). On a GPU `tl.fma` is a
+true fused multiply-add; the Triton interpreter evaluates it as a multiply then an add, so there the
+results can differ from the C++ kernels in the last bit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from deeplab_fast.ops.upsample_checks import is_channels_last
+
+# Few, large program instances under the interpreter (each instance costs tens of milliseconds there).
+_BLOCK = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
+
+
+def _scale(in_size: int, out_size: int, align_corners: bool) -> float:
+    """fp32 input/output size ratio, as bilinear_scale in csrc/common/bilinear.h."""
+    if align_corners:
+        if out_size <= 1:
+            return 0.0
+        return float(torch.tensor(in_size - 1, dtype=torch.float32) / torch.tensor(out_size - 1, dtype=torch.float32))
+    return float(torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32))
+
+
+@triton.jit
+def _tap(dst, in_size, out_size, scale, ALIGN: tl.constexpr):
+    d = dst.to(tl.float32)
+    if ALIGN:
+        src = scale * d
+    else:
+        src = tl.fma(scale, d + 0.5, -0.5)
+        src = tl.where(src < 0.0, 0.0, src)
+    i0 = tl.minimum(tl.floor(src).to(tl.int64), in_size - 1)
+    l1 = tl.minimum(tl.maximum(src - i0.to(tl.float32), 0.0), 1.0)
+    i1 = tl.where(i0 < in_size - 1, i0 + 1, i0)
+    same = in_size == out_size
+    i0 = tl.where(same, dst, i0)
+    i1 = tl.where(same, dst, i1)
+    l1 = tl.where(same, 0.0, l1)
+    return i0, i1, 1.0 - l1, l1
+
+
+@triton.jit
+def _value(base, sh, sw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask):
+    x00 = tl.load(base + h0 * sh + w0 * sw, mask=mask, other=0.0).to(tl.float32)
+    x01 = tl.load(base + h0 * sh + w1 * sw, mask=mask, other=0.0).to(tl.float32)
+    x10 = tl.load(base + h1 * sh + w0 * sw, mask=mask, other=0.0).to(tl.float32)
+    x11 = tl.load(base + h1 * sh + w1 * sw, mask=mask, other=0.0).to(tl.float32)
+    top = tl.fma(lw0, x00, lw1 * x01)
+    bot = tl.fma(lw0, x10, lw1 * x11)
+    return tl.fma(lh0, top, lh1 * bot)
+
+
+@triton.jit
+def _to_output(v, ptr):
+    # fp32 -> bf16 rounded to nearest even with integer ops: the interpreter's own conversion truncates
+    # (and its round-to-nearest does not carry into the exponent). On a GPU this is a few integer ops.
+    if ptr.dtype.element_ty == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return tl.where(v != v, v.to(tl.bfloat16), rounded)
+    else:
+        return v.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _concat_kernel(
+    x_ptr,
+    y_ptr,
+    total,
+    C,
+    H,
+    W,
+    Ho,
+    Wo,
+    c_off,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    syn,
+    syc,
+    syh,
+    syw,
+    scale_h,
+    scale_w,
+    ALIGN: tl.constexpr,
+    CL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < total
+    # Enumerate this input's slice in the output's memory order, so stores are coalesced.
+    if CL:
+        c = idx % C
+        r = idx // C
+        wo = r % Wo
+        r = r // Wo
+        ho = r % Ho
+        n = r // Ho
+    else:
+        wo = idx % Wo
+        r = idx // Wo
+        ho = r % Ho
+        r = r // Ho
+        c = r % C
+        n = r // C
+    h0, h1, lh0, lh1 = _tap(ho, H, Ho, scale_h, ALIGN)
+    w0, w1, lw0, lw1 = _tap(wo, W, Wo, scale_w, ALIGN)
+    v = _value(x_ptr + n * sxn + c * sxc, sxh, sxw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask)
+    tl.store(y_ptr + n * syn + (c + c_off) * syc + ho * syh + wo * syw, _to_output(v, y_ptr), mask=mask)
+
+
+@triton.jit
+def _argmax_kernel(
+    x_ptr,
+    out_ptr,
+    total,
+    K,
+    H,
+    W,
+    Ho,
+    Wo,
+    sxn,
+    sxk,
+    sxh,
+    sxw,
+    scale_h,
+    scale_w,
+    ALIGN: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < total
+    wo = idx % Wo
+    ho = (idx // Wo) % Ho
+    n = idx // (Wo * Ho)
+    h0, h1, lh0, lh1 = _tap(ho, H, Ho, scale_h, ALIGN)
+    w0, w1, lw0, lw1 = _tap(wo, W, Wo, scale_w, ALIGN)
+    base = x_ptr + n * sxn
+    best = tl.full((BLOCK,), float("-inf"), tl.float32)
+    arg = tl.zeros((BLOCK,), tl.int64)
+    for k in range(0, K):
+        v = _value(base + k * sxk, sxh, sxw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask)
+        # torch.argmax: the first maximum wins, NaN is the maximum (the first NaN wins).
+        take = (v > best) | ((v != v) & (best == best))
+        best = tl.where(take, v, best)
+        arg = tl.where(take, k, arg)
+    tl.store(out_ptr + idx, arg, mask=mask)
+
+
+@triton.jit
+def _softmax_accumulate_kernel(
+    x_ptr,
+    acc_ptr,
+    total,
+    K,
+    H,
+    W,
+    Ho,
+    Wo,
+    sxn,
+    sxk,
+    sxh,
+    sxw,
+    scale_h,
+    scale_w,
+    weight,
+    ALIGN: tl.constexpr,
+    FLIP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < total
+    wo = idx % Wo
+    ho = (idx // Wo) % Ho
+    n = idx // (Wo * Ho)
+    h0, h1, lh0, lh1 = _tap(ho, H, Ho, scale_h, ALIGN)
+    w0, w1, lw0, lw1 = _tap(wo, W, Wo, scale_w, ALIGN)
+    if FLIP:
+        w0 = W - 1 - w0
+        w1 = W - 1 - w1
+    base = x_ptr + n * sxn
+    m = tl.full((BLOCK,), float("-inf"), tl.float32)
+    for k in range(0, K):
+        m = tl.maximum(m, _value(base + k * sxk, sxh, sxw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask))
+    s = tl.zeros((BLOCK,), tl.float32)
+    for k in range(0, K):
+        s += tl.exp(_value(base + k * sxk, sxh, sxw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask) - m)
+    scale = weight / s
+    acc = acc_ptr + n * K * Ho * Wo + ho * Wo + wo
+    for k in range(0, K):
+        e = tl.exp(_value(base + k * sxk, sxh, sxw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask) - m)
+        a = tl.load(acc + k * Ho * Wo, mask=mask, other=0.0)
+        tl.store(acc + k * Ho * Wo, a + e * scale, mask=mask)
+
+
+@triton_op("deeplab_fast::upsample_concat_triton", mutates_args=())
+def upsample_concat_triton(tensors: list[torch.Tensor], size: list[int], align_corners: bool) -> torch.Tensor:
+    """Triton upsample_concat: tensors (N, C_i, H_i, W_i) -> (N, sum C_i, H, W) in tensors[0]'s format."""
+    first = tensors[0]
+    fmt = torch.channels_last if is_channels_last(first) else torch.contiguous_format
+    ho, wo = int(size[0]), int(size[1])
+    ctot = sum(t.shape[1] for t in tensors)
+    y = torch.empty((first.shape[0], ctot, ho, wo), dtype=first.dtype, device=first.device, memory_format=fmt)
+    c_off = 0
+    for t in tensors:
+        total = t.shape[0] * t.shape[1] * ho * wo
+        if total > 0:
+            wrap_triton(_concat_kernel)[(triton.cdiv(total, _BLOCK),)](
+                t,
+                y,
+                total,
+                t.shape[1],
+                t.shape[2],
+                t.shape[3],
+                ho,
+                wo,
+                c_off,
+                *t.stride(),
+                *y.stride(),
+                _scale(t.shape[2], ho, align_corners),
+                _scale(t.shape[3], wo, align_corners),
+                ALIGN=align_corners,
+                CL=fmt == torch.channels_last,
+                BLOCK=_BLOCK,
+            )
+        c_off += t.shape[1]
+    return y
+
+
+@triton_op("deeplab_fast::upsample_argmax_triton", mutates_args=())
+def upsample_argmax_triton(logits: torch.Tensor, size: list[int], align_corners: bool) -> torch.Tensor:
+    """Triton upsample_argmax: logits (N, K, h, w) -> int64 labels (N, H, W)."""
+    n, k, h, w = logits.shape
+    ho, wo = int(size[0]), int(size[1])
+    out = torch.empty((n, ho, wo), dtype=torch.int64, device=logits.device)
+    total = n * ho * wo
+    if total > 0:
+        wrap_triton(_argmax_kernel)[(triton.cdiv(total, _BLOCK),)](
+            logits,
+            out,
+            total,
+            k,
+            h,
+            w,
+            ho,
+            wo,
+            *logits.stride(),
+            _scale(h, ho, align_corners),
+            _scale(w, wo, align_corners),
+            ALIGN=align_corners,
+            BLOCK=_BLOCK,
+        )
+    return out
+
+
+@triton_op("deeplab_fast::upsample_softmax_accumulate_triton", mutates_args={"accum"})
+def upsample_softmax_accumulate_triton(
+    logits: torch.Tensor, accum: torch.Tensor, weight: float, flip: bool, align_corners: bool
+) -> None:
+    """Triton upsample_softmax_accumulate: accum (N, K, H, W) fp32 += weight * softmax(resize(logits))."""
+    n, k, h, w = logits.shape
+    ho, wo = accum.shape[2], accum.shape[3]
+    total = n * ho * wo
+    if total > 0:
+        wrap_triton(_softmax_accumulate_kernel)[(triton.cdiv(total, _BLOCK),)](
+            logits,
+            accum,
+            total,
+            k,
+            h,
+            w,
+            ho,
+            wo,
+            *logits.stride(),
+            _scale(h, ho, align_corners),
+            _scale(w, wo, align_corners),
+            float(weight),
+            ALIGN=align_corners,
+            FLIP=flip,
+            BLOCK=_BLOCK,
+        )
+
+
+def _register() -> None:
+    from deeplab_fast.ops.upsample_concat import fake_output, register_autograd
+
+    # Explicit fake impls: under TRITON_INTERPRET=1 tracing the bodies would run the interpreter on
+    # fake tensors.
+    @upsample_concat_triton.register_fake
+    def _(tensors, size, align_corners):
+        return fake_output(tensors, size)
+
+    @upsample_argmax_triton.register_fake
+    def _(logits, size, align_corners):
+        return logits.new_empty((logits.shape[0], size[0], size[1]), dtype=torch.int64)
+
+    @upsample_softmax_accumulate_triton.register_fake
+    def _(logits, accum, weight, flip, align_corners):
+        return None
+
+    register_autograd("deeplab_fast::upsample_concat_triton")
+
+
+_register()

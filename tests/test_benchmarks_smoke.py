@@ -1,0 +1,253 @@
+"""Smoke tests of benchmarks/run.py: one tiny end-to-end run (files and fields, no timing assertions) and
+the command line's answers to bad input (one line, non-zero exit, no traceback)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "benchmarks" / "run.py"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import report  # noqa: E402  (benchmarks/ is not a package; its modules import each other by name)
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    env.pop("TRITON_INTERPRET", None)  # the benchmark itself decides; the interpreter is not a measurement
+    return subprocess.run(
+        [sys.executable, str(RUN), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    # one thread: this is a smoke test, and one thread suffers least from a shared, busy machine
+    proc = _run("--tiny", "--reps", "1", "--threads", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out
+
+
+def _one(out: Path, suffix: str) -> Path:
+    found = sorted(out.glob(f"*{suffix}"))
+    assert len(found) == 1, f"expected one {suffix} file in {out}, found {[p.name for p in found]}"
+    return found[0]
+
+
+def test_tiny_run_writes_every_file_with_environment(tiny_run):
+    proc, out = tiny_run
+    data = json.loads(_one(out, ".json").read_text())
+    env = data["environment"]
+    for key in ("device", "torch", "cpu", "onednn", "threads", "date"):
+        assert key in env, key
+    assert env["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert env["threads"] == 1 and data["plan"]["threads"] == 1
+    assert data["plan"]["suite"] == "tiny"
+    assert data["bandwidth_gb_s"] > 0
+    assert set(data["gemm_gflops"]) == {"float32"}
+    assert data["runtime_s"] > 0
+    assert {"torch.compile providers (--tiny: compiling takes minutes on a CPU)"} <= set(data["plan"]["left_out"])
+
+    lines = _one(out, ".csv").read_text().splitlines()
+    assert lines[0].startswith("# {") and json.loads(lines[0][2:])["torch"] == torch.__version__
+    header = next(csv.reader([lines[1]]))
+    for field in ("part", "family", "case", "provider", "dtype", "layout", "batch", "median_ms", "skipped"):
+        assert field in header, field
+    assert len(lines) - 2 == len(data["rows"])
+
+    assert _one(out, ".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = _one(out, ".md").read_text()
+    for heading in ("## Targets", "## Kernels", "## Models", "## Skipped", "## Left out of this suite"):
+        assert heading in md, heading
+    assert md in proc.stdout  # the summary is printed too
+    assert "Total runtime:" in proc.stderr
+
+
+def test_tiny_run_rows_cover_kernels_and_models(tiny_run):
+    _, out = tiny_run
+    rows = json.loads(_one(out, ".json").read_text())["rows"]
+    kernel_rows = [r for r in rows if r["part"] == "kernels"]
+    # each family is there: measured, or listed as skipped with the reason
+    for family in ("dwconv", "upsample"):
+        fam = [r for r in kernel_rows if family in r["family"]]
+        assert fam, f"no row for kernel family {family}"
+        assert all(r["skipped"] or r["median_ms"] > 0 for r in fam)
+    for r in kernel_rows:
+        for field in (
+            "family",
+            "case",
+            "provider",
+            "dtype",
+            "layout",
+            "batch",
+            "median_ms",
+            "gb_s",
+            "pct_bw",
+            "copy_ratio",
+            "skipped",
+        ):
+            assert field in r, (field, r)
+        if not r["skipped"]:
+            assert r["gb_s"] > 0 and r["copy_ratio"] > 0
+        # a CPU run never names a baseline after a GPU library
+        if r["dtype"] and not torch.cuda.is_available():
+            assert "cudnn" not in r["provider"].lower(), r["provider"]
+
+    models = [r for r in rows if r["part"] == "models"]
+    ran = {(r["model"], r["provider_key"]) for r in models if not r["skipped"]}
+    for model in ("resnet101", "xception65"):
+        for provider in ("eager", "optimize"):
+            assert (model, provider) in ran, (model, provider, [r["skipped"] for r in models])
+    assert ("resnet101", "smp") in ran
+    for r in models:
+        assert r["skipped"] or (r["median_ms"] > 0 and r["images_s"] > 0), r
+        if r["provider_key"] in ("eager", "optimize") and not r["skipped"]:
+            assert r["gmacs"] > 0 and r["gflop_s"] > 0 and r["pct_gemm"] > 0
+            assert r["optimize_speedup"] > 0
+        if r["provider_key"] == "smp" and not r["skipped"]:
+            assert r["input"] == "64x64" and "divisible by 16" in r["note"]
+    # memory: measured for optimize() in --tiny, honestly marked elsewhere
+    opt = [r for r in models if r["provider_key"] == "optimize" and not r["skipped"]]
+    assert all(r["peak_mem_mb"] is not None and r["peak_mem_mb"] >= 0 for r in opt)
+    assert all(r["mem_method"] for r in models if not r["skipped"])
+    # --tiny leaves torch.compile and torchvision out, and says so in the plan (checked above)
+    assert not any(r["provider_key"].startswith("compile") or r["provider_key"] == "torchvision" for r in models)
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--reps", "0"], "--reps"),
+        (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (["--only", "everything"], "--only"),
+        (["--full", "--tiny"], "exclude each other"),
+    ],
+)
+def test_bad_flags_give_one_line_and_exit_2(args, expect):
+    proc = _run(*args, timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], proc.stderr
+
+
+def test_unwritable_out_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = _run("--tiny", "--out", str(blocker / "results"), timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--out" in lines[0] and "not a writable folder" in lines[0], proc.stderr
+    assert not list(tmp_path.glob("**/*.json"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_gpu_is_one_line(tmp_path):
+    proc = _run("--device", "cuda", "--tiny", "--out", str(tmp_path), timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _model_row(model, provider, ms, **kw):
+    row = {
+        "part": "models",
+        "model": model,
+        "provider_key": provider,
+        "provider": provider,
+        "dtype": "float32",
+        "batch": 1,
+        "median_ms": ms,
+        "skipped": "",
+    }
+    row.update(kw)
+    return row
+
+
+def test_targets_pass_fail_and_missing():
+    env = {"device": "cpu"}
+    meta = {"plan": {"size": 513, "parts": ["models"]}}
+    rows = [
+        _model_row("resnet101", "eager", 130.0),
+        _model_row("resnet101", "optimize", 100.0, pct_gemm=55.0),
+        _model_row("resnet101", "smp", 120.0),
+        _model_row("xception65", "eager", 300.0),
+        _model_row("xception65", "optimize", 100.0),
+        _model_row("xception65", "compile", None, skipped="no compiler"),
+    ]
+    got = report.targets(rows, env, meta)
+    tgt = [c for c in got if c["kind"] == "target"]
+    assert [c["status"] for c in tgt] == ["PASS", "FAIL", "PASS"]
+    assert tgt[0]["value"] == pytest.approx(1.3)
+    aims = {c["text"].split(" (aim")[0]: c for c in got if c["kind"] == "aim"}
+    assert aims["xception65: deeplab_fast optimize() is 3.00x faster than deeplab_fast eager"]["status"] == "PASS"
+    skipped = [c for c in got if "torch.compile(eager)" in c["text"] and c["text"].startswith("xception65")]
+    assert skipped[0]["status"] == "n/a" and "no compiler" in skipped[0]["text"]
+    gemm = [c for c in got if "GEMM" in c["text"] and c["text"].startswith("resnet101")]
+    assert gemm[0]["status"] == "PASS"
+    # another configuration is computed but flagged
+    flagged = report.targets(rows, {"device": "cpu"}, {"plan": {"size": 65}})
+    assert all("not the target configuration: size 65" in c["text"] for c in flagged)
+
+
+def test_report_writes_files_from_rows(tmp_path):
+    rows = [
+        {
+            "part": "kernels",
+            "family": "dwconv",
+            "case": "c256 65x65 d1",
+            "provider": p,
+            "dtype": d,
+            "layout": "NCHW",
+            "batch": 1,
+            "median_ms": ms,
+            "gb_s": 10.0,
+            "pct_bw": 50.0,
+            "copy_ratio": ms / 0.1,
+            "skipped": "",
+        }
+        for p, ms in (("deeplab_fast cpu", 0.2), ("eager oneDNN", 0.5))
+        for d in ("float32", "bfloat16")
+    ]
+    rows.append(
+        {
+            "part": "kernels",
+            "family": "upsample",
+            "case": "(all cases)",
+            "provider": "(all providers)",
+            "dtype": "float32",
+            "median_ms": None,
+            "skipped": "benchmarks/bench_upsample.py is not in this checkout",
+        }
+    )
+    rows += [
+        _model_row("resnet101", "eager", 130.0, optimize_speedup=1.3),
+        _model_row("resnet101", "optimize", 100.0, optimize_speedup=1.0),
+        _model_row("resnet101", "smp", None, skipped="segmentation_models_pytorch is not installed"),
+    ]
+    env = {"device": "cpu", "cpu": "test cpu", "torch": torch.__version__, "threads": 2}
+    meta = {
+        "plan": {"suite": "quick", "size": 513, "parts": ["kernels", "models"], "left_out": ["x (why)"]},
+        "bandwidth_gb_s": 10.0,
+        "gemm_gflops": {"float32": 100.0},
+        "runtime_s": 61.0,
+    }
+    paths = report.write_all(rows, env, meta, str(tmp_path), "stem")
+    assert Path(paths["png"]).read_bytes()[:4] == b"\x89PNG"
+    md = Path(paths["md"]).read_text()
+    assert "**PASS** resnet101: deeplab_fast optimize() is 1.30x faster than deeplab_fast eager" in md
+    assert "segmentation_models_pytorch is not installed" in md and "bench_upsample.py is not in this checkout" in md
+    assert "- x (why)" in md and "runtime 1 min 1 s" in md
+    data = json.loads(Path(paths["json"]).read_text())
+    assert data["targets"][0]["status"] == "PASS" and len(data["rows"]) == len(rows)

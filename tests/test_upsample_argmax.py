@@ -1,0 +1,144 @@
+"""upsample_argmax: exact labels against the reference, ties, NaN, no-grad contract, opcheck, compile, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deeplab_fast import _ext
+from deeplab_fast.ops import upsample_argmax
+from deeplab_fast.ops.reference import upsample_argmax_reference
+
+needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
+CPP = pytest.param("cpu", marks=needs_ext)
+
+# (logits shape, output size): x1, x2, x4, 33->129, 65->513, 1x1, downscale, odd.
+CASES = {
+    "x1": ((2, 5, 9, 11), (9, 11)),
+    "x2": ((2, 4, 8, 7), (16, 14)),
+    "x4": ((1, 21, 33, 33), (129, 129)),
+    "65to513": ((1, 3, 65, 65), (513, 513)),
+    "non_integer": ((2, 19, 17, 13), (65, 50)),
+    "1x1": ((2, 6, 1, 1), (5, 7)),
+    "downscale": ((2, 7, 17, 19), (8, 7)),
+    "odd": ((1, 5, 7, 5), (13, 11)),
+}
+TRITON_CASES = ["x1", "x2", "1x1", "downscale", "odd"]
+
+
+def _grid():
+    out = []
+    for b in ("cpu", "triton", "reference"):
+        for case in CASES:
+            if b == "triton" and case not in TRITON_CASES:
+                continue
+            for cl in (False, True):
+                for ac in (False, True):
+                    marks = [needs_ext] if b == "cpu" else []
+                    out.append(
+                        pytest.param(
+                            b, case, cl, ac, marks=marks, id=f"{b}-{case}-{'nhwc' if cl else 'nchw'}-ac{int(ac)}"
+                        )
+                    )
+    return out
+
+
+def _logits(shape, dtype=torch.float32, channels_last=False, seed=0):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize("backend,case,channels_last,align_corners", _grid())
+def test_fp32_labels_equal_reference(backend, case, channels_last, align_corners):
+    shape, size = CASES[case]
+    x = _logits(shape, channels_last=channels_last)
+    out = upsample_argmax(x, size, align_corners=align_corners, backend=backend)
+    assert out.dtype == torch.int64 and out.shape == (shape[0], *size)
+    ref = upsample_argmax_reference(x, size, align_corners)
+    assert torch.equal(out, ref), f"{(out != ref).sum().item()} labels differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("backend", [CPP, "triton"])
+def test_low_precision_labels(backend, dtype):
+    """Low-precision logits are upcast exactly, so the labels equal the reference's (which also upcasts)."""
+    x = _logits((2, 5, 6, 7), dtype)
+    out = upsample_argmax(x, (13, 15), backend=backend)
+    assert torch.equal(out, upsample_argmax_reference(x, (13, 15)))
+
+
+@pytest.mark.parametrize("backend", [CPP, "triton", "reference"])
+def test_ties_take_lowest_class_and_nan_wins(backend):
+    x = _logits((1, 4, 5, 5))
+    x[:, 2] = x[:, 1] = 10.0  # classes 1 and 2 tie everywhere: 1 wins
+    out = upsample_argmax(x, (9, 9), backend=backend)
+    assert (out == 1).all()
+    x[0, 3, 2, 2] = float("nan")  # NaN is the maximum wherever it reaches, as in torch.argmax
+    out = upsample_argmax(x, (9, 9), backend=backend)
+    assert torch.equal(out, upsample_argmax_reference(x, (9, 9)))
+    assert (out == 3).any()
+
+
+@pytest.mark.parametrize("backend", [CPP, "triton"])
+def test_logits_requiring_grad_give_labels_without_grad(backend):
+    x = _logits((1, 3, 4, 4)).requires_grad_()
+    out = upsample_argmax(x, (8, 8), backend=backend)
+    assert not out.requires_grad
+    assert torch.equal(out, upsample_argmax_reference(x.detach(), (8, 8)))
+
+
+@pytest.mark.parametrize("backend", [CPP, "triton", "reference"])
+def test_empty_batch(backend):
+    assert upsample_argmax(torch.randn(0, 3, 4, 4), (8, 8), backend=backend).shape == (0, 8, 8)
+
+
+@needs_ext
+def test_opcheck_cpu_op():
+    x = _logits((2, 3, 4, 5))
+    torch.library.opcheck(torch.ops.deeplab_fast.upsample_argmax.default, (x, [7, 9], False))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.deeplab_fast.upsample_argmax.default, (xc, [3, 2], True))
+
+
+def test_opcheck_triton_op():
+    from deeplab_fast.kernels.triton import upsample  # noqa: F401  (registers the op)
+
+    torch.library.opcheck(
+        torch.ops.deeplab_fast.upsample_argmax_triton.default,
+        (_logits((2, 3, 4, 5)), [7, 9], False),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
+
+
+@needs_ext
+def test_torch_compile_fullgraph():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    x = _logits((1, 3, 4, 4), channels_last=True)
+    fn = torch.compile(lambda t: upsample_argmax(t * 2, (8, 8), backend="cpu"), fullgraph=True, backend="aot_eager")
+    assert torch.equal(fn(x), upsample_argmax_reference(x * 2, (8, 8)))
+
+
+BAD = [
+    ("ndim", lambda x: (x[0], (4, 4)), ValueError, "logits must be a 4-D"),
+    ("int_dtype", lambda x: (x.long(), (4, 4)), ValueError, "logits must be float32"),
+    ("not_tensor", lambda x: (x.tolist(), (4, 4)), TypeError, "logits must be a torch.Tensor"),
+    ("no_classes", lambda x: (x[:, :0], (4, 4)), ValueError, "at least one class"),
+    ("size_neg", lambda x: (x, (-1, 4)), ValueError, "size must be two positive ints"),
+    ("size_int", lambda x: (x, 4), ValueError, "size must be two positive ints"),
+]
+
+
+@pytest.mark.parametrize("name,make,exc,match", BAD, ids=[b[0] for b in BAD])
+def test_bad_input(name, make, exc, match):
+    logits, size = make(torch.randn(2, 3, 3, 3))
+    with pytest.raises(exc, match=match):
+        upsample_argmax(logits, size)
+
+
+def test_backend_unavailable_or_unknown():
+    with pytest.raises(RuntimeError, match="backend='cuda'"):
+        upsample_argmax(torch.randn(1, 2, 3, 3), (4, 4), backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        upsample_argmax(torch.randn(1, 2, 3, 3), (4, 4), backend="gpu")

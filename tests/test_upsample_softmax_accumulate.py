@@ -1,0 +1,142 @@
+"""upsample_softmax_accumulate: in-place accumulation against the reference, opcheck, compile, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deeplab_fast import _ext
+from deeplab_fast.ops import upsample_softmax_accumulate
+from deeplab_fast.ops.reference import upsample_softmax_accumulate_reference
+
+needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
+CPP = pytest.param("cpu", marks=needs_ext)
+
+CASES = {
+    "x1": ((2, 5, 9, 11), (9, 11)),
+    "x2": ((2, 4, 8, 7), (16, 14)),
+    "x4": ((1, 21, 33, 33), (129, 129)),
+    "non_integer": ((2, 19, 17, 13), (65, 50)),
+    "1x1": ((2, 6, 1, 1), (5, 7)),
+    "downscale": ((2, 7, 17, 19), (8, 7)),
+    "odd": ((1, 5, 7, 5), (13, 11)),
+}
+TRITON_CASES = ["x1", "x2", "1x1", "downscale", "odd"]
+
+
+def _grid():
+    out = []
+    for b in ("cpu", "triton", "reference"):
+        for case in CASES:
+            if b == "triton" and case not in TRITON_CASES:
+                continue
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                for cl in (False, True):
+                    for ac in (False, True):
+                        for flip in (False, True):
+                            if b == "triton" and (dtype != torch.float32 or cl) and case not in ("x2", "odd"):
+                                continue
+                            marks = [needs_ext] if b == "cpu" else []
+                            fmt = "nhwc" if cl else "nchw"
+                            name = f"{b}-{case}-{str(dtype).split('.')[-1]}-{fmt}-ac{int(ac)}-f{int(flip)}"
+                            out.append(pytest.param(b, case, dtype, cl, ac, flip, marks=marks, id=name))
+    return out
+
+
+@pytest.mark.parametrize("backend,case,dtype,channels_last,align_corners,flip", _grid())
+def test_matches_reference(backend, case, dtype, channels_last, align_corners, flip):
+    shape, size = CASES[case]
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(shape, generator=g)).to(dtype)
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    accum = torch.rand((shape[0], shape[1], *size), generator=g)
+    expected = upsample_softmax_accumulate_reference(logits, accum.clone(), 0.7, flip, align_corners)
+    out = upsample_softmax_accumulate(
+        logits, accum, weight=0.7, flip=flip, align_corners=align_corners, backend=backend
+    )
+    assert out is accum
+    # Both sides upcast the same low-precision logits, so fp32 tolerances hold for every dtype.
+    torch.testing.assert_close(accum, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", [CPP, "triton", "reference"])
+def test_multi_scale_flip_sums_to_total_weight(backend):
+    accum = torch.zeros(1, 3, 12, 12)
+    for scale in (6, 12, 18):
+        for flip in (False, True):
+            logits = torch.randn(1, 3, scale, scale)
+            upsample_softmax_accumulate(logits, accum, weight=1 / 6, flip=flip, backend=backend)
+    torch.testing.assert_close(accum.sum(1), torch.ones(1, 12, 12), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", [CPP, "triton", "reference"])
+def test_empty_batch_is_a_no_op(backend):
+    accum = torch.zeros(0, 3, 4, 4)
+    assert upsample_softmax_accumulate(torch.randn(0, 3, 2, 2), accum, backend=backend) is accum
+
+
+@needs_ext
+def test_opcheck_cpu_op():
+    logits = torch.randn(2, 3, 4, 5)
+    torch.library.opcheck(
+        torch.ops.deeplab_fast.upsample_softmax_accumulate.default, (logits, torch.zeros(2, 3, 7, 9), 0.5, True, False)
+    )
+
+
+def test_opcheck_triton_op():
+    from deeplab_fast.kernels.triton import upsample  # noqa: F401  (registers the op)
+
+    torch.library.opcheck(
+        torch.ops.deeplab_fast.upsample_softmax_accumulate_triton.default,
+        (torch.randn(2, 3, 4, 5), torch.zeros(2, 3, 7, 9), 0.5, True, False),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
+
+
+@needs_ext
+def test_torch_compile_fullgraph():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    logits = torch.randn(1, 3, 4, 4)
+
+    def f(x, acc):
+        upsample_softmax_accumulate(x * 2, acc, weight=0.5, flip=True, backend="cpu")
+        return acc + 1
+
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(logits, torch.zeros(1, 3, 8, 8))
+    want = upsample_softmax_accumulate_reference(logits * 2, torch.zeros(1, 3, 8, 8), 0.5, True) + 1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+BAD = [
+    ("logits_ndim", lambda x, a: (x[0], a), ValueError, "logits must be a 4-D"),
+    ("logits_int", lambda x, a: (x.long(), a), ValueError, "logits must be float32"),
+    ("accum_ndim", lambda x, a: (x, a[0]), ValueError, "accum must be a 4-D"),
+    ("accum_half", lambda x, a: (x, a.half()), ValueError, "accum must be float32"),
+    ("accum_noncontig", lambda x, a: (x, a.contiguous(memory_format=torch.channels_last)), ValueError, "contiguous"),
+    ("k_mismatch", lambda x, a: (x[:, :2], a), ValueError, "class count"),
+    ("n_mismatch", lambda x, a: (x[:1], a), ValueError, "batch size"),
+    ("accum_device", lambda x, a: (x, a.to("meta")), ValueError, "accum is on meta"),
+    ("accum_not_tensor", lambda x, a: (x, a.tolist()), TypeError, "accum must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("name,make,exc,match", BAD, ids=[b[0] for b in BAD])
+def test_bad_input(name, make, exc, match):
+    logits, accum = make(torch.randn(2, 3, 3, 3), torch.zeros(2, 3, 6, 6))
+    with pytest.raises(exc, match=match):
+        upsample_softmax_accumulate(logits, accum)
+
+
+def test_bad_scalars_and_grad():
+    x, acc = torch.randn(1, 2, 3, 3), torch.zeros(1, 2, 4, 4)
+    with pytest.raises(TypeError, match="weight must be a float"):
+        upsample_softmax_accumulate(x, acc, weight="1")
+    with pytest.raises(TypeError, match="flip must be a bool"):
+        upsample_softmax_accumulate(x, acc, flip=1)
+    with pytest.raises(RuntimeError, match="inference only"):
+        upsample_softmax_accumulate(x, acc.clone().requires_grad_())
+    with pytest.raises(RuntimeError, match="backend='cuda'"):
+        upsample_softmax_accumulate(x, acc, backend="cuda")
