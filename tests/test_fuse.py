@@ -6,7 +6,7 @@ from torch import nn
 
 import deeplab_fast
 from deeplab_fast.models.fuse import FusedDWConv
-from tests._model_helpers import rel_err, small_model
+from tests._model_helpers import randomize_batchnorm, rel_err, small_model
 
 BACKBONES = ["resnet50", "resnet101", "xception65", "xception71", "mobilenet_v2"]
 
@@ -19,8 +19,11 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-@pytest.mark.parametrize("output_stride", [8, 16, 32])
+# every backbone at output stride 16, and every output stride on one backbone of each family
+CASES = [(b, 16) for b in BACKBONES] + [(b, s) for b in ("resnet50", "xception65", "mobilenet_v2") for s in (8, 32)]
+
+
+@pytest.mark.parametrize("backbone,output_stride", CASES)
 def test_optimize_parity(backbone, output_stride):
     m = small_model(backbone, output_stride=output_stride, aux_head=True, output_dict=True).eval()
     x = torch.randn(2, 3, 65, 65)
@@ -73,9 +76,20 @@ def test_optimize_training_mode_warns_and_leaves_model_alone():
         deeplab_fast.optimize(m.eval())
 
 
+def test_optimize_generic_model_folds_sequential_conv_bn():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    net = randomize_batchnorm(net).eval()
+    f = deeplab_fast.optimize(net)
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in f.modules())
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert rel_err(net(x), f(x)) < 1e-5
+    assert isinstance(net[1], nn.BatchNorm2d)
+
+
 def test_optimize_errors():
-    with pytest.raises(TypeError, match="DeepLab"):
-        deeplab_fast.optimize(nn.Conv2d(3, 3, 1))
+    with pytest.raises(TypeError, match="nn.Module"):
+        deeplab_fast.optimize("resnet50")
     with pytest.raises(ValueError, match="backend must be one of"):
         deeplab_fast.optimize(small_model("mobilenet_v2").eval(), backend="gpu")
     f = deeplab_fast.optimize(small_model("mobilenet_v2").eval())
@@ -90,3 +104,13 @@ def test_optimize_compiles():
     compiled = torch.compile(f)
     with torch.no_grad():
         assert rel_err(m(x), compiled(x)) < 1e-4
+
+
+def test_forward_lowres():
+    m = small_model("xception65").eval()
+    f = deeplab_fast.optimize(m)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        low = m.forward_lowres(x)
+        assert low.shape == (1, 5, 16, 20)
+        assert rel_err(low, f.forward_lowres(x)) < 1e-4

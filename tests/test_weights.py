@@ -65,7 +65,9 @@ def test_missing_unexpected_and_non_strict(tmp_path):
     path = tmp_path / "w.pt"
     torch.save(sd, path)
     dst = small_model("mobilenet_v2")
-    with pytest.raises(ValueError, match=r"missing keys \(1\): aspp.pool.conv.weight[\s\S]*unexpected keys \(1\): extra"):
+    with pytest.raises(
+        ValueError, match=r"missing keys \(1\): aspp.pool.conv.weight[\s\S]*unexpected keys \(1\): extra"
+    ):
         deeplab_fast.load_weights(dst, path)
     report = deeplab_fast.load_weights(dst, path, strict=False)
     assert report.missing == ["aspp.pool.conv.weight"] and report.unexpected == ["extra.weight"]
