@@ -114,3 +114,13 @@ def test_forward_lowres():
         low = m.forward_lowres(x)
         assert low.shape == (1, 5, 16, 20)
         assert rel_err(low, f.forward_lowres(x)) < 1e-4
+
+
+def test_optimize_onednn_fused_path(monkeypatch):
+    # the opt-in oneDNN path (fused conv + add + activation, pre-packed weights) must match as well
+    monkeypatch.setenv("DEEPLAB_FAST_ONEDNN_FUSED", "1")
+    for backbone in ("resnet50", "xception65", "mobilenet_v2"):
+        m = small_model(backbone).eval()
+        x = torch.randn(1, 3, 64, 80)
+        with torch.no_grad():
+            assert rel_err(m(x), deeplab_fast.optimize(m)(x)) < 1e-4, backbone
