@@ -26,9 +26,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _p in (_HERE, os.path.dirname(_HERE)):  # harness as benchmarks/run.py imports it; the package from here
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
-from benchmarks import harness  # noqa: E402
+import harness  # noqa: E402
+
 from deeplab_fast.ops import upsample_argmax, upsample_concat, upsample_softmax_accumulate  # noqa: E402
 from deeplab_fast.ops._backend import resolve_backend  # noqa: E402
 
@@ -44,6 +48,12 @@ def _cases(quick: bool) -> list[dict[str, Any]]:
         {"case": "predict_city_full", "op": "argmax", "inputs": [(19, 257, 513)], "size": (1025, 2049)},
         {"case": "msaccum_voc", "op": "softmax_accumulate", "inputs": [(21, 129, 129)], "size": (513, 513)},
     ]
+    if harness.tiny_requested():  # smoke test: same code paths, small shapes
+        return [
+            {"case": "decoder_tiny", "op": "concat", "inputs": [(16, 9, 9), (8, 33, 33)], "size": (33, 33)},
+            {"case": "predict_tiny", "op": "argmax", "inputs": [(5, 17, 17)], "size": (65, 65)},
+            {"case": "msaccum_tiny", "op": "softmax_accumulate", "inputs": [(5, 17, 17)], "size": (65, 65)},
+        ]
     if quick:
         cases = [c for c in cases if c["case"] in ("decoder", "aspp_pool", "predict_voc")]
     return cases
@@ -120,12 +130,15 @@ def run(
                     fn = _ours(op, size, backend)
                     providers[f"ours-{backend}"] = lambda fn=fn, ts=ts: fn(ts)
             providers["eager"] = lambda eager=eager, ts=ts: eager(ts)
-            try:
-                compiled = torch.compile(eager, fullgraph=True)
-                compiled(ts)
-                providers["torch.compile"] = lambda c=compiled, ts=ts: c(ts)
-            except Exception as exc:  # noqa: BLE001  (a baseline that cannot compile is reported, not fatal)
-                skipped["torch.compile"] = f"torch.compile failed: {type(exc).__name__}: {exc}"[:200]
+            if harness.tiny_requested():
+                skipped["torch.compile"] = "left out with --tiny (compilation takes many seconds per case)"
+            else:
+                try:
+                    compiled = torch.compile(eager, fullgraph=True)
+                    compiled(ts)
+                    providers["torch.compile"] = lambda c=compiled, ts=ts: c(ts)
+                except Exception as exc:  # noqa: BLE001  (a baseline that cannot compile is reported, not fatal)
+                    skipped["torch.compile"] = f"torch.compile failed: {type(exc).__name__}: {exc}"[:200]
             if progress:
                 progress(f"{FAMILY}: {spec['case']} {layout} ({', '.join(providers)})")
             times = harness.time_interleaved(providers, device, warmup=2, reps=reps)
@@ -172,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--stem", default=FAMILY, help="result file name stem (default: upsample)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
@@ -187,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda msg: print(msg, flush=True),
     )
     env = harness.environment(device)
-    paths = harness.write_rows(rows, args.out, FAMILY, env)
+    paths = harness.write_rows(rows, args.out, args.stem, env)
     cols = [
         "case",
         "layout",
@@ -200,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_torch.compile",
         "skipped",
     ]
-    md = f"# upsample benchmarks ({device.type}, {args.dtype})\n\n{harness.markdown_table(rows, cols)}\n"
-    md_path = os.path.join(args.out, FAMILY + ".md")
+    title = f"# upsample benchmarks ({device.type}, {args.dtype}, {torch.get_num_threads()} threads)"
+    md = f"{title}\n\n{harness.markdown_table(rows, cols)}\n"
+    md_path = os.path.join(args.out, args.stem + ".md")
     harness.atomic_write_text(md_path, md)
     print(md)
     print(f"wrote {paths['json']}, {paths['csv']}, {md_path}")

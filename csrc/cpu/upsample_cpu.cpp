@@ -42,6 +42,13 @@ struct TapTable {
   LinearTap at(int64_t o) const { return LinearTap{i0[o], i1[o], l0[o], l1[o]}; }
 };
 
+// Rows per parallel chunk: small outputs run on the calling thread (waking threads costs more than
+// the work, and far more on a loaded machine).
+int64_t rows_grain(int64_t elements_per_row) {
+  constexpr int64_t kMinElementsPerChunk = 1 << 16;
+  return dlf_max<int64_t>(1, kMinElementsPerChunk / dlf_max<int64_t>(1, elements_per_row));
+}
+
 template <typename T>
 DLF_FORCEINLINE float ld(const T* p) {
   return static_cast<float>(*p);
@@ -66,7 +73,7 @@ void concat_channels_last(const UpsampleConcatParams& p) {
     th.emplace_back(p.H[j], p.Ho, p.align_corners);
     tw.emplace_back(p.W[j], p.Wo, p.align_corners);
   }
-  at::parallel_for(0, p.N * p.Ho, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.Ho, rows_grain(p.Ctot * p.Wo), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / p.Ho, ho = row % p.Ho;
       T* yrow = static_cast<T*>(p.y) + n * p.ys_n + ho * p.ys_h;
@@ -97,7 +104,7 @@ void concat_nchw(const UpsampleConcatParams& p) {
     th.emplace_back(p.H[j], p.Ho, p.align_corners);
     tw.emplace_back(p.W[j], p.Wo, p.align_corners);
   }
-  at::parallel_for(0, p.N * p.Ctot * p.Ho, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.Ctot * p.Ho, rows_grain(p.Wo), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t ho = row % p.Ho, c = (row / p.Ho) % p.Ctot, n = row / (p.Ho * p.Ctot);
       int j = 0;
@@ -264,7 +271,7 @@ DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64
 template <typename T>
 void argmax_rows(const UpsampleClassParams& p) {
   const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
-  at::parallel_for(0, p.N * p.Ho, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.Ho, rows_grain(p.K * p.Wo), [&](int64_t begin, int64_t end) {
     const int64_t Wo = p.Wo;
     std::vector<float> best(Wo);
     std::vector<int32_t> arg(Wo);
@@ -295,10 +302,32 @@ void argmax_rows(const UpsampleClassParams& p) {
   });
 }
 
+#ifdef __AVX2__
+// exp(x) for 8 floats, within about 2 ulp of expf: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two
+// for an exact reduction), a degree-6 polynomial for e^r, and 2^n built in the exponent bits. Inputs
+// are <= 0 here (logit minus the row max), clamped below where expf underflows to 0 anyway.
+DLF_FORCEINLINE __m256 exp_avx2(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
+
 template <typename T>
 void softmax_accumulate_rows(const UpsampleClassParams& p) {
   const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
-  at::parallel_for(0, p.N * p.Ho, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.N * p.Ho, rows_grain(p.K * p.Wo), [&](int64_t begin, int64_t end) {
     const int64_t Wo = p.Wo, K = p.K;
     std::vector<float> val(K * Wo), mx(Wo), scale(Wo);
     for_rows<T>(p, th, tw, begin, end, [&](int64_t n, int64_t ho, const LinearTap& h, const float* r0, const float* r1) {
@@ -313,12 +342,21 @@ void softmax_accumulate_rows(const UpsampleClassParams& p) {
         }
       }
       for (int64_t wo = 0; wo < Wo; ++wo) s[wo] = 0.f;
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t wo = 0; wo < Wo; ++wo) {
+      for (int64_t k = 0; k < K; ++k) {
+        int64_t wo = 0;
+#ifdef __AVX2__
+        for (; wo + 8 <= Wo; wo += 8) {
+          const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(v + k * Wo + wo), _mm256_loadu_ps(m + wo)));
+          _mm256_storeu_ps(v + k * Wo + wo, e);
+          _mm256_storeu_ps(s + wo, _mm256_add_ps(_mm256_loadu_ps(s + wo), e));
+        }
+#endif
+        for (; wo < Wo; ++wo) {
           const float e = expf(v[k * Wo + wo] - m[wo]);
           v[k * Wo + wo] = e;
           s[wo] += e;
         }
+      }
       for (int64_t wo = 0; wo < Wo; ++wo) s[wo] = p.weight / s[wo];
       float* acc = p.accum + n * K * p.Ho * Wo + ho * Wo;
       for (int64_t k = 0; k < K; ++k) {

@@ -92,8 +92,10 @@ def build_model(args: argparse.Namespace) -> Any:
             f"cannot build --backbone {args.backbone} with --num-classes {args.num_classes}: {exc}"
         ) from None
     if args.weights is not None:
-        from deeplab_fast.models.weights import load_weights
-
+        try:
+            from deeplab_fast.models.weights import load_weights
+        except ImportError as exc:
+            raise SetupError(f"loading --weights needs deeplab_fast.models.weights, missing here ({exc})") from None
         try:
             load_weights(model, args.weights)
         except FileNotFoundError as exc:

@@ -65,6 +65,7 @@ def export_onnx(
     *,
     opset: int | None = None,
     check: bool = True,
+    exporter: str = "auto",
 ) -> ExportReport:
     """Export `model` (N, 3, H, W) -> logits (N, K, H, W) to an ONNX file and compare it with PyTorch.
 
@@ -75,10 +76,14 @@ def export_onnx(
     opset: ONNX opset (default: the exporter's).
     check: run the file with onnxruntime on the example (and, when dynamic, on a second batch and size) and
         report the max abs error against PyTorch in the returned ExportReport.
-    Uses torch.onnx.export(dynamo=True); if that exporter fails, retries the TorchScript-based one with a
-    warning carrying the first error. Raises ValueError if the model calls deeplab_fast's fused ops.
+    exporter: "dynamo" (torch.onnx.export(dynamo=True), through torch.export), "torchscript" (the older
+        TorchScript-based exporter: deprecated by PyTorch, but several times faster to run) or "auto" (dynamo,
+        retrying with torchscript and a warning carrying the first error if dynamo fails).
+    Raises ValueError if the model calls deeplab_fast's fused ops.
     """
     shape = _input_shape(input_size)
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript'; got {exporter!r}")
     dest = Path(path)
     if dest.exists() and dest.is_dir():
         raise ValueError(f"path must be a file name; {dest} is a folder")
@@ -97,7 +102,9 @@ def export_onnx(
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp.onnx", dir=dest.parent)
     os.close(fd)
     try:
-        _onnx_export(net, example, tmp, dynamic, opset)
+        # a batch of 1 would be specialised to 1 by torch.export (its 0/1 rule), so trace a dynamic graph on 2
+        trace_with = example if not dynamic or shape[0] > 1 else torch.cat([example, example.flip(-1)])
+        _onnx_export(net, trace_with, tmp, dynamic, opset, exporter)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -126,6 +133,7 @@ def export_torchscript(
         # deployment targets load
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(net, (example,), check_trace=False)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -182,31 +190,45 @@ def _logits(out: object) -> torch.Tensor:
     return out  # type: ignore[return-value]
 
 
-def _onnx_export(net: nn.Module, example: torch.Tensor, path: str, dynamic: bool, opset: int | None) -> None:
-    names = {"input_names": ["image"], "output_names": ["logits"], "external_data": False}
-    if opset is not None:
-        names["opset_version"] = opset
-    try:
-        dyn = None
-        if dynamic:
+def _onnx_export(
+    net: nn.Module, example: torch.Tensor, path: str, dynamic: bool, opset: int | None, exporter: str
+) -> None:
+    if exporter != "torchscript":
+        try:
             d = torch.export.Dim.DYNAMIC
-            dyn = {"x": {0: d, 2: d, 3: d}} if "x" in _forward_arg_names(net) else ({0: d, 2: d, 3: d},)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, (example,), path, dynamo=True, dynamic_shapes=dyn, verbose=False, **names)
-        return
-    except Exception as exc:  # noqa: BLE001 - the second exporter gets its chance, the first error is kept
-        first = exc
-    warnings.warn(
-        f"torch.onnx.export(dynamo=True) failed ({type(first).__name__}: {str(first)[:300]}); "
-        "retrying with the TorchScript-based exporter",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+            dyn = None
+            if dynamic:
+                dyn = {"x": {0: d, 2: d, 3: d}} if "x" in _forward_arg_names(net) else ({0: d, 2: d, 3: d},)
+            extra = {} if opset is None else {"opset_version": opset}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    net,
+                    (example,),
+                    path,
+                    dynamo=True,
+                    dynamic_shapes=dyn,
+                    input_names=["image"],
+                    output_names=["logits"],
+                    external_data=False,
+                    verbose=False,
+                    **extra,
+                )
+            return
+        except Exception as exc:  # noqa: BLE001 - with "auto" the second exporter gets its chance
+            if exporter == "dynamo":
+                raise
+            warnings.warn(
+                f"torch.onnx.export(dynamo=True) failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                "retrying with the TorchScript-based exporter",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
-    names.pop("external_data")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             net,
             (example,),
@@ -214,7 +236,8 @@ def _onnx_export(net: nn.Module, example: torch.Tensor, path: str, dynamic: bool
             dynamo=False,
             dynamic_axes=axes if dynamic else None,
             opset_version=opset or 17,
-            **{k: v for k, v in names.items() if k != "opset_version"},
+            input_names=["image"],
+            output_names=["logits"],
         )
 
 

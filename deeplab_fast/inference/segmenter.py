@@ -97,7 +97,8 @@ class Segmenter:
     device: "auto" (CUDA when available, else CPU), or any torch.device / string.
     dtype: the model's compute dtype (torch.float32, torch.float16, torch.bfloat16, or "fp16", "bf16", ...);
         probabilities are always accumulated in float32.
-    optimize: run deeplab_fast.optimize(model) (BN folding, fused kernels) when that is available.
+    optimize: for a deeplab_fast DeepLab, run on deeplab_fast.optimize(model) (BN folded, fused kernels; a copy,
+        so `model` keeps its modules); other models run as they are.
     align_corners: how logits are resized (default: the model's `align_corners` attribute, else False).
     min_size: inputs smaller than this (either side) are padded up to it, and the pad is cropped away.
     batch_size: most images (or sliding windows) per forward.
@@ -333,11 +334,14 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 def _try_optimize(model: nn.Module) -> tuple[nn.Module, bool]:
     try:
+        from deeplab_fast.models.deeplab import DeepLab
         from deeplab_fast.models.fuse import optimize
     except ModuleNotFoundError as exc:
         if exc.name is not None and exc.name.startswith("deeplab_fast"):
             return model, False  # the models package is not in this build
         raise
+    if not isinstance(getattr(model, "model", model), DeepLab):
+        return model, False  # other models (and ones optimize() already made) run as they are
     return optimize(model), True
 
 

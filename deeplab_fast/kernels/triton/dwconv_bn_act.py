@@ -48,6 +48,7 @@ def _dwconv_bn_act_kernel(
     K: tl.constexpr,
     ACT: tl.constexpr,
     ACC_F64: tl.constexpr,
+    OUT_BF16: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -79,7 +80,14 @@ def _dwconv_bn_act_kernel(
     if ACT == 2:
         out = tl.minimum(tl.maximum(out, 0.0), 6.0)
     y_offs = n.to(tl.int64) * ys_n + ch[None, :].to(tl.int64) * ys_c + (ho.to(tl.int64) * ys_h + wo * ys_w)[:, None]
-    tl.store(y_ptr + y_offs, out.to(y_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
+    if OUT_BF16:
+        # Round to nearest even explicitly: the CPU interpreter's fp32 -> bf16 cast truncates.
+        u = out.to(tl.float32).to(tl.uint32, bitcast=True)
+        u = u + 0x7FFF + ((u >> 16) & 1)
+        res = (u >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        res = out.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + y_offs, res, mask=p_ok[:, None] & c_ok[None, :])
 
 
 def _blocks(hw: int, c: int, channels_last: bool, interpret: bool) -> tuple[int, int]:
@@ -124,7 +132,8 @@ def dwconv_bn_act_triton(
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         stride, dilation, dilation * (k - 1) // 2,
-        K=k, ACT=activation, ACC_F64=x.dtype == torch.float64, BLOCK_P=block_p, BLOCK_C=block_c,
+        K=k, ACT=activation, ACC_F64=x.dtype == torch.float64, OUT_BF16=x.dtype == torch.bfloat16,
+        BLOCK_P=block_p, BLOCK_C=block_c,
     )  # fmt: skip
     return y
 

@@ -1,0 +1,351 @@
+"""deeplab_fast.ops.dwconv_bn_act against its reference: forward grid, gradients, op registration, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deeplab_fast import _ext
+from deeplab_fast.ops import dwconv_bn_act, fold_bn
+from deeplab_fast.ops.reference import apply_activation, dwconv_bn_act_reference
+
+needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+DILATIONS = (1, 2, 4, 6, 12, 18, 24, 36)
+# (N, C, H, W): 1x1, odd/even sides, maps smaller than most dilations; C = 11 and 43 leave tails after the
+# 8-lane packs and the 32-channel groups of the CPU kernel.
+SHAPES = ((2, 11, 1, 1), (1, 43, 5, 7), (2, 11, 8, 6), (1, 3, 13, 4))
+LAYOUTS = ("nchw", "channels_last")
+ACTS = ("relu", "relu6", "none")
+
+
+def _inputs(shape, dtype, layout, k=3, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    x = torch.randn(n, c, h, w, generator=g) * 3
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, 1, k, k, generator=g)
+    scale = torch.rand(c, generator=g) + 0.5
+    shift = torch.randn(c, generator=g)
+    return [t.to(device=device, dtype=dtype) for t in (x, weight, scale, shift)]
+
+
+def _torch_lowprec(x, weight, scale, shift, stride, dilation, activation):
+    """PyTorch's own chain in x's dtype (conv, affine, activation), the yardstick for fp16/bf16 error."""
+    k = weight.shape[-1]
+    y = F.conv2d(x, weight, stride=stride, padding=dilation * (k - 1) // 2, dilation=dilation, groups=x.shape[1])
+    return apply_activation(y * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), activation)
+
+
+def _check_against_reference(backend, dtype, layout, shape, stride, dilation, activations=ACTS, k=3):
+    """Our output for each activation vs the reference. PyTorch's dilated depthwise conv is slow on a CPU
+    (tens of ms at rate 36), so the pre-activation reference is computed once and activated per case."""
+    x, weight, scale, shift = _inputs(shape, dtype, layout, k)
+    low = dtype in (torch.float16, torch.bfloat16)
+    args32 = [t.float() for t in (x, weight, scale, shift)] if low else (x, weight, scale, shift)
+    pre = dwconv_bn_act_reference(*args32, stride, dilation, "none")
+    pre_theirs = _torch_lowprec(x, weight, scale, shift, stride, dilation, "none") if low else None
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for activation in activations:
+        where = f"{backend} {dtype} {layout} shape={shape} stride={stride} dilation={dilation} act={activation}"
+        y = dwconv_bn_act(x, weight, scale, shift, stride=stride, dilation=dilation, activation=activation,
+                          backend=backend)  # fmt: skip
+        ref = apply_activation(pre, activation)
+        assert y.shape == ref.shape and y.dtype == dtype, where
+        assert y.is_contiguous(memory_format=fmt), where
+        if not low:
+            torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5, msg=where)
+            continue
+        # Low precision: error against an fp32 reference at most twice PyTorch's own low-precision error.
+        ours = (y.float() - ref).abs().max().item()
+        theirs = (apply_activation(pre_theirs, activation).float() - ref).abs().max().item()
+        assert ours <= 2 * theirs + 1e-3, f"{where}: error {ours} vs PyTorch's {theirs}"
+
+
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+@needs_ext
+@pytest.mark.parametrize("stride", (1, 2))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
+def test_cpu_grid(dtype, layout, stride):
+    """Full product: dtype x layout x stride x dilation x shape x activation."""
+    for dilation in DILATIONS:
+        for shape in SHAPES:
+            _check_against_reference("cpu", dtype, layout, shape, stride, dilation)
+
+
+@needs_ext
+@pytest.mark.parametrize("k", (5, 7, 9))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cpu_larger_kernels(k, layout):
+    for dilation, stride in ((1, 1), (3, 2), (12, 1)):
+        for shape in SHAPES[1:3]:
+            _check_against_reference("cpu", torch.float32, layout, shape, stride, dilation, ("relu",), k=k)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_reference_backend(dtype, layout):
+    for dilation in (1, 18):
+        _check_against_reference("reference", dtype, layout, SHAPES[1], 2, dilation, ("relu6",))
+
+
+# Triton runs through the interpreter on a CPU (~0.2 s a call): a representative subset.
+TRITON_CASES = (
+    (torch.float32, "nchw", (1, 43, 5, 7), 1, 1, "relu"),
+    (torch.float32, "channels_last", (2, 11, 8, 6), 2, 2, "relu6"),
+    (torch.float32, "nchw", (2, 11, 1, 1), 2, 36, "none"),
+    (torch.float32, "channels_last", (1, 43, 5, 7), 1, 24, "relu"),
+    (torch.float16, "nchw", (2, 11, 8, 6), 1, 6, "relu"),
+    (torch.float16, "channels_last", (1, 3, 13, 4), 2, 4, "relu6"),
+    (torch.bfloat16, "channels_last", (1, 43, 5, 7), 1, 12, "none"),
+    (torch.bfloat16, "nchw", (1, 3, 13, 4), 2, 18, "relu"),
+    (torch.float64, "channels_last", (2, 11, 8, 6), 1, 2, "relu"),
+)
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-s{c[3]}-d{c[4]}-{c[5]}")
+def test_triton_subset(case):
+    dtype, layout, shape, stride, dilation, activation = case
+    _check_against_reference("triton", dtype, layout, shape, stride, dilation, (activation,))
+
+
+@needs_cuda
+@needs_ext
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16), ids=str)
+def test_cuda_grid(dtype, layout):
+    if not _ext.built_with_cuda():
+        pytest.skip("deeplab_fast._C was built without CUDA kernels")
+    for stride in (1, 2):
+        for dilation in DILATIONS:
+            for shape in SHAPES:
+                for activation in ACTS:
+                    x, weight, scale, shift = (t.cuda() for t in _inputs(shape, dtype, layout))
+                    y = dwconv_bn_act(x, weight, scale, shift, stride=stride, dilation=dilation,
+                                      activation=activation, backend="cuda")  # fmt: skip
+                    ref = dwconv_bn_act(x.cpu(), weight.cpu(), scale.cpu(), shift.cpu(), stride=stride,
+                                        dilation=dilation, activation=activation, backend="cpu")  # fmt: skip
+                    tol = 1e-5 if dtype == torch.float32 else 2e-2
+                    torch.testing.assert_close(y.cpu(), ref, rtol=tol, atol=tol)
+
+
+@needs_ext
+def test_non_contiguous_inputs():
+    x, weight, scale, shift = _inputs((2, 22, 9, 16), torch.float32, "nchw")
+    xs = x[:, ::2, :, ::2]  # strided in C and W
+    ws = torch.randn(11, 3, 3, 1).permute(0, 3, 1, 2)  # (C, 1, 3, 3), non-contiguous
+    ss, bs = scale[::2], shift[::2]
+    for backend in ("cpu", "triton"):
+        y = dwconv_bn_act(xs, ws, ss, bs, dilation=2, backend=backend)
+        torch.testing.assert_close(y, dwconv_bn_act_reference(xs, ws, ss, bs, 1, 2, "relu"), rtol=1e-5, atol=1e-5)
+
+
+@needs_ext
+@pytest.mark.parametrize("backend", ("cpu", "triton", "reference"))
+def test_empty_batch(backend):
+    x, weight, scale, shift = _inputs((1, 5, 7, 6), torch.float32, "channels_last")
+    y = dwconv_bn_act(x[:0], weight, scale, shift, stride=2, backend=backend)
+    assert y.shape == (0, 5, 4, 3)
+
+
+def test_fold_bn_matches_batchnorm():
+    bn = torch.nn.BatchNorm2d(6, eps=1e-3).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    x = torch.randn(2, 6, 5, 5)
+    bias = torch.randn(6)
+    scale, shift = fold_bn(bn, bias)
+    expected = bn(x + bias.view(1, -1, 1, 1))
+    torch.testing.assert_close(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), expected)
+    with pytest.raises(TypeError, match="bn must be a BatchNorm"):
+        fold_bn(torch.nn.ReLU())
+
+
+# ----------------------------------------------------------------------------------------------- gradients
+
+
+def _grad_inputs(dtype, layout, shape=(2, 5, 7, 6), k=3):
+    return [t.requires_grad_() for t in _inputs(shape, dtype, layout, k, seed=1)]
+
+
+@needs_ext
+@pytest.mark.parametrize(
+    "layout,stride,dilation,activation",
+    (("nchw", 2, 2, "relu6"), ("channels_last", 1, 3, "none"), ("nchw", 1, 9, "relu")),
+)
+def test_gradcheck_cpu_float64(layout, stride, dilation, activation):
+    x, weight, scale, shift = _grad_inputs(torch.float64, layout, shape=(1, 3, 5, 4))
+    fn = lambda *a: dwconv_bn_act(*a, stride=stride, dilation=dilation, activation=activation, backend="cpu")
+    assert torch.autograd.gradcheck(fn, (x, weight, scale, shift))
+
+
+def _check_grads(backend, layout, stride, dilation, activation, k=3):
+    inputs = _grad_inputs(torch.float32, layout, k=k)
+    y = dwconv_bn_act(*inputs, stride=stride, dilation=dilation, activation=activation, backend=backend)
+    grad = torch.randn_like(y)
+    ours = torch.autograd.grad(y, inputs, grad)
+    ref = dwconv_bn_act_reference(*inputs, stride, dilation, activation)
+    expected = torch.autograd.grad(ref, inputs, grad)
+    for name, a, b in zip(("x", "weight", "scale", "shift"), ours, expected, strict=True):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"{backend} d{name}")
+    if layout == "channels_last":
+        assert ours[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_ext
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("stride", (1, 2))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_cpu(layout, stride, activation):
+    for dilation in (1, 4, 12):
+        _check_grads("cpu", layout, stride, dilation, activation)
+
+
+@needs_ext
+def test_backward_cpu_k5():
+    _check_grads("cpu", "nchw", 2, 2, "relu", k=5)
+
+
+@pytest.mark.parametrize("backend", ("triton", "reference"))
+def test_backward_other_backends(backend):
+    _check_grads(backend, "channels_last", 2, 2, "relu6")
+
+
+# ------------------------------------------------------------------------------- registration and compile
+
+
+@needs_ext
+def test_opcheck():
+    x, weight, scale, shift = _grad_inputs(torch.float32, "channels_last", shape=(1, 4, 5, 6))
+    torch.library.opcheck(torch.ops.deeplab_fast.dwconv_bn_act.default, (x, weight, scale, shift, 2, 3, 2))
+    grad = torch.randn(1, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    args = (grad, x.detach(), weight.detach(), scale.detach(), shift.detach(), 2, 3, 2)
+    torch.library.opcheck(torch.ops.deeplab_fast.dwconv_bn_act_backward.default, args)
+
+
+@needs_cuda
+def test_opcheck_triton():
+    x, weight, scale, shift = (t.cuda().requires_grad_() for t in _inputs((1, 4, 5, 6), torch.float32, "nchw"))
+    torch.library.opcheck(torch.ops.deeplab_fast.dwconv_bn_act_triton.default, (x, weight, scale, shift, 1, 2, 1))
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+        self.weight = torch.nn.Parameter(torch.randn(8, 1, 3, 3))
+        self.register_buffer("scale", torch.rand(8) + 0.5)
+        self.register_buffer("shift", torch.randn(8))
+
+    def forward(self, x):
+        y = dwconv_bn_act(x, self.weight, self.scale, self.shift, dilation=2, backend=self.backend)
+        return y + 1
+
+
+@needs_ext
+def test_torch_compile_fullgraph_cpu():
+    block = _Block("cpu")
+    x = torch.randn(2, 8, 6, 5).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(block, fullgraph=True)
+    torch.testing.assert_close(compiled(x), block(x))
+
+
+@needs_cuda
+def test_torch_compile_fullgraph_triton():
+    # The interpreter cannot be traced (it would run on fake tensors), so this needs a GPU.
+    block = _Block("triton").cuda()
+    x = torch.randn(2, 8, 6, 5, device="cuda")
+    torch.testing.assert_close(torch.compile(block, fullgraph=True)(x), block(x))
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+
+def _good():
+    return _inputs((1, 4, 6, 6), torch.float32, "nchw")
+
+
+def _call(x=None, weight=None, scale=None, shift=None, **kw):
+    gx, gw, gs, gb = _good()
+    return dwconv_bn_act(
+        gx if x is None else x,
+        gw if weight is None else weight,
+        gs if scale is None else scale,
+        gb if shift is None else shift,
+        **kw,
+    )
+
+
+BAD_INPUTS = (
+    ({"x": torch.randn(4, 6, 6)}, ValueError, "x must be a 4-D"),
+    ({"x": torch.ones(1, 4, 6, 6, dtype=torch.int64)}, ValueError, "x must be float32, float16, bfloat16 or float64"),
+    ({"weight": torch.randn(5, 1, 3, 3)}, ValueError, r"weight must have shape \(C, 1, k, k\) with C=4"),
+    ({"weight": torch.randn(4, 2, 3, 3)}, ValueError, r"weight must have shape \(C, 1, k, k\)"),
+    ({"weight": torch.randn(4, 1, 3, 5)}, ValueError, "weight must be square"),
+    ({"weight": torch.randn(4, 1, 4, 4)}, ValueError, "kernel size k must be odd"),
+    ({"scale": torch.randn(5)}, ValueError, r"scale must have shape \(4,\)"),
+    ({"shift": torch.randn(4, 1)}, ValueError, r"shift must have shape \(4,\)"),
+    ({"weight": torch.randn(4, 1, 3, 3, dtype=torch.float64)}, ValueError, "weight must have x's dtype"),
+    ({"scale": torch.randn(4, dtype=torch.float16)}, ValueError, "scale must have x's dtype"),
+    ({"shift": torch.randn(4, device="meta")}, ValueError, "shift must be on x's device"),
+    ({"x": [1.0]}, TypeError, "x must be a torch.Tensor"),
+    ({"stride": 3}, ValueError, "stride must be 1 or 2"),
+    ({"stride": True}, ValueError, "stride must be 1 or 2"),
+    ({"dilation": 0}, ValueError, "dilation must be an int >= 1"),
+    ({"dilation": 1.5}, ValueError, "dilation must be an int >= 1"),
+    ({"activation": "gelu"}, ValueError, "activation must be one of"),
+    ({"backend": "tpu"}, ValueError, "backend must be one of"),
+    ({"backend": "cuda"}, RuntimeError, "backend='cuda'"),
+)
+
+
+@pytest.mark.parametrize("kwargs,exc,message", BAD_INPUTS, ids=lambda v: str(v)[:40] if isinstance(v, str) else None)
+def test_bad_input_messages(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        _call(**kwargs)
+
+
+def test_triton_unavailable_message(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("Triton is available on this machine's GPU")
+    with pytest.raises(RuntimeError, match="backend='triton' is unavailable"):
+        _call(backend="triton")
+
+
+@needs_ext
+def test_cpp_checks_name_the_argument():
+    """The compiled op checks its inputs too (it can be called directly through torch.ops)."""
+    x, weight, scale, shift = _good()
+    op = torch.ops.deeplab_fast.dwconv_bn_act
+    with pytest.raises(RuntimeError, match="stride must be 1 or 2"):
+        op(x, weight, scale, shift, 3, 1, 1)
+    with pytest.raises(RuntimeError, match="dilation must be >= 1"):
+        op(x, weight, scale, shift, 1, 0, 1)
+    with pytest.raises(RuntimeError, match="activation code"):
+        op(x, weight, scale, shift, 1, 1, 7)
+    with pytest.raises(RuntimeError, match="x and weight must have the same dtype"):
+        op(x, weight.double(), scale, shift, 1, 1, 1)
+    with pytest.raises(RuntimeError, match="weight must be square with odd k"):
+        op(x, torch.randn(4, 1, 2, 2), scale, shift, 1, 1, 1)
+    with pytest.raises(RuntimeError, match="grad_out must have shape"):
+        torch.ops.deeplab_fast.dwconv_bn_act_backward(x, x, weight, scale, shift, 2, 1, 1)
+
+
+@needs_ext
+def test_huge_dilation_is_skipped_not_loaded():
+    x, weight, scale, shift = _inputs((1, 9, 5, 6), torch.float32, "channels_last")
+    # The reference would pad by 2^40; the kernel only computes the valid tap range (the centre tap).
+    y = dwconv_bn_act(x, weight, scale, shift, dilation=1 << 40, activation="none", backend="cpu")
+    expected = x * weight[:, :, 1, 1].view(1, -1, 1, 1) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
