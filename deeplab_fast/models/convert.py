@@ -50,7 +50,9 @@ def _resnet_info(net: nn.Module, what: str) -> tuple[str, int, bool]:
     counts = tuple(len(layer) for layer in layers)
     depth = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}.get(counts)
     if depth is None:
-        raise TypeError(f"unsupported {what}: ResNet with blocks {counts}; only ResNet-50 (3,4,6,3) and -101 (3,4,23,3)")
+        raise TypeError(
+            f"unsupported {what}: ResNet with blocks {counts}; only ResNet-50 (3,4,6,3) and -101 (3,4,23,3)"
+        )
     if net.conv1.in_channels != 3:
         raise TypeError(f"unsupported {what}: {net.conv1.in_channels} input channels; only 3 (RGB)")
     stride = 4
@@ -83,7 +85,7 @@ def _aspp_settings(aspp: nn.Module) -> dict[str, Any]:
 
 def _copy_aspp(dst: nn.Module, aspp: nn.Module) -> None:
     _copy_conv_bn(dst.branch1x1, aspp.convs[0][0], aspp.convs[0][1], "ASPP 1x1 branch")
-    for i, (d, s) in enumerate(zip(dst.branches, aspp.convs[1:4])):
+    for i, (d, s) in enumerate(zip(dst.branches, aspp.convs[1:4], strict=True)):
         if hasattr(d, "depthwise"):
             _copy(d.depthwise, s[0][0], f"ASPP branch {i} depthwise")
             _copy(d.pointwise, s[0][1], f"ASPP branch {i} pointwise")
@@ -188,7 +190,9 @@ def from_smp(model: nn.Module) -> DeepLab:
         aspp = dec.aspp[0]
         expected = 4 if stride == 16 else 2
         if dec.up.scale_factor != expected or scale * expected != stride:
-            raise TypeError(f"from_smp: upsampling factors {dec.up.scale_factor}, {scale} do not restore the input size")
+            raise TypeError(
+                f"from_smp: upsampling factors {dec.up.scale_factor}, {scale} do not restore the input size"
+            )
         if bool(dec.up.align_corners) != align:
             raise TypeError("from_smp: decoder and head use different align_corners; not supported")
         options.update(

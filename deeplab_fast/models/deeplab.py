@@ -25,7 +25,10 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "aspp_channels": (256, "channels of every ASPP branch and of its projection"),
     "aspp_dropout": (0.1, "dropout after the ASPP projection"),
     "aspp_separable": (None, "separable ASPP 3x3 branches; default: `separable`"),
-    "aspp_pool_position": ("first", "image-pool branch 'first' (TensorFlow) or 'last' (torchvision, smp) in the concat"),
+    "aspp_pool_position": (
+        "first",
+        "image-pool branch 'first' (TensorFlow) or 'last' (torchvision, smp) in the concat",
+    ),
     "separable_inner_bn": (True, "BN + ReLU between depthwise and pointwise convs of the heads (False: smp)"),
     "post_aspp_conv": ("none", "extra 3x3 conv + BN + ReLU after ASPP: 'none', 'dense' or 'separable'"),
     "decoder_convs": (2, "number of 3x3 conv blocks in the decoder"),
@@ -107,16 +110,25 @@ class DeepLab(nn.Module):
     def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_image_batch(x)
-        size = (x.shape[2], x.shape[3])
         low, mid, high = self.backbone(x)
         y = self.aspp(high)
         if self.post_aspp is not None:
             y = self.post_aspp(y)
         if self.decoder is not None:
             y = self.decoder(y, low)
-        out = self._resize(self.classifier(y), size)
+        return self.classifier(y), mid
+
+    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, num_classes, h, w) logits before the final upsampling (stride 4 with the
+        decoder, the output stride without). Used by deeplab_fast.Segmenter to resize once, fused."""
+        return self._heads(x)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        size = (x.shape[2], x.shape[3]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
+        logits, mid = self._heads(x)
+        out = self._resize(logits, size)
         if not self.output_dict:
             return out
         result = {"out": out}

@@ -10,6 +10,7 @@ a per-image bias of the projection (its broadcast map is never built). Activatio
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import torch
@@ -20,8 +21,8 @@ from deeplab_fast.models.aspp import ASPP
 from deeplab_fast.models.backbones.mobilenetv2 import InvertedResidual, MobileNetV2
 from deeplab_fast.models.backbones.resnet import Bottleneck, ResNet
 from deeplab_fast.models.backbones.xception import Xception, XceptionBlock
-from deeplab_fast.models.deeplab import AuxHead, DeepLab, check_image_batch
 from deeplab_fast.models.decoder import Decoder
+from deeplab_fast.models.deeplab import AuxHead, DeepLab, check_image_batch
 from deeplab_fast.models.layers import ConvBNAct, SeparableConv, apply_act
 from deeplab_fast.ops import dwconv_bn_act, fold_bn, upsample_concat
 from deeplab_fast.ops._backend import BACKENDS
@@ -31,7 +32,13 @@ _ONEDNN_ACT = {"relu": ("relu", [None]), "relu6": ("hardtanh", [0.0, 6.0]), "non
 
 
 def _onednn_ok() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    # Opt-in: on a quiet 2-core machine oneDNN's fused convolution with pre-packed weights measured slower
+    # (resnet101 513x513: 1.64 s) than F.conv2d on channels_last plus a separate activation (0.95 s).
+    return (
+        os.environ.get("DEEPLAB_FAST_ONEDNN_FUSED") == "1"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    )
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -71,9 +78,7 @@ class FusedConv(nn.Module):
         self._packed: tuple[torch.Tensor, int, int] | None = None
 
     @classmethod
-    def from_modules(
-        cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: str, backend: str
-    ) -> FusedConv:
+    def from_modules(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: str, backend: str) -> FusedConv:
         """Fold `bn` (or nothing) into `conv`; the activation is applied after the folded conv."""
         weight, bias = _fold(conv, bn)
         return cls(
@@ -117,11 +122,22 @@ class FusedConv(nn.Module):
             args = ([self.padding] * 2, [self.stride] * 2, [self.dilation] * 2, self.groups)
             attr, scalars = _ONEDNN_ACT[self.act]
             if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(x, self._packed_weight(), self.bias, *args, attr, scalars, "")
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, self._packed_weight(), self.bias, *args, attr, scalars, ""
+                )
             if residual.shape == (x.shape[0], self.weight.shape[0], *residual.shape[2:]) and residual.dtype == x.dtype:
                 unary = None if self.act == "none" else attr
                 return torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, residual, self._packed_weight(), self.bias, *args, "add", None, unary, scalars if unary else [], None
+                    x,
+                    residual,
+                    self._packed_weight(),
+                    self.bias,
+                    *args,
+                    "add",
+                    None,
+                    unary,
+                    scalars if unary else [],
+                    None,
                 )
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:
@@ -143,8 +159,24 @@ class FusedDWConv(nn.Module):
         self.scale = nn.Parameter(scale.clone(), requires_grad=False)
         self.shift = nn.Parameter(shift.clone(), requires_grad=False)
         self.stride, self.dilation, self.act, self.backend = conv.stride[0], conv.dilation[0], act, backend
+        # With DEEPLAB_FAST_ONEDNN_FUSED=1 and backend="auto" on a CPU, oneDNN's depthwise conv (BN folded,
+        # activation as a post-op) runs instead; every explicit backend always runs dwconv_bn_act.
+        self.onednn = None
+        if backend == "auto":
+            self.onednn = FusedConv(
+                self.weight.detach() * self.scale.detach().reshape(-1, 1, 1, 1),
+                self.shift.detach().clone(),
+                stride=self.stride,
+                padding=conv.padding[0],
+                dilation=self.dilation,
+                groups=conv.groups,
+                act=act,
+                backend="cpu",
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn is not None and self.onednn._use_onednn(x):
+            return self.onednn(x)
         return dwconv_bn_act(
             x,
             self.weight,
@@ -318,7 +350,9 @@ class FusedASPP(nn.Module):
         else:
             rest_w, pool_w = weight[:, :-c], weight[:, -c:]
         self.pool_weight = nn.Parameter(pool_w[:, :, 0, 0].contiguous(), requires_grad=False)
-        self.project = FusedConv(rest_w.contiguous(), None, stride=1, padding=0, dilation=1, act="none", backend=backend)
+        self.project = FusedConv(
+            rest_w.contiguous(), None, stride=1, padding=0, dilation=1, act="none", backend=backend
+        )
         self.project_bias = nn.Parameter(bias, requires_grad=False)
         self.backend = backend
 
@@ -384,9 +418,8 @@ class FusedDeepLab(nn.Module):
     def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_image_batch(x)
-        size = (x.shape[2], x.shape[3])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         low, mid, high = self.backbone(x)
@@ -395,7 +428,17 @@ class FusedDeepLab(nn.Module):
             y = self.post_aspp(y)
         if self.decoder is not None:
             y = self.decoder(y, low)
-        out = self._resize(self.classifier(y), size)
+        return self.classifier(y), mid
+
+    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, num_classes, h, w) logits before the final upsampling (stride 4 with the
+        decoder, the output stride without). Used by deeplab_fast.Segmenter to resize once, fused."""
+        return self._heads(x)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        size = (x.shape[2], x.shape[3]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
+        logits, mid = self._heads(x)
+        out = self._resize(logits, size)
         if not self.output_dict:
             return out
         result = {"out": out}
@@ -408,8 +451,9 @@ def optimize(model: nn.Module, *, backend: str = "auto", channels_last: bool = T
     """Return an inference copy of a DeepLab model with BN folded and fused ops; `model` is not changed.
 
     Args:
-        model: a DeepLab from deeplabv3plus() or a converter (nn.Module). In training mode it is copied and
-            the copy put in eval mode, with a warning (BN folding uses the running statistics).
+        model: a DeepLab from deeplabv3plus() or a converter. Any other nn.Module gets only the generic part:
+            each Conv2d directly followed by a BatchNorm2d in an nn.Sequential is folded. In training mode the
+            model is copied and the copy put in eval mode, with a warning (BN folding uses running statistics).
         backend: "auto", "cpu", "cuda", "triton" or "reference": passed to every fused op; "reference"
             also turns off oneDNN's fused convolutions.
         channels_last: run in channels_last memory format (the fast layout for oneDNN and cuDNN).
@@ -422,12 +466,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", channels_last: bool = T
         raise TypeError(f"model must be an nn.Module (a deeplab_fast DeepLab), got {type(model).__name__}")
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
-    inner = getattr(model, "model", model)
-    if not isinstance(inner, DeepLab):
-        raise TypeError(
-            f"optimize() supports deeplab_fast DeepLab models (deeplabv3plus(), from_torchvision(), from_smp()), "
-            f"got {type(inner).__name__}"
-        )
+    inner = model
     if model.training:
         warnings.warn(
             "optimize() folds BatchNorm with its running statistics, so it needs eval mode; optimizing an "
@@ -437,10 +476,26 @@ def optimize(model: nn.Module, *, backend: str = "auto", channels_last: bool = T
         )
     with torch.no_grad():
         source = copy.deepcopy(inner).eval()
-        fused = FusedDeepLab(source, backend, channels_last).eval()
-    if inner is not model:
-        wrapper = copy.copy(model)
-        wrapper._modules = dict(model._modules)
-        wrapper._modules["model"] = fused
-        return wrapper.eval()
-    return fused
+        if isinstance(source, DeepLab):
+            return FusedDeepLab(source, backend, channels_last).eval()
+        return _fold_generic(source, channels_last).eval()
+
+
+def _fold_generic(model: nn.Module, channels_last: bool) -> nn.Module:
+    """Any other model: fold each Conv2d directly followed by a BatchNorm2d inside an nn.Sequential."""
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for a, b in zip(names[:-1], names[1:], strict=True):
+            conv, bn = module._modules[a], module._modules[b]
+            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+                weight, bias = _fold(conv, bn)
+                conv.weight = nn.Parameter(weight, requires_grad=False)
+                conv.bias = nn.Parameter(bias, requires_grad=False)
+                module._modules[b] = nn.Identity()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -55,7 +55,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 sd = inner
                 break
-    if not isinstance(sd, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+    if not isinstance(sd, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
+    ):
         raise ValueError(f"{str(p)!r} does not hold a state dict (a mapping of names to tensors)")
     out = dict(sd)
     for prefix in _PREFIXES:
@@ -117,7 +119,9 @@ def load_weights(
     report = LoadReport()
     report.missing = sorted(k for k in own if k not in sd and not (skip_classifier and _is_classifier_key(k)))
     report.unexpected = sorted(k for k in sd if k not in own)
-    report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    report.mismatched = [
+        (k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if k in own and v.shape != own[k].shape
+    ]
     if strict and (report.missing or report.unexpected or report.mismatched):
         lines = [f"load_weights: {str(path)!r} does not match the model"]
         hint = _classifier_hint(report.mismatched)

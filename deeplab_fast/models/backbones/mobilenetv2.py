@@ -68,7 +68,7 @@ class MobileNetV2(nn.Module):
                 specs.append((t, scaled(c, width_mult)))
         sched = dilation_schedule(strides, 2, output_stride, dilate_first_block=True)
         layers: list[nn.Module] = [_conv_bn_relu6(3, cin, 3, stride=2)]
-        for (t, c), nominal, (stride, dil, _) in zip(specs, strides, sched):
+        for (t, c), nominal, (stride, dil, _) in zip(specs, strides, sched, strict=True):
             layers.append(InvertedResidual(cin, c, nominal, stride, dil, t))
             cin = c
         if last_conv:

@@ -76,7 +76,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         sched = dilation_schedule([1, 2, 2, 2], 4, output_stride, dilate_first_block)
         inplanes = stem
-        for i, ((stride, first_dil, dil), n) in enumerate(zip(sched, blocks)):
+        for i, ((stride, first_dil, dil), n) in enumerate(zip(sched, blocks, strict=True)):
             planes = scaled(64 * 2**i, width_mult)
             grid = multi_grid if (i == 3 and multi_grid is not None) else (1,) * n
             downsample = None

@@ -16,7 +16,11 @@ from deeplab_fast.models.layers import ConvBNAct, SeparableConv, scaled
 
 # (depths, stride, skip, relu inside separable convs, low-level tap)
 _ENTRY = {
-    "xception65": [((128,) * 3, 2, "conv", False, False), ((256,) * 3, 2, "conv", False, True), ((728,) * 3, 2, "conv", False, False)],
+    "xception65": [
+        ((128,) * 3, 2, "conv", False, False),
+        ((256,) * 3, 2, "conv", False, True),
+        ((728,) * 3, 2, "conv", False, False),
+    ],
     "xception71": [
         ((128,) * 3, 2, "conv", False, False),
         ((256,) * 3, 1, "conv", False, False),
@@ -65,7 +69,9 @@ class XceptionBlock(nn.Module):
             for i in range(3)
         )
         self.skip = skip
-        self.shortcut = ConvBNAct(in_channels, depths[2], 1, stride=stride, act="none", eps=eps) if skip == "conv" else None
+        self.shortcut = (
+            ConvBNAct(in_channels, depths[2], 1, stride=stride, act="none", eps=eps) if skip == "conv" else None
+        )
         self.tap = tap
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +106,7 @@ class Xception(nn.Module):
         sched = dilation_schedule([s[1] for s in specs], 2, output_stride, dilate_first_block=False)
         n_entry = len(_ENTRY[depth])
         blocks, chans = [], scaled(64, width_mult)
-        for (depths, _, skip, act_in, tap), (stride, dil, _) in zip(specs, sched):
+        for (depths, _, skip, act_in, tap), (stride, dil, _) in zip(specs, sched, strict=True):
             depths = tuple(scaled(d, width_mult) for d in depths)
             blocks.append(
                 XceptionBlock(
