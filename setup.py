@@ -5,7 +5,7 @@ Environment:
   DEEPLAB_FAST_CUDA=0               CPU only
   DEEPLAB_FAST_CUDA=1               CUDA required: fail with the reason if it cannot be built
   TORCH_CUDA_ARCH_LIST              defaults to "8.0;9.0" (needed when no GPU is visible)
-  DEEPLAB_FAST_PTXAS_REPORT=PATH    also pass -Xptxas -v and keep the report (CI checks for spills)
+  DEEPLAB_FAST_PTXAS_REPORT=1       also pass -Xptxas -v (the report itself: tests/test_build.py)
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
 
 cxx_flags = ["-O3", "-g0", "-std=c++20", "-fopenmp"]
 # The CPU bodies are vectorized for AVX2+FMA through the compiler (see csrc/common/vec.h); the
-# wheel then needs an AVX2 CPU (every x86-64 server since 2013). Opt out with DEEPLAB_FAST_NATIVE=0.
+# wheel then needs an AVX2 CPU (every x86-64 server since 2013). Opt out with DEEPLAB_FAST_AVX2=0.
 if os.environ.get("DEEPLAB_FAST_AVX2", "1") != "0" and os.uname().machine in ("x86_64", "AMD64"):
     cxx_flags += ["-mavx2", "-mfma", "-mf16c"]
 define_macros = []
