@@ -76,7 +76,48 @@ class AuxHead(nn.Module):
         return self.classifier(self.dropout(self.conv(x)))
 
 
-class DeepLab(nn.Module):
+class DeepLabForward(nn.Module):
+    """Forward contract shared by DeepLab and its optimize()d copy (deeplab_fast.models.fuse.FusedDeepLab).
+
+    Subclasses set backbone, aspp, post_aspp, decoder, classifier, aux, align_corners and output_dict;
+    `_prepare` may change the input's memory format.
+    """
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_image_batch(x)
+        x = self._prepare(x)
+        low, mid, high = self.backbone(x)
+        y = self.aspp(high)
+        if self.post_aspp is not None:
+            y = self.post_aspp(y)
+        if self.decoder is not None:
+            y = self.decoder(y, low)
+        return self.classifier(y), mid
+
+    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, num_classes, h, w) logits before the final upsampling (stride 4 with the
+        decoder, the output stride without). Used by deeplab_fast.Segmenter to resize once, fused."""
+        return self._heads(x)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        size = (x.shape[2], x.shape[3]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
+        logits, mid = self._heads(x)
+        out = self._resize(logits, size)
+        if not self.output_dict:
+            return out
+        result = {"out": out}
+        if self.aux is not None:
+            result["aux"] = self._resize(self.aux(mid), size)
+        return result
+
+
+class DeepLab(DeepLabForward):
     """DeepLabV3+ (decoder=True) or DeepLabV3: (N, 3, H, W) float -> (N, num_classes, H, W) logits.
 
     Build it with deeplabv3plus(); attributes: backbone, aspp, post_aspp (or None), decoder (or None),
@@ -106,35 +147,6 @@ class DeepLab(nn.Module):
         self.align_corners = align_corners
         self.output_dict = output_dict
         self.config = config
-
-    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
-
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_image_batch(x)
-        low, mid, high = self.backbone(x)
-        y = self.aspp(high)
-        if self.post_aspp is not None:
-            y = self.post_aspp(y)
-        if self.decoder is not None:
-            y = self.decoder(y, low)
-        return self.classifier(y), mid
-
-    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, num_classes, h, w) logits before the final upsampling (stride 4 with the
-        decoder, the output stride without). Used by deeplab_fast.Segmenter to resize once, fused."""
-        return self._heads(x)[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        size = (x.shape[2], x.shape[3]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
-        logits, mid = self._heads(x)
-        out = self._resize(logits, size)
-        if not self.output_dict:
-            return out
-        result = {"out": out}
-        if self.aux is not None:
-            result["aux"] = self._resize(self.aux(mid), size)
-        return result
 
 
 def deeplabv3plus(

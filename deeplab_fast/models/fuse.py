@@ -22,7 +22,7 @@ from deeplab_fast.models.backbones.mobilenetv2 import InvertedResidual, MobileNe
 from deeplab_fast.models.backbones.resnet import Bottleneck, ResNet
 from deeplab_fast.models.backbones.xception import Xception, XceptionBlock
 from deeplab_fast.models.decoder import Decoder
-from deeplab_fast.models.deeplab import AuxHead, DeepLab, check_image_batch
+from deeplab_fast.models.deeplab import AuxHead, DeepLab, DeepLabForward
 from deeplab_fast.models.layers import ConvBNAct, SeparableConv, apply_act
 from deeplab_fast.ops import dwconv_bn_act, fold_bn, upsample_concat
 from deeplab_fast.ops._backend import BACKENDS
@@ -394,7 +394,7 @@ class FusedAuxHead(nn.Module):
         return self.classifier(self.conv(x))
 
 
-class FusedDeepLab(nn.Module):
+class FusedDeepLab(DeepLabForward):
     """Inference-only DeepLab made by optimize(); same forward contract as DeepLab."""
 
     def __init__(self, m: DeepLab, backend: str, channels_last: bool) -> None:
@@ -415,36 +415,8 @@ class FusedDeepLab(nn.Module):
         self.channels_last = channels_last
         self.config = dict(m.config)
 
-    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
-
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_image_batch(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        low, mid, high = self.backbone(x)
-        y = self.aspp(high)
-        if self.post_aspp is not None:
-            y = self.post_aspp(y)
-        if self.decoder is not None:
-            y = self.decoder(y, low)
-        return self.classifier(y), mid
-
-    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, num_classes, h, w) logits before the final upsampling (stride 4 with the
-        decoder, the output stride without). Used by deeplab_fast.Segmenter to resize once, fused."""
-        return self._heads(x)[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        size = (x.shape[2], x.shape[3]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
-        logits, mid = self._heads(x)
-        out = self._resize(logits, size)
-        if not self.output_dict:
-            return out
-        result = {"out": out}
-        if self.aux is not None:
-            result["aux"] = self._resize(self.aux(mid), size)
-        return result
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def optimize(model: nn.Module, *, backend: str = "auto", channels_last: bool = True) -> nn.Module:

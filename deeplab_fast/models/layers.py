@@ -6,16 +6,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deeplab_fast.ops.reference import apply_activation as apply_act  # one definition of the activations
+
 ACTS = ("relu", "relu6", "none")
-
-
-def apply_act(x: torch.Tensor, act: str) -> torch.Tensor:
-    """Apply a named activation ("relu", "relu6" or "none") to a float tensor of any shape."""
-    if act == "relu":
-        return F.relu(x)
-    if act == "relu6":
-        return F.relu6(x)
-    return x
 
 
 class ConvBNAct(nn.Module):
