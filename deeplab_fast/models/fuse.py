@@ -142,7 +142,14 @@ class FusedConv(nn.Module):
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:
             y = y + residual
-        return apply_act(y, self.act)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return apply_act(y, self.act)
+        # y is a fresh buffer: activate it in place (no second activation-sized allocation and its page faults)
+        if self.act == "relu":
+            return y.relu_()
+        if self.act == "relu6":
+            return y.clamp_(0.0, 6.0)
+        return y
 
 
 class FusedDWConv(nn.Module):
