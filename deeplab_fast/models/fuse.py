@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deeplab_fast.malloc_tuning import keep_freed_memory
 from deeplab_fast.models.aspp import ASPP
 from deeplab_fast.models.backbones.mobilenetv2 import InvertedResidual, MobileNetV2
 from deeplab_fast.models.backbones.resnet import Bottleneck, ResNet
@@ -437,6 +438,9 @@ def optimize(model: nn.Module, *, backend: str = "auto", channels_last: bool = T
             also turns off oneDNN's fused convolutions.
         channels_last: run in channels_last memory format (the fast layout for oneDNN and cuDNN).
 
+    A CPU model also makes glibc malloc recycle large freed blocks, process-wide
+    (deeplab_fast.malloc_tuning.keep_freed_memory; DEEPLAB_FAST_MALLOPT=0 turns that off).
+
     Returns:
         nn.Module in eval mode with the same forward contract ((N, 3, H, W) float -> (N, K, H, W) logits or
         the same dict); parameters do not require gradients.
@@ -453,6 +457,9 @@ def optimize(model: nn.Module, *, backend: str = "auto", channels_last: bool = T
             UserWarning,
             stacklevel=2,
         )
+    if all(t.device.type == "cpu" for t in model.parameters()):
+        # Large activations are freshly page-faulted on every forward otherwise (see malloc_tuning).
+        keep_freed_memory()
     with torch.no_grad():
         source = copy.deepcopy(inner).eval()
         if isinstance(source, DeepLab):
