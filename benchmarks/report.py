@@ -155,9 +155,14 @@ def _fmt(value: float | None, spec: str) -> str:
 def _reps_text(plan: dict[str, Any], part: str) -> str:
     """How the repetitions of `part` ("kernel" or "model") were chosen, in words."""
     most, budget = plan.get(f"{part}_reps"), plan.get(f"{part}_budget_s")
-    if budget is None:
+    if budget is None or (most or 0) <= (plan.get("min_reps") or 0):
         return f"{most} for every provider"
     return f"as many as fit in {budget:g} s per shape and provider, at least {plan.get('min_reps')}, at most {most}"
+
+
+def _gemm_shapes(meta: dict[str, Any]) -> str:
+    shapes = meta.get("gemm_shapes") or []
+    return ", ".join(f"({m}x{k})@({k}x{n})" for m, k, n in shapes) or "the GEMM shapes"
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], headers: dict[str, str]) -> str:
@@ -182,8 +187,8 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
         f"- Date: {env.get('date')}; command: `{env.get('command', '')}`; runtime {int(runtime // 60)} min "
         f"{runtime % 60:.0f} s",
         f"- Yardsticks measured in this run: copy bandwidth {_fmt(meta.get('bandwidth_gb_s'), '.1f')} GB/s "
-        "(read + write); GEMM peak (torch.mm, best of 1024^3, 2048^3 and (1089x728)@(728x728), sampled before and "
-        "after the models) " + ", ".join(f"{d} {v:.0f} GFLOP/s" for d, v in (meta.get("gemm_gflops") or {}).items()),
+        f"(read + write); GEMM peak (torch.mm, the best of {_gemm_shapes(meta)}; sampled before and after the "
+        "models) " + ", ".join(f"{d} {v:.0f} GFLOP/s" for d, v in (meta.get("gemm_gflops") or {}).items()),
         f"- deeplab_fast extension built: {env.get('deeplab_fast_ext')}; CUDA kernels in it: "
         f"{env.get('deeplab_fast_cuda_kernels')}",
     ]

@@ -400,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny = plan.suite == "tiny"
     bandwidth = harness.measure_bandwidth(device, nbytes=(16 if tiny else 256) * 2**20)
     gemm: dict[str, float] = {}
+    gemm_shapes = harness.TINY_GEMM_SHAPES if tiny else harness.GEMM_SHAPES
     gemm_samples: dict[str, list[float]] = {}
 
     def sample_gemm() -> None:
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                 harness.measure_gemm_gflops(
                     device,
                     getattr(torch, dtype_name),
-                    harness.TINY_GEMM_SHAPES if tiny else harness.GEMM_SHAPES,
+                    gemm_shapes,
                     reps=3 if tiny else 5,
                 )
                 for _ in range(1 if tiny else 2)
@@ -435,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         "bandwidth_gb_s": bandwidth,
         "gemm_gflops": gemm,
         "gemm_gflops_samples": gemm_samples,
+        "gemm_shapes": [list(shape) for shape in gemm_shapes],
         "runtime_s": time.perf_counter() - started,
         "families": {f: d for f, d in KERNEL_FAMILIES.items()},
     }
