@@ -79,6 +79,22 @@ def test_ties_take_lowest_class_and_nan_wins(backend):
     assert (out == 3).any()
 
 
+@needs_ext
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_wild_rows_beside_tame_rows(channels_last):
+    """The CPU kernel takes a one-compare path for source rows of finite |logit| <= 1e30 and the full NaN
+    rules elsewhere; rows of both kinds (inf, NaN, 1e35) in one map give the reference's labels."""
+    x = _logits((1, 5, 9, 20), channels_last=channels_last)
+    x[0, 1, 2, 3] = float("inf")
+    x[0, 2, 4, 11] = float("-inf")  # blends 0 * -inf = NaN where its weight is zero, as F.interpolate does
+    x[0, 3, 6, 7] = float("nan")
+    x[0, 4, 8, 15] = 1e35
+    out = upsample_argmax(x, (33, 77), backend="cpu")
+    ref = upsample_argmax_reference(x, (33, 77))
+    assert torch.equal(out, ref), f"{(out != ref).sum().item()} labels differ"
+    assert (out == 3).any() and (out == 4).any()
+
+
 @pytest.mark.parametrize("backend", [CPP, "triton"])
 def test_logits_requiring_grad_give_labels_without_grad(backend):
     x = _logits((1, 3, 4, 4)).requires_grad_()

@@ -12,6 +12,7 @@
 #include <c10/util/Half.h>
 
 #include <climits>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -126,14 +127,19 @@ void concat_nchw(const UpsampleConcatParams& p) {
   });
 }
 
-// Source rows of the logits blended along W into (K, Wo) fp32 buffers, with a two-slot cache: within
+// Class stride of a W-blended row buffer: Wo padded to whole 64-byte lines, so every class starts
+// line-aligned and 8-wide loads at multiples of 8 columns never straddle two lines.
+inline int64_t row_stride(int64_t Wo) { return (Wo + 15) / 16 * 16; }
+
+// Source rows of the logits blended along W into (K, row_stride(Wo)) fp32 buffers, with a two-slot cache: within
 // a block of consecutive output rows the needed source rows only move forward.
 template <typename T>
 class RowCache {
  public:
   RowCache(const UpsampleClassParams& p, const TapTable& tw)
-      : p_(p), tw_(tw), buf_(2 * p.K * p.Wo), ws_(p.W + kWin), stage_(p.K * ws_, 0.f),
-        i0_(tw.i0.begin(), tw.i0.end()), i1_(tw.i1.begin(), tw.i1.end()), win_((p.Wo + kWin - 1) / kWin, -1) {
+      : p_(p), tw_(tw), rs_(row_stride(p.Wo)), mem_(2 * p.K * rs_ + 16), ws_(p.W + kWin), stage_(p.K * ws_, 0.f),
+        i0_(tw.i0.begin(), tw.i0.end()), i1_(tw.i1.begin(), tw.i1.end()), win_((p.Wo + kWin - 1) / kWin, -1),
+        d0_(p.Wo), d1_(p.Wo) {
     // A chunk of 8 output columns whose taps all fall in 8 consecutive source columns [b, b + 8) is
     // blended from one 8-wide load of the staged row and two in-register permutes (upsampling: always
     // the case from a factor of about 1.2 on); other chunks (downsampling) take the scalar loop.
@@ -144,24 +150,29 @@ class RowCache {
         hi = dlf_max(hi, dlf_max(i0_[j], i1_[j]));
       }
       if (hi - lo < kWin) win_[c] = lo;
+      for (int64_t j = c * kWin; j < c * kWin + kWin; ++j) d0_[j] = i0_[j] - lo, d1_[j] = i1_[j] - lo;
     }
   }
 
-  const float* get(int64_t n, int64_t ih) {
-    for (int s = 0; s < 2; ++s)
-      if (key_[s] == n * p_.H + ih) return buf_.data() + s * p_.K * p_.Wo;
-    const int s = (key_[0] == last_used_) ? 1 : 0;  // evict the slot not used last
-    key_[s] = n * p_.H + ih;
-    float* out = buf_.data() + s * p_.K * p_.Wo;
-    fill(out, n, ih);
-    return out;
-  }
+  const float* get(int64_t n, int64_t ih) { return buf() + slot(n, ih) * p_.K * rs_; }
   void touch(int64_t n, int64_t ih) { last_used_ = n * p_.H + ih; }
+  // Whether every logit of source row (n, ih) is finite with |x| <= 1e30: then no blend of it can be
+  // NaN or overflow, and a plain `v > best` is exactly argmax_takes (the row must be cached: get() first).
+  bool tame(int64_t n, int64_t ih) const { return tame_[key_[0] == n * p_.H + ih ? 0 : 1]; }
 
  private:
+  int slot(int64_t n, int64_t ih) {
+    for (int s = 0; s < 2; ++s)
+      if (key_[s] == n * p_.H + ih) return s;
+    const int s = (key_[0] == last_used_) ? 1 : 0;  // evict the slot not used last
+    key_[s] = n * p_.H + ih;
+    tame_[s] = fill(buf() + s * p_.K * rs_, n, ih);
+    return s;
+  }
+
   // Stage the source row as fp32 (K, W) first (a transpose for channels_last logits), so the blend
   // along W gathers from a small L1-resident buffer with 32-bit indices, whatever the logits' layout.
-  void fill(float* out, int64_t n, int64_t ih) {
+  bool fill(float* out, int64_t n, int64_t ih) {
     const T* x = static_cast<const T*>(p_.x) + n * p_.xs_n + ih * p_.xs_h;
     const int64_t Wo = p_.Wo, W = p_.W, sw = p_.xs_w, sk = p_.xs_k;
     float* __restrict st = stage_.data();
@@ -173,44 +184,72 @@ class RowCache {
       for (int64_t k = 0; k < p_.K; ++k)
         for (int64_t w = 0; w < W; ++w) st[k * ws + w] = ld(x + k * sk + w * sw);
     }
+    bool wild = false;  // any NaN, inf or |x| > 1e30
+    for (int64_t k = 0; k < p_.K; ++k) {
+      const float* __restrict s = st + k * ws;
+      int64_t w = 0;
+#ifdef __AVX2__
+      const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+      __m256 bad = _mm256_setzero_ps();
+      for (; w + 8 <= W; w += 8)  // NLE_UQ: true for |x| > 1e30 and for NaN
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(s + w), magnitude),
+                                              _mm256_set1_ps(1e30f), _CMP_NLE_UQ));
+      wild |= _mm256_movemask_ps(bad) != 0;
+#endif
+      for (; w < W; ++w) wild |= !(fabsf(s[w]) <= 1e30f);
+    }
     const int32_t* __restrict i0 = i0_.data();
     const int32_t* __restrict i1 = i1_.data();
     const float* __restrict l0 = tw_.l0.data();
     const float* __restrict l1 = tw_.l1.data();
-    for (int64_t k = 0; k < p_.K; ++k) {
-      const float* __restrict s = st + k * ws;
-      float* __restrict o = out + k * Wo;
-      int64_t wo = 0;
+    const int64_t K = p_.K, rs = rs_;
+    int64_t wv = 0;  // columns [0, wv) are blended by the chunk loop below
 #ifdef __AVX2__
-      for (; wo + kWin <= Wo; wo += kWin) {
-        const int32_t b = win_[wo / kWin];
-        if (b < 0) {
-          for (int64_t j = wo; j < wo + kWin; ++j) o[j] = bilinear_blend(l0[j], s[i0[j]], l1[j], s[i1[j]]);
-          continue;
-        }
-        const __m256 window = _mm256_loadu_ps(s + b);
-        const __m256i base = _mm256_set1_epi32(b);
-        const __m256i d0 = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + wo)), base);
-        const __m256i d1 = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + wo)), base);
+    wv = Wo - Wo % kWin;
+    // Chunk outer, class inner: a chunk's offsets and weights are loaded once for all K classes.
+    for (int64_t wo = 0; wo < wv; wo += kWin) {
+      const int32_t b = win_[wo / kWin];
+      if (b < 0) {
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t j = wo; j < wo + kWin; ++j)
+            out[k * rs + j] = bilinear_blend(l0[j], st[k * ws + i0[j]], l1[j], st[k * ws + i1[j]]);
+        continue;
+      }
+      const __m256i d0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d0_.data() + wo));
+      const __m256i d1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d1_.data() + wo));
+      const __m256 w0 = _mm256_loadu_ps(l0 + wo), w1 = _mm256_loadu_ps(l1 + wo);
+      const float* s = st + b;
+      for (int64_t k = 0; k < K; ++k) {
+        const __m256 window = _mm256_loadu_ps(s + k * ws);
         const __m256 a = _mm256_permutevar8x32_ps(window, d0);
         const __m256 c = _mm256_permutevar8x32_ps(window, d1);
         // fmaf(l0, a, l1 * c), lane by lane: the same rounding as bilinear_blend.
-        _mm256_storeu_ps(o + wo, _mm256_fmadd_ps(_mm256_loadu_ps(l0 + wo), a, _mm256_mul_ps(_mm256_loadu_ps(l1 + wo), c)));
+        _mm256_store_ps(out + k * rs + wo, _mm256_fmadd_ps(w0, a, _mm256_mul_ps(w1, c)));
       }
-#endif
-      for (; wo < Wo; ++wo) o[wo] = bilinear_blend(l0[wo], s[i0[wo]], l1[wo], s[i1[wo]]);
     }
+#endif
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t wo = wv; wo < Wo; ++wo)
+        out[k * rs + wo] = bilinear_blend(l0[wo], st[k * ws + i0[wo]], l1[wo], st[k * ws + i1[wo]]);
+    return !wild;
   }
 
   const UpsampleClassParams& p_;
   const TapTable& tw_;
   static constexpr int64_t kWin = 8;
-  std::vector<float> buf_;
+  float* buf() {  // mem_ from its first 64-byte boundary
+    const auto a = reinterpret_cast<uintptr_t>(mem_.data());
+    return mem_.data() + ((64 - a % 64) % 64) / sizeof(float);
+  }
+  const int64_t rs_;
+  std::vector<float> mem_;
   int64_t ws_;
   std::vector<float> stage_;
   std::vector<int32_t> i0_, i1_;  // 32-bit copies of the W taps (AVX2 lane offsets)
   std::vector<int32_t> win_;      // per chunk of 8 output columns: first source column of its window, or -1
+  std::vector<int32_t> d0_, d1_;  // per output column: i0/i1 relative to its chunk's window
   int64_t key_[2] = {-1, -1};
+  bool tame_[2] = {false, false};
   int64_t last_used_ = -1;
 };
 
@@ -231,9 +270,11 @@ void for_rows(const UpsampleClassParams& p, const TapTable& th, const TapTable& 
 
 #ifdef __AVX2__
 // Running argmax over K classes for NC x 8 output columns, kept in registers: NC independent chains
-// hide the compare/blend latency. r0/r1 are W-blended source rows (K, Wo) at the first column.
-template <int NC>
-DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64_t Wo, int64_t K, const LinearTap& h,
+// hide the compare/blend latency. r0/r1 are W-blended source rows (K, Wo) at the first column. With
+// kTame (both rows hold only finite logits of magnitude <= 1e30, see RowCache::tame) no blend is NaN,
+// so argmax_takes reduces to one ordered compare.
+template <int NC, bool kTame>
+DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64_t rs, int64_t K, const LinearTap& h,
                                          int64_t* out) {
   const __m256 h0 = _mm256_set1_ps(h.l0), h1 = _mm256_set1_ps(h.l1);
   __m256 best[NC];
@@ -247,16 +288,24 @@ DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64
   const __m256i one = _mm256_set1_epi32(1);
   for (int64_t k = 1; k < K; ++k) {
     kv = _mm256_add_epi32(kv, one);
-    const float* s0 = r0 + k * Wo;
-    const float* s1 = r1 + k * Wo;
+    const float* s0 = r0 + k * rs;
+    const float* s1 = r1 + k * rs;
 #pragma GCC unroll 4
     for (int c = 0; c < NC; ++c) {
       // fmaf(h0, a, h1 * b): bilinear_blend's rounding.
       const __m256 v = _mm256_fmadd_ps(h0, _mm256_loadu_ps(s0 + 8 * c), _mm256_mul_ps(h1, _mm256_loadu_ps(s1 + 8 * c)));
-      // argmax_takes: !(v <= best) is "v > best or either is NaN"; a NaN best is never replaced.
-      const __m256 take = _mm256_and_ps(_mm256_cmp_ps(v, best[c], _CMP_NLE_UQ), _mm256_cmp_ps(best[c], best[c], _CMP_ORD_Q));
-      best[c] = _mm256_blendv_ps(best[c], v, take);
-      arg[c] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg[c]), _mm256_castsi256_ps(kv), take));
+      if constexpr (kTame) {
+        // max_ps(v, best) is `v > best ? v : best`: the same choice as the blend, spread over other ports.
+        const __m256 take = _mm256_cmp_ps(v, best[c], _CMP_GT_OQ);
+        best[c] = _mm256_max_ps(v, best[c]);
+        arg[c] = _mm256_blendv_epi8(arg[c], kv, _mm256_castps_si256(take));
+      } else {
+        // argmax_takes: !(v <= best) is "v > best or either is NaN"; a NaN best is never replaced.
+        const __m256 take =
+            _mm256_and_ps(_mm256_cmp_ps(v, best[c], _CMP_NLE_UQ), _mm256_cmp_ps(best[c], best[c], _CMP_ORD_Q));
+        best[c] = _mm256_blendv_ps(best[c], v, take);
+        arg[c] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg[c]), _mm256_castsi256_ps(kv), take));
+      }
     }
   }
 #pragma GCC unroll 4
@@ -266,39 +315,73 @@ DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64
                         _mm256_cvtepi32_epi64(_mm256_extracti128_si256(arg[c], 1)));
   }
 }
+
+// Columns [w_begin, w_end) (a multiple of 8 wide) of `rows` output rows that share the source rows
+// r0/r1: strips of 32 columns go through all the rows before the next strip, so the strip's K x 2
+// source lines stay in L1 while they are reused (an upsampling factor s reuses them s times).
+template <bool kTame>
+void argmax_run_avx2(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64_t K, const TapTable& th,
+                     int64_t ho0, int64_t rows, int64_t* out, int64_t w_end) {
+  int64_t w = 0;
+  for (; w + 32 <= w_end; w += 32)
+    for (int64_t r = 0; r < rows; ++r)
+      argmax_columns_avx2<4, kTame>(r0 + w, r1 + w, rs, K, th.at(ho0 + r), out + r * Wo + w);
+  for (; w + 8 <= w_end; w += 8)
+    for (int64_t r = 0; r < rows; ++r)
+      argmax_columns_avx2<1, kTame>(r0 + w, r1 + w, rs, K, th.at(ho0 + r), out + r * Wo + w);
+}
 #endif
+
+// Scalar argmax of columns [w_begin, Wo) of one output row (the tail the AVX2 path leaves, or all).
+void argmax_tail(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64_t K, const LinearTap& h,
+                 int64_t w_begin, float* __restrict b, int32_t* __restrict a, int64_t* __restrict out) {
+  for (int64_t wo = w_begin; wo < Wo; ++wo) b[wo] = bilinear_blend(h.l0, r0[wo], h.l1, r1[wo]), a[wo] = 0;
+  for (int64_t k = 1; k < K; ++k) {
+    const float* __restrict s0 = r0 + k * rs;
+    const float* __restrict s1 = r1 + k * rs;
+    const int32_t kk = static_cast<int32_t>(k);
+    for (int64_t wo = w_begin; wo < Wo; ++wo) {
+      const float v = bilinear_blend(h.l0, s0[wo], h.l1, s1[wo]);
+      const bool t = argmax_takes(v, b[wo]);
+      b[wo] = t ? v : b[wo];
+      a[wo] = t ? kk : a[wo];
+    }
+  }
+  for (int64_t wo = w_begin; wo < Wo; ++wo) out[wo] = a[wo];
+}
 
 template <typename T>
 void argmax_rows(const UpsampleClassParams& p) {
   const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
   at::parallel_for(0, p.N * p.Ho, rows_grain(p.K * p.Wo), [&](int64_t begin, int64_t end) {
-    const int64_t Wo = p.Wo;
+    const int64_t Wo = p.Wo, rs = row_stride(Wo);
     std::vector<float> best(Wo);
     std::vector<int32_t> arg(Wo);
-    for_rows<T>(p, th, tw, begin, end, [&](int64_t n, int64_t ho, const LinearTap& h, const float* r0, const float* r1) {
-      float* __restrict b = best.data();
-      int32_t* __restrict a = arg.data();
-      int64_t* __restrict out = p.labels + (n * p.Ho + ho) * Wo;
+    RowCache<T> cache(p, tw);
+    // Runs of consecutive output rows of one image that blend the same two source rows.
+    for (int64_t row = begin; row < end;) {
+      const int64_t n = row / p.Ho, ho0 = row % p.Ho;
+      const int64_t i0 = th.i0[ho0], i1 = th.i1[ho0];
+      int64_t rows = 1;
+      while (row + rows < end && ho0 + rows < p.Ho && th.i0[ho0 + rows] == i0 && th.i1[ho0 + rows] == i1) ++rows;
+      const float* r0 = cache.get(n, i0);
+      cache.touch(n, i0);
+      const float* r1 = cache.get(n, i1);
+      cache.touch(n, i1);
+      int64_t* out = p.labels + (n * p.Ho + ho0) * Wo;
       int64_t w8 = 0;
 #ifdef __AVX2__
-      for (; w8 + 32 <= Wo; w8 += 32) argmax_columns_avx2<4>(r0 + w8, r1 + w8, Wo, p.K, h, out + w8);
-      for (; w8 + 8 <= Wo; w8 += 8) argmax_columns_avx2<1>(r0 + w8, r1 + w8, Wo, p.K, h, out + w8);
+      w8 = Wo - Wo % 8;
+      if (cache.tame(n, i0) && cache.tame(n, i1))
+        argmax_run_avx2<true>(r0, r1, rs, Wo, p.K, th, ho0, rows, out, w8);
+      else
+        argmax_run_avx2<false>(r0, r1, rs, Wo, p.K, th, ho0, rows, out, w8);
 #endif
-      if (w8 == Wo) return;
-      for (int64_t wo = w8; wo < Wo; ++wo) b[wo] = bilinear_blend(h.l0, r0[wo], h.l1, r1[wo]), a[wo] = 0;
-      for (int64_t k = 1; k < p.K; ++k) {
-        const float* __restrict s0 = r0 + k * Wo;
-        const float* __restrict s1 = r1 + k * Wo;
-        const int32_t kk = static_cast<int32_t>(k);
-        for (int64_t wo = w8; wo < Wo; ++wo) {
-          const float v = bilinear_blend(h.l0, s0[wo], h.l1, s1[wo]);
-          const bool t = argmax_takes(v, b[wo]);
-          b[wo] = t ? v : b[wo];
-          a[wo] = t ? kk : a[wo];
-        }
-      }
-      for (int64_t wo = w8; wo < Wo; ++wo) out[wo] = a[wo];
-    });
+      if (w8 < Wo)
+        for (int64_t r = 0; r < rows; ++r)
+          argmax_tail(r0, r1, rs, Wo, p.K, th.at(ho0 + r), w8, best.data(), arg.data(), out + r * Wo);
+      row += rows;
+    }
   });
 }
 
@@ -328,7 +411,7 @@ template <typename T>
 void softmax_accumulate_rows(const UpsampleClassParams& p) {
   const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
   at::parallel_for(0, p.N * p.Ho, rows_grain(p.K * p.Wo), [&](int64_t begin, int64_t end) {
-    const int64_t Wo = p.Wo, K = p.K;
+    const int64_t Wo = p.Wo, K = p.K, rs = row_stride(Wo);
     std::vector<float> val(K * Wo), mx(Wo), scale(Wo);
     for_rows<T>(p, th, tw, begin, end, [&](int64_t n, int64_t ho, const LinearTap& h, const float* r0, const float* r1) {
       float* __restrict v = val.data();
@@ -336,7 +419,7 @@ void softmax_accumulate_rows(const UpsampleClassParams& p) {
       float* __restrict s = scale.data();
       for (int64_t k = 0; k < K; ++k) {
         for (int64_t wo = 0; wo < Wo; ++wo) {
-          const float x = bilinear_blend(h.l0, r0[k * Wo + wo], h.l1, r1[k * Wo + wo]);
+          const float x = bilinear_blend(h.l0, r0[k * rs + wo], h.l1, r1[k * rs + wo]);
           v[k * Wo + wo] = x;
           m[wo] = k == 0 ? x : dlf_max(m[wo], x);
         }

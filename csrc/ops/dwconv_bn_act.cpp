@@ -8,6 +8,7 @@
 
 #include "common/checks.h"
 #include "cpu/launchers.h"
+#include "cpu/output_pool.h"
 #ifdef DLF_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -98,7 +99,7 @@ at::Tensor dwconv_bn_act(const at::Tensor& x_in, const at::Tensor& weight, const
   const at::Tensor x = x_in.contiguous(fmt);
   const int64_t N = x.size(0), C = x.size(1), K = weight.size(2);
   const int64_t Ho = out_size(x.size(2), K, stride, dilation), Wo = out_size(x.size(3), K, stride, dilation);
-  at::Tensor y = at::empty({N, C, Ho, Wo}, x.options().memory_format(fmt));
+  at::Tensor y = new_output({N, C, Ho, Wo}, x, x.scalar_type(), fmt);
   if (y.numel() == 0) return y;
   const auto acc = acc_dtype(x);
   // channels_last reads packs of channels per tap: block the weight so a pack's taps lie together.

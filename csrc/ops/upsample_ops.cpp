@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "cpu/output_pool.h"
 #include "kernels/upsample_launchers.h"
 #ifdef DLF_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -70,7 +71,7 @@ at::Tensor upsample_concat(at::TensorList tensors, at::IntArrayRef size, bool al
     xs.push_back(cl ? t.contiguous(fmt) : t);
     ctot += t.size(1);
   }
-  at::Tensor y = at::empty({first.size(0), ctot, Ho, Wo}, first.options().memory_format(fmt));
+  at::Tensor y = new_output({first.size(0), ctot, Ho, Wo}, first, first.scalar_type(), fmt);
   if (y.numel() == 0) return y;
 
   UpsampleConcatParams p{};
@@ -112,7 +113,7 @@ at::Tensor upsample_argmax(const at::Tensor& logits, at::IntArrayRef size, bool 
   TORCH_CHECK(logits.size(1) > 0, "logits must have at least one class (K > 0), got shape ", logits.sizes());
   TORCH_CHECK(logits.numel() == 0 || (logits.size(2) > 0 && logits.size(3) > 0),
               "logits must have positive height and width, got ", logits.sizes());
-  at::Tensor labels = at::empty({logits.size(0), Ho, Wo}, logits.options().dtype(at::kLong));
+  at::Tensor labels = new_output({logits.size(0), Ho, Wo}, logits, at::kLong, at::MemoryFormat::Contiguous);
   if (labels.numel() == 0) return labels;
   UpsampleClassParams p{};
   fill_class_params(p, logits, Ho, Wo, align_corners);

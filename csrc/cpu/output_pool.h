@@ -1,0 +1,36 @@
+// Large CPU outputs of the fused ops come from a small pool of recycled blocks.
+//
+// Why: glibc serves allocations above its mmap threshold (at most 32 MiB) with a fresh mmap, so every
+// call that returns, say, a 2048 x 65 x 65 fp32 map (35 MB) first page-faults and zeroes every page of
+// it: on this class of VM that costs 5x the op itself. Blocks of at least kPoolMinBytes freed by their
+// tensors are kept (up to a cap) and handed to the next output of a size they fit, as the CUDA caching
+// allocator and onnxruntime's arena do. Cap: DEEPLAB_FAST_CPU_POOL_MB (default 256; 0 turns it off).
+#pragma once
+
+#include <ATen/ops/empty.h>
+#include <ATen/core/Tensor.h>
+#include <c10/core/MemoryFormat.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/ArrayRef.h>
+
+#include <cstdint>
+
+namespace dlf {
+
+// An uninitialized CPU tensor of `sizes` in `memory_format`, from the pool when it is large enough.
+at::Tensor pooled_empty_cpu(c10::IntArrayRef sizes, c10::ScalarType dtype, c10::MemoryFormat memory_format);
+
+// The output tensor of an op whose input is `like`: pooled on the CPU, at::empty elsewhere.
+inline at::Tensor new_output(c10::IntArrayRef sizes, const at::Tensor& like, c10::ScalarType dtype,
+                             c10::MemoryFormat memory_format) {
+  if (like.device().is_cpu()) return pooled_empty_cpu(sizes, dtype, memory_format);
+  return at::empty(sizes, like.options().dtype(dtype).memory_format(memory_format));
+}
+
+// Bytes the pool holds in free blocks now (for tests and benchmarks).
+int64_t output_pool_cached_bytes();
+
+// Frees every cached block.
+void output_pool_release();
+
+}  // namespace dlf

@@ -1,0 +1,94 @@
+"""The CPU output pool (csrc/cpu/output_pool.cpp): large op outputs reuse freed blocks, results stay exact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deeplab_fast import _ext
+from deeplab_fast.ops import dwconv_bn_act, upsample_argmax, upsample_concat
+from deeplab_fast.ops.reference import dwconv_bn_act_reference, upsample_concat_reference
+
+pytestmark = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cached() -> int:
+    return torch.ops.deeplab_fast.output_pool_cached_bytes()
+
+
+def _dw_inputs(seed: int, c: int = 64, hw: int = 130):  # 64 x 130 x 130 fp32 = 4.3 MB: pooled
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, c, hw, hw, generator=g).contiguous(memory_format=torch.channels_last)
+    return x, torch.randn(c, 1, 3, 3, generator=g), torch.rand(c, generator=g), torch.randn(c, generator=g)
+
+
+def test_large_output_block_is_reused_and_results_stay_exact():
+    torch.ops.deeplab_fast.output_pool_release()
+    assert _cached() == 0
+    x, w, s, b = _dw_inputs(0)
+    y = dwconv_bn_act(x, w, s, b, dilation=2, backend="cpu")
+    torch.testing.assert_close(y, dwconv_bn_act_reference(x, w, s, b, dilation=2), rtol=1e-5, atol=1e-5)
+    ptr = y.data_ptr()
+    del y
+    assert _cached() >= 64 * 130 * 130 * 4  # the freed block is kept...
+    x2, w2, s2, b2 = _dw_inputs(1)
+    y2 = dwconv_bn_act(x2, w2, s2, b2, dilation=2, backend="cpu")
+    assert y2.data_ptr() == ptr  # ...and serves the next output of that size
+    assert _cached() == 0
+    # no value of the previous output survives in the recycled block
+    torch.testing.assert_close(y2, dwconv_bn_act_reference(x2, w2, s2, b2, dilation=2), rtol=1e-5, atol=1e-5)
+    assert y2.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_concat_and_argmax_outputs_from_the_pool_are_exact():
+    torch.ops.deeplab_fast.output_pool_release()
+    a = torch.randn(2, 40, 33, 33)
+    b = torch.randn(2, 8, 129, 129)
+    for _ in range(2):  # the second call runs in the block the first one freed
+        y = upsample_concat([a, b], (129, 129), backend="cpu")
+        torch.testing.assert_close(y, upsample_concat_reference([a, b], (129, 129)), rtol=1e-5, atol=1e-5)
+        del y
+    logits = torch.randn(2, 5, 65, 65)
+    for _ in range(2):
+        labels = upsample_argmax(logits, (513, 513), backend="cpu")  # 2 x 513 x 513 int64 = 4.2 MB
+        ref = torch.nn.functional.interpolate(logits, (513, 513), mode="bilinear").argmax(1)
+        assert torch.equal(labels, ref)
+        del labels
+
+
+def test_small_outputs_bypass_the_pool():
+    torch.ops.deeplab_fast.output_pool_release()
+    x, w, s, b = _dw_inputs(0, c=8, hw=17)
+    y = dwconv_bn_act(x, w, s, b, backend="cpu")
+    del y
+    assert _cached() == 0
+
+
+def _run(env_value: str) -> subprocess.CompletedProcess:
+    code = (
+        "import torch, deeplab_fast\n"
+        "from deeplab_fast.ops import dwconv_bn_act\n"
+        "x = torch.randn(1, 64, 130, 130).contiguous(memory_format=torch.channels_last)\n"
+        "y = dwconv_bn_act(x, torch.randn(64, 1, 3, 3), torch.ones(64), torch.zeros(64), backend='cpu')\n"
+        "del y\n"
+        "print('cached', torch.ops.deeplab_fast.output_pool_cached_bytes())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT, DEEPLAB_FAST_CPU_POOL_MB=env_value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_env_cap_zero_turns_the_pool_off():
+    proc = _run("0")
+    assert proc.returncode == 0, proc.stderr
+    assert "cached 0" in proc.stdout
+
+
+def test_bad_env_cap_is_a_clear_error():
+    proc = _run("lots")
+    assert proc.returncode != 0
+    assert "DEEPLAB_FAST_CPU_POOL_MB must be a whole number >= 0, got 'lots'" in proc.stderr
