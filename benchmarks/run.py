@@ -340,6 +340,9 @@ def run_models(plan: Plan, bar_factory: Any, gemm: dict[str, float]) -> list[dic
                         progress=harness.Progress(bar, prefix=f"{dtype_name} b{batch} "),
                     )
                 )
+        # the total counted every provider at the cap of repetitions; the time budget may have given fewer
+        bar.total = bar.n
+        bar.refresh()
     finally:
         bar.close()
     return rows
