@@ -132,11 +132,15 @@ def run(
     progress: Callable[[str], None] | None = None,
     cases: tuple[str, ...] | None = None,
     compile_providers: bool = True,
+    budget_s: float | None = None,
+    min_reps: int = 5,
 ) -> list[dict]:
     """Time every provider on every case; rows as described in the module docstring.
 
     quick: batch 1 and the QUICK subset; batch overrides the batches (default 1 and 4); cases picks cases
     by name; compile_providers=False leaves the torch.compile rows out as skipped (they compile per shape).
+    reps: timed calls per provider, or with budget_s (seconds per case and provider) the most it gets: slow
+    providers get as many as fit, never fewer than min_reps (harness.time_interleaved). Rows record `reps`.
     """
     device = torch.device(device)
     tiny = harness.tiny_requested()  # benchmarks/run.py --tiny: a smoke test, tiny cases and no compile
@@ -173,7 +177,15 @@ def run(
                             continue
                     runnable[key] = impl
                     meta[key] = (layout, "")
-                times = harness.time_interleaved(runnable, device, warmup=2, reps=reps) if runnable else {}
+                # a compiled provider has run once already (compiling it), which counts as a warm-up call
+                warmup = {k: 1 if k.startswith("torch.compile") else 2 for k in runnable}
+                times = (
+                    harness.time_interleaved(
+                        runnable, device, warmup=warmup, reps=reps, budget_s=budget_s, min_reps=min_reps
+                    )
+                    if runnable
+                    else {}
+                )
                 y = block(x)
                 copy = {
                     "nchw": harness.copy_time(y, device, reps=max(reps, 5)),
@@ -199,11 +211,13 @@ def run(
                     "pct_bw": None,
                     "copy_ms": copy[layout] * 1e3,
                     "copy_ratio": None,
+                    "reps": None,
                     "skipped": skipped,
                 }
                 if not skipped:
                     t = harness.median(times[key])
                     row.update(
+                        reps=len(times[key]),
                         median_ms=t * 1e3,
                         gb_s=nbytes / t / 1e9,
                         pct_bw=100 * nbytes / t / 1e9 / bandwidth,

@@ -339,19 +339,24 @@ def run(
     gemm_gflops: float | None = None,
     progress: Any = None,
     work_dir: str | None = None,
+    budget_s: float | None = None,
+    min_reps: int = 5,
 ) -> list[dict[str, Any]]:
     """Benchmark every model case x provider at one (dtype, batch, size); returns rows (skipped ones included).
 
     Args:
         device: where to run. dtype: float32/float16/bfloat16 for models and inputs.
         size: input side (size x size; smp rounds down to a multiple of 16). batch: images per forward.
-        reps: timed forwards per provider (interleaved); warmup: untimed forwards before (the first one is
-            reported as first_call_s: it includes torch.compile's compilation).
+        reps: timed forwards per provider (interleaved), or with budget_s the most a provider gets;
+            warmup: untimed forwards before (the first one is reported as first_call_s: it includes
+            torch.compile's compilation).
         models: cases of MODELS. providers: which run, each a name of PROVIDERS or "case:provider" (one
             model only). memory: providers whose memory is measured, named the same way
             (on a CPU each costs a subprocess that builds, and for compiled ones compiles, the model again).
         gemm_gflops: the GEMM peak measured in this run, for pct_gemm. progress: harness.Progress or None.
         work_dir: folder for ONNX exports (a temporary one if None).
+        budget_s: seconds of timed forwards per provider: a slow provider gets as many as fit, but at least
+            min_reps (harness.time_interleaved); None: exactly `reps` each. The row's `reps` says how many ran.
     """
     progress = progress if progress is not None else harness.Progress(None)
     dname = str(dtype).replace("torch.", "")
@@ -375,6 +380,8 @@ def run(
                     gemm_gflops,
                     progress,
                     work,
+                    budget_s,
+                    min_reps,
                 )
             )
     finally:
@@ -399,7 +406,21 @@ def steps(models: tuple[str, ...], providers: tuple[str, ...], reps: int, warmup
 
 
 def _run_case(
-    case, device, dtype, dname, size, batch, reps, warmup, providers, memory, gemm_gflops, progress, work
+    case,
+    device,
+    dtype,
+    dname,
+    size,
+    batch,
+    reps,
+    warmup,
+    providers,
+    memory,
+    gemm_gflops,
+    progress,
+    work,
+    budget_s=None,
+    min_reps=5,
 ) -> list[dict[str, Any]]:
     wanted = [p for p in PROVIDERS if PEER_BACKBONE.get(p, case) == case and selected(providers, case, p)]
     rows: dict[str, dict[str, Any]] = {}
@@ -464,6 +485,8 @@ def _run_case(
             warmup=max(warmup - 1, 0),
             reps=reps,
             on_call=lambda _name: progress.update(1),
+            budget_s=budget_s,
+            min_reps=min_reps,
         )
         for p, why in failures.items():
             rows[p] = skipped_row(case, p, dtype, batch, size, "failed while timing: " + why)

@@ -96,8 +96,15 @@ def run(
     batch: int | None,
     reps: int,
     progress: Callable[[str], None] | None = None,
+    budget_s: float | None = None,
+    min_reps: int = 5,
 ) -> list[dict[str, Any]]:
-    """Time every case x layout x provider; returns one row per (case, layout, provider)."""
+    """Time every case x layout x provider; returns one row per (case, layout, provider).
+
+    reps: timed calls per provider, or with budget_s (seconds per case, layout and provider) the most it
+    gets: slow providers get as many as fit, never fewer than min_reps (harness.time_interleaved). Rows
+    record `reps`.
+    """
     device = torch.device(device)
     n = batch or 1
     bw = harness.measure_bandwidth(device)
@@ -122,6 +129,7 @@ def run(
             copy_s = harness.copy_time(copy_like, device, reps=max(reps, 5))
             providers: dict[str, Callable[[], Any]] = {}
             skipped: dict[str, str] = {}
+            warm: dict[str, int] = {}
             for backend in ("cpu", "cuda", "triton"):
                 why = _available(backend, device, op_name)
                 if why:
@@ -137,11 +145,15 @@ def run(
                     compiled = torch.compile(eager, fullgraph=True)
                     compiled(ts)
                     providers["torch.compile"] = lambda c=compiled, ts=ts: c(ts)
+                    warm["torch.compile"] = 1  # compiling it ran it once: one warm-up call done
                 except Exception as exc:  # noqa: BLE001  (a baseline that cannot compile is reported, not fatal)
                     skipped["torch.compile"] = f"torch.compile failed: {type(exc).__name__}: {exc}"[:200]
             if progress:
                 progress(f"{FAMILY}: {spec['case']} {layout} ({', '.join(providers)})")
-            times = harness.time_interleaved(providers, device, warmup=2, reps=reps)
+            warmup = {name: warm.get(name, 2) for name in providers}
+            times = harness.time_interleaved(
+                providers, device, warmup=warmup, reps=reps, budget_s=budget_s, min_reps=min_reps
+            )
             for name in [*providers, *skipped]:
                 row = {
                     "family": FAMILY,
@@ -154,6 +166,7 @@ def run(
                     "gb_s": None,
                     "pct_bw": None,
                     "copy_ratio": None,
+                    "reps": len(times[name]) if name in times else None,
                     "copy_ms": copy_s * 1e3,
                     "bw_gb_s": bw,
                     "skipped": skipped.get(name, ""),

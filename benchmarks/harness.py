@@ -14,7 +14,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,37 +45,70 @@ def time_fn(
     return times
 
 
+def reps_for(seconds_per_call: float, *, reps: int, min_reps: int, budget_s: float | None) -> int:
+    """Timed repetitions one provider gets: `reps`, or with a budget as many as fit in `budget_s` seconds,
+    never fewer than `min_reps` (nor more than `reps`).
+
+    seconds_per_call: the provider's median timed call so far. Without a budget (an explicit --reps) every
+    provider gets exactly `reps`.
+    """
+    if budget_s is None:
+        return reps
+    fit = int(budget_s / max(seconds_per_call, 1e-9))
+    return min(reps, max(min_reps, fit))
+
+
 def time_interleaved(
     providers: dict[str, Callable[[], Any]],
     device: torch.device | str,
     *,
-    warmup: int = 2,
+    warmup: int | Mapping[str, int] = 2,
     reps: int = 5,
     first_call: dict[str, float] | None = None,
     on_call: Callable[[str], None] | None = None,
+    budget_s: float | None = None,
+    min_reps: int = 5,
 ) -> dict[str, list[float]]:
     """Time providers in turn (A B C A B C ...) after warm-up, so drift in machine load hits all alike.
 
-    Returns the list of per-call seconds for each provider. If `first_call` is given, it receives the
-    seconds of each provider's first warm-up call (which includes torch.compile's compilation, lazy
-    initialisation and cache misses). `on_call(name)` is called after every call (progress bars).
+    Returns the list of per-call seconds for each provider; its length is the repetitions that provider got.
+    warmup: untimed calls per provider (an int, or a name -> count mapping for providers already called,
+    e.g. by torch.compile). reps: timed calls per provider, or with `budget_s` the most a provider gets.
+    budget_s: time budget in seconds for one provider's timed calls. Every provider is timed in the first
+    round; from then on each provider runs until it has `reps_for(median of its calls so far, ...)` calls,
+    so fast providers get `reps` and slow ones as many as fit in the budget, but at least `min_reps`, and the
+    providers still running stay interleaved. With a budget a provider's warm-up also stops after its first
+    call that takes longer than `budget_s / min_reps` (one-time costs are paid by then, and caches do not
+    matter at that scale). None: exactly `reps` for everyone (an explicit --reps).
+    If `first_call` is given, it receives the seconds of each provider's first warm-up call (which includes
+    torch.compile's compilation, lazy initialisation and cache misses). `on_call(name)` is called after
+    every call (progress bars).
     """
+    slow = budget_s / max(min_reps, 1) if budget_s is not None else float("inf")
     for name, fn in providers.items():
-        for i in range(max(warmup, 1 if first_call is not None else 0)):
+        count = warmup.get(name, 2) if isinstance(warmup, Mapping) else warmup
+        for i in range(max(count, 1 if first_call is not None else 0)):
             t0 = time.perf_counter()
             fn()
             synchronize(device)
+            took = time.perf_counter() - t0
             if i == 0 and first_call is not None:
-                first_call[name] = time.perf_counter() - t0
+                first_call[name] = took
             if on_call is not None:
                 on_call(name)
+            if took > slow:
+                break
     times: dict[str, list[float]] = {name: [] for name in providers}
-    for _ in range(reps):
+    wanted = dict.fromkeys(providers, reps)
+    while any(len(times[name]) < wanted[name] for name in providers):
         for name, fn in providers.items():
+            if len(times[name]) >= wanted[name]:
+                continue
             t0 = time.perf_counter()
             fn()
             synchronize(device)
             times[name].append(time.perf_counter() - t0)
+            wanted[name] = reps_for(median(times[name]), reps=reps, min_reps=min_reps, budget_s=budget_s)
             if on_call is not None:
                 on_call(name)
     return times
@@ -106,12 +139,33 @@ def measure_bandwidth(device: torch.device | str, nbytes: int = 256 * 2**20) -> 
     return 2 * n * 4 / t / 1e9
 
 
-def measure_gemm_gflops(device: torch.device | str, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
-    """Measured GEMM throughput (GFLOP/s, 2*n^3 per matmul) on `device`: the compute yardstick."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    t = median(time_fn(lambda: a @ b, device, warmup=1, reps=5))
-    return 2 * n**3 / t / 1e9
+# (m, k, n) of the GEMM yardstick: square ones, and the 1x1 convolution 728 -> 728 of Xception's middle flow
+# at 33x33 as a matmul (1089 x 728) @ (728 x 728), the shape DeepLab's pointwise convolutions have.
+GEMM_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (1089, 728, 728))
+TINY_GEMM_SHAPES = ((256, 256, 256),)
+
+
+def measure_gemm_gflops(
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    shapes: Sequence[tuple[int, int, int]] = GEMM_SHAPES,
+    *,
+    reps: int = 5,
+) -> float:
+    """Measured GEMM peak (GFLOP/s): the best over `shapes` of 2*m*k*n / the fastest of `reps` torch.mm calls.
+
+    The compute yardstick of a run: a (m, k) @ (k, n) matmul in `dtype` on `device` with torch's current
+    threads. The best shape and the fastest call are taken because a peak is what the machine can do; load
+    from elsewhere only slows calls down, and one GEMM shape alone can sit below what a convolution of
+    another shape reaches.
+    """
+    best = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        t = min(time_fn(lambda a=a, b=b: torch.mm(a, b), device, warmup=1, reps=reps))
+        best = max(best, 2 * m * k * n / t / 1e9)
+    return best
 
 
 def environment(device: torch.device | str) -> dict[str, Any]:

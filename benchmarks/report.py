@@ -23,7 +23,19 @@ TARGET_CONFIG = {"device": "cpu", "dtype": "float32", "size": 513, "batch": 1}
 AIM_SPEEDUP = 2.0
 AIM_PCT_GEMM = 50.0
 
-KERNEL_COLUMNS = ["family", "case", "provider", "dtype", "layout", "batch", "median_ms", "gb_s", "pct_bw", "copy_ratio"]
+KERNEL_COLUMNS = [
+    "family",
+    "case",
+    "provider",
+    "dtype",
+    "layout",
+    "batch",
+    "median_ms",
+    "reps",
+    "gb_s",
+    "pct_bw",
+    "copy_ratio",
+]
 MODEL_COLUMNS = [
     "model",
     "provider",
@@ -31,6 +43,7 @@ MODEL_COLUMNS = [
     "batch",
     "input",
     "median_ms",
+    "reps",
     "images_s",
     "gmacs",
     "gflop_s",
@@ -139,6 +152,19 @@ def _fmt(value: float | None, spec: str) -> str:
     return "?" if value is None else format(value, spec)
 
 
+def _reps_text(plan: dict[str, Any], part: str) -> str:
+    """How the repetitions of `part` ("kernel" or "model") were chosen, in words."""
+    most, budget = plan.get(f"{part}_reps"), plan.get(f"{part}_budget_s")
+    if budget is None or (most or 0) <= (plan.get("min_reps") or 0):
+        return f"{most} for every provider"
+    return f"as many as fit in {budget:g} s per shape and provider, at least {plan.get('min_reps')}, at most {most}"
+
+
+def _gemm_shapes(meta: dict[str, Any]) -> str:
+    shapes = meta.get("gemm_shapes") or []
+    return ", ".join(f"({m}x{k})@({k}x{n})" for m, k, n in shapes) or "the GEMM shapes"
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str], headers: dict[str, str]) -> str:
     renamed = [{headers.get(k, k): v for k, v in r.items()} for r in rows]
     return harness.markdown_table(renamed, [headers.get(c, c) for c in columns])
@@ -161,8 +187,8 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
         f"- Date: {env.get('date')}; command: `{env.get('command', '')}`; runtime {int(runtime // 60)} min "
         f"{runtime % 60:.0f} s",
         f"- Yardsticks measured in this run: copy bandwidth {_fmt(meta.get('bandwidth_gb_s'), '.1f')} GB/s "
-        "(read + write); GEMM peak (best sample, before and after the models) "
-        + ", ".join(f"{d} {v:.0f} GFLOP/s" for d, v in (meta.get("gemm_gflops") or {}).items()),
+        f"(read + write); GEMM peak (torch.mm, the best of {_gemm_shapes(meta)}; sampled before and after the "
+        "models) " + ", ".join(f"{d} {v:.0f} GFLOP/s" for d, v in (meta.get("gemm_gflops") or {}).items()),
         f"- deeplab_fast extension built: {env.get('deeplab_fast_ext')}; CUDA kernels in it: "
         f"{env.get('deeplab_fast_cuda_kernels')}",
     ]
@@ -177,8 +203,9 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
     if "kernels" in plan.get("parts", []):
         lines += ["", "## Kernels", ""]
         lines += [
-            "Time is the median over the repetitions; GB/s counts the bytes the op must move (read inputs, write "
-            "output once); `% of copy BW` compares it with a copy of the same tensor timed in the same run.",
+            "Time is the median over the repetitions (`reps`: " + _reps_text(plan, "kernel") + "); GB/s counts the "
+            "bytes the op must move (read inputs, write output once); `% of copy BW` compares it with a copy of the "
+            "same tensor timed in the same run.",
             "",
         ]
         lines.append(_table(kernels, KERNEL_COLUMNS, KERNEL_HEADERS) if kernels else "(no kernel rows ran)")
@@ -187,8 +214,8 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
     if "models" in plan.get("parts", []):
         lines += ["", "## Models", ""]
         lines += [
-            "Eval forward, timed interleaved (A B C A B C ...) after warm-up; median over "
-            f"{plan.get('model_reps')} runs per provider. `x faster` columns: this provider's time divided by "
+            "Eval forward, timed interleaved (A B C A B C ...) after warm-up; median over `reps` runs per provider "
+            f"({_reps_text(plan, 'model')}). `x faster` columns: this provider's time divided by "
             "optimize()'s / torch.compile(optimize())'s (above 1: ours is faster). GMACs by "
             "deeplab_fast.count_macs; GFLOP/s = 2 x MACs / time; `first call s` includes torch.compile's "
             "compilation.",
@@ -199,7 +226,7 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
         if any((r.get("pct_gemm") or 0) > 100 for r in models):
             notes.append(
                 "% GEMM peak above 100: the GEMM yardstick (best of the samples taken before and after the models) "
-                "ran at a busier moment than that provider, or the provider beats one MKL GEMM of 2048; "
+                "ran at a busier moment than that provider, or the provider beats every GEMM shape of the yardstick; "
                 "on a shared machine, read it as noise"
             )
         methods = sorted({r["mem_method"] for r in models if r.get("mem_method")})

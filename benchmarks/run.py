@@ -39,6 +39,11 @@ DTYPE_NAMES = {
 }
 MODEL_SIZE = 513
 TINY_SIZE = 65
+# Repetitions (see README "How many repetitions"): without --reps every (shape, provider) gets at most the
+# suite's reps, as many as fit in a time budget, and never fewer than MIN_REPS timed runs.
+MIN_REPS = 5
+KERNEL_BUDGET_S = 1.0
+MODEL_BUDGET_S = 8.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,6 +153,10 @@ class Plan:
             self.left_out.append("kernels in fp16/bf16 (CPU quick suite; --full or --dtype adds them)")
         self.kernel_batch = args.batch
         self.kernel_reps = args.reps or (20 if args.full else 10)
+        # an explicit --reps is taken as it is; otherwise slow calls get fewer repetitions (at least MIN_REPS)
+        self.min_reps = MIN_REPS
+        self.kernel_budget_s = None if args.reps else KERNEL_BUDGET_S
+        self.model_budget_s = None if args.reps else MODEL_BUDGET_S
 
         # models
         native_low = bool(harness.cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"})
@@ -213,10 +222,13 @@ class Plan:
             "kernel_dtypes": self.kernel_dtypes,
             "kernel_batch": self.kernel_batch,
             "kernel_reps": self.kernel_reps,
+            "kernel_budget_s": self.kernel_budget_s,
             "model_dtypes": self.model_dtypes,
             "model_batches": self.model_batches,
             "size": self.size,
             "model_reps": self.model_reps,
+            "model_budget_s": self.model_budget_s,
+            "min_reps": self.min_reps if self.kernel_budget_s is not None else None,
             "model_warmup": self.model_warmup,
             "models": list(self.models),
             "providers": list(self.providers),
@@ -241,6 +253,14 @@ def _family_skip(family: str, dtype: str, reason: str) -> dict[str, Any]:
         "copy_ratio": None,
         "skipped": reason,
     }
+
+
+def _budget_kwargs(run: Any, budget_s: float | None, min_reps: int) -> dict[str, Any]:
+    """budget_s / min_reps for a family's run() that takes them (a family without them times `reps` fixed)."""
+    import inspect
+
+    params = inspect.signature(run).parameters
+    return {"budget_s": budget_s, "min_reps": min_reps} if "budget_s" in params and "min_reps" in params else {}
 
 
 def run_kernels(plan: Plan, bar_factory: Any) -> list[dict[str, Any]]:
@@ -277,6 +297,7 @@ def run_kernels(plan: Plan, bar_factory: Any) -> list[dict[str, Any]]:
                         batch=plan.kernel_batch,
                         reps=plan.kernel_reps,
                         progress=progress,
+                        **_budget_kwargs(module.run, plan.kernel_budget_s, plan.min_reps),
                     )
                 except Exception as exc:  # noqa: BLE001  (the other families still run; the reason is reported)
                     got = [_family_skip(family, dtype_name, f"family crashed: {type(exc).__name__}: {exc}"[:300])]
@@ -314,9 +335,14 @@ def run_models(plan: Plan, bar_factory: Any, gemm: dict[str, float]) -> list[dic
                         providers=plan.providers,
                         memory=plan.memory,
                         gemm_gflops=gemm.get(dtype_name),
+                        budget_s=plan.model_budget_s,
+                        min_reps=plan.min_reps,
                         progress=harness.Progress(bar, prefix=f"{dtype_name} b{batch} "),
                     )
                 )
+        # the total counted every provider at the cap of repetitions; the time budget may have given fewer
+        bar.total = bar.n
+        bar.refresh()
     finally:
         bar.close()
     return rows
@@ -377,13 +403,19 @@ def main(argv: list[str] | None = None) -> int:
     tiny = plan.suite == "tiny"
     bandwidth = harness.measure_bandwidth(device, nbytes=(16 if tiny else 256) * 2**20)
     gemm: dict[str, float] = {}
+    gemm_shapes = harness.TINY_GEMM_SHAPES if tiny else harness.GEMM_SHAPES
     gemm_samples: dict[str, list[float]] = {}
 
     def sample_gemm() -> None:
         # the best of several samples: on a machine whose load varies, the peak is the least disturbed one
         for dtype_name in plan.model_dtypes:
             got = [
-                harness.measure_gemm_gflops(device, getattr(torch, dtype_name), n=256 if tiny else 2048)
+                harness.measure_gemm_gflops(
+                    device,
+                    getattr(torch, dtype_name),
+                    gemm_shapes,
+                    reps=3 if tiny else 5,
+                )
                 for _ in range(1 if tiny else 2)
             ]
             gemm_samples.setdefault(dtype_name, []).extend(got)
@@ -407,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "bandwidth_gb_s": bandwidth,
         "gemm_gflops": gemm,
         "gemm_gflops_samples": gemm_samples,
+        "gemm_shapes": [list(shape) for shape in gemm_shapes],
         "runtime_s": time.perf_counter() - started,
         "families": {f: d for f, d in KERNEL_FAMILIES.items()},
     }

@@ -31,6 +31,8 @@ def _bench(benchmark, fn, nbytes: int) -> None:
         _sync()
 
     benchmark.pedantic(call, warmup_rounds=2, rounds=20, iterations=1)
+    if benchmark.stats is None:  # --benchmark-disable: each op ran once as a smoke test, nothing was timed
+        return
     median = benchmark.stats.stats.median
     benchmark.extra_info["bytes"] = nbytes
     benchmark.extra_info["gb_s"] = nbytes / median / 1e9

@@ -253,3 +253,51 @@ def test_report_writes_files_from_rows(tmp_path):
     assert "- x (why)" in md and "runtime 1 min 1 s" in md
     data = json.loads(Path(paths["json"]).read_text())
     assert data["targets"][0]["status"] == "PASS" and len(data["rows"]) == len(rows)
+
+
+def test_reps_for_budget_floor_and_cap():
+    import harness
+
+    assert harness.reps_for(0.001, reps=20, min_reps=5, budget_s=1.0) == 20  # fast: the cap
+    assert harness.reps_for(0.1, reps=20, min_reps=5, budget_s=1.0) == 10  # what fits in the budget
+    assert harness.reps_for(3.0, reps=20, min_reps=5, budget_s=1.0) == 5  # slow: never below the floor
+    assert harness.reps_for(3.0, reps=20, min_reps=5, budget_s=None) == 20  # explicit --reps: fixed
+    assert harness.reps_for(3.0, reps=1, min_reps=5, budget_s=None) == 1
+
+
+def test_time_interleaved_budget_gives_slow_providers_fewer_reps_and_keeps_them_interleaved():
+    import time
+
+    import harness
+
+    calls: list[str] = []
+
+    def provider(name, seconds):
+        def fn():
+            calls.append(name)
+            if seconds:
+                time.sleep(seconds)
+
+        return fn
+
+    providers = {"slow": provider("slow", 0.05), "fast": provider("fast", 0.0)}
+    # slow sleeps >= 0.05 s: 0.1 s of budget fits at most 2 calls, so it gets the floor of 5; fast gets the cap
+    times = harness.time_interleaved(providers, "cpu", warmup=2, reps=8, budget_s=0.1, min_reps=5)
+    assert len(times["slow"]) == 5 and len(times["fast"]) == 8
+    # warm-up: slow stops after one call (it took longer than budget / min_reps), fast has both
+    assert calls[:3] == ["slow", "fast", "fast"]
+    # timed: A B A B ... while both run, then the fast one alone
+    assert calls[3:] == ["slow", "fast"] * 5 + ["fast"] * 3
+
+    calls.clear()
+    fixed = harness.time_interleaved(providers, "cpu", warmup={"slow": 0, "fast": 1}, reps=3)
+    assert len(fixed["slow"]) == len(fixed["fast"]) == 3
+    assert calls == ["fast"] + ["slow", "fast"] * 3
+
+
+def test_gemm_peak_takes_the_given_shapes():
+    import harness
+
+    got = harness.measure_gemm_gflops("cpu", torch.float32, [(64, 64, 64), (96, 32, 80)], reps=2)
+    assert got > 0
+    assert {(1024, 1024, 1024), (2048, 2048, 2048), (1089, 728, 728)} == set(harness.GEMM_SHAPES)

@@ -35,13 +35,31 @@ def test_voc_palette_known_entries() -> None:
 def test_fixed_palettes_shapes_and_distinct_colours() -> None:
     cs = cityscapes_palette()
     assert cs.shape == (19, 3) and cs[0].tolist() == [128, 64, 128] and cs[18].tolist() == [119, 11, 32]
-    ade = ade20k_palette()
-    assert ade.shape == (150, 3)
-    assert len({tuple(c) for c in ade.tolist()}) == 150
     gen = generic_palette(1000)
     assert gen.shape == (1000, 3) and gen[0].tolist() == [0, 0, 0]
     np.testing.assert_array_equal(generic_palette(1000), gen)  # deterministic
     assert np.abs(gen[1:].astype(int) - gen[:-1].astype(int)).sum(1).min() > 30  # neighbours differ clearly
+
+
+def test_ade20k_palette_is_the_official_table() -> None:
+    ade = ade20k_palette()
+    assert ade.shape == (150, 3) and ade.dtype == np.uint8
+    # wall, building, sky, floor, tree (the head of the ADE20K toolkit's colour table) and flag (the last)
+    assert ade[:5].tolist() == [[120, 120, 120], [180, 120, 120], [6, 230, 230], [80, 50, 50], [4, 200, 3]]
+    assert ade[149].tolist() == [92, 0, 255]
+    # the hand-made table repeats one colour: road (6) and skyscraper (48); every other class has its own
+    assert ade[6].tolist() == ade[48].tolist() == [140, 140, 140]
+    rest = [tuple(c) for i, c in enumerate(ade.tolist()) if i != 48]
+    assert len(set(rest)) == 149
+    assert not np.array_equal(ade, generic_palette(150))  # no longer the generated stand-in
+
+
+def test_colorize_ade20k_uses_the_official_colours() -> None:
+    labels = torch.tensor([[0, 1, 2], [3, 149, 150]])
+    rgb = colorize(labels, "ade20k")
+    assert rgb[0].tolist() == [[120, 120, 120], [180, 120, 120], [6, 230, 230]]
+    assert rgb[1].tolist() == [[80, 50, 50], [92, 0, 255], [0, 0, 0]]  # 150 is outside the palette: black
+    np.testing.assert_array_equal(colorize(np.arange(150).reshape(10, 15), "ade").reshape(150, 3), ade20k_palette())
 
 
 def test_get_palette_names_arrays_and_errors() -> None:
