@@ -18,7 +18,7 @@ namespace dlf {
 namespace {
 
 // Outputs smaller than this come from the default CPU allocator (glibc keeps them on its heap).
-constexpr size_t kPoolMinBytes = size_t{4} << 20;
+constexpr size_t kPoolMinBytes = size_t{1} << 20;
 // Header before each block: its usable size; 64 bytes keep the data 64-byte aligned like PyTorch's.
 constexpr size_t kHeader = 64;
 // Blocks are rounded up to whole MiB so maps of nearly equal size share them.

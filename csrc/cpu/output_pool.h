@@ -2,7 +2,7 @@
 //
 // Why: glibc serves allocations above its mmap threshold (at most 32 MiB) with a fresh mmap, so every
 // call that returns, say, a 2048 x 65 x 65 fp32 map (35 MB) first page-faults and zeroes every page of
-// it: on this class of VM that costs 5x the op itself. Blocks of at least kPoolMinBytes freed by their
+// it: on this class of VM that costs 5x the op itself. Blocks of at least kPoolMinBytes (1 MiB) freed by their
 // tensors are kept (up to a cap) and handed to the next output of a size they fit, as the CUDA caching
 // allocator and onnxruntime's arena do. Cap: DEEPLAB_FAST_CPU_POOL_MB (default 256; 0 turns it off).
 #pragma once

@@ -159,7 +159,6 @@ class RowCache {
   // Whether every logit of source row (n, ih) is finite with |x| <= 1e30: then no blend of it can be
   // NaN or overflow, and a plain `v > best` is exactly argmax_takes (the row must be cached: get() first).
   bool tame(int64_t n, int64_t ih) const { return tame_[key_[0] == n * p_.H + ih ? 0 : 1]; }
-
  private:
   int slot(int64_t n, int64_t ih) {
     for (int s = 0; s < 2; ++s)
@@ -275,7 +274,7 @@ void for_rows(const UpsampleClassParams& p, const TapTable& th, const TapTable& 
 // so argmax_takes reduces to one ordered compare.
 template <int NC, bool kTame>
 DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64_t rs, int64_t K, const LinearTap& h,
-                                         int64_t* out) {
+                                         int32_t* out) {
   const __m256 h0 = _mm256_set1_ps(h.l0), h1 = _mm256_set1_ps(h.l1);
   __m256 best[NC];
   __m256i arg[NC];
@@ -309,11 +308,16 @@ DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64
     }
   }
 #pragma GCC unroll 4
-  for (int c = 0; c < NC; ++c) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(arg[c])));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c + 4),
-                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(arg[c], 1)));
-  }
+  for (int c = 0; c < NC; ++c) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), arg[c]);
+}
+
+// One finished output row: int32 labels widened to int64, written front to back in one pass.
+void store_labels(const int32_t* __restrict lab, int64_t Wo, int64_t* __restrict out) {
+  int64_t w = 0;
+  for (; w + 4 <= Wo; w += 4)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + w),
+                        _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lab + w))));
+  for (; w < Wo; ++w) out[w] = lab[w];
 }
 
 // Columns [w_begin, w_end) (a multiple of 8 wide) of `rows` output rows that share the source rows
@@ -321,7 +325,7 @@ DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64
 // source lines stay in L1 while they are reused (an upsampling factor s reuses them s times).
 template <bool kTame>
 void argmax_run_avx2(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64_t K, const TapTable& th,
-                     int64_t ho0, int64_t rows, int64_t* out, int64_t w_end) {
+                     int64_t ho0, int64_t rows, int32_t* out, int64_t w_end) {
   int64_t w = 0;
   for (; w + 32 <= w_end; w += 32)
     for (int64_t r = 0; r < rows; ++r)
@@ -334,7 +338,7 @@ void argmax_run_avx2(const float* r0, const float* r1, int64_t rs, int64_t Wo, i
 
 // Scalar argmax of columns [w_begin, Wo) of one output row (the tail the AVX2 path leaves, or all).
 void argmax_tail(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64_t K, const LinearTap& h,
-                 int64_t w_begin, float* __restrict b, int32_t* __restrict a, int64_t* __restrict out) {
+                 int64_t w_begin, float* __restrict b, int32_t* __restrict a) {
   for (int64_t wo = w_begin; wo < Wo; ++wo) b[wo] = bilinear_blend(h.l0, r0[wo], h.l1, r1[wo]), a[wo] = 0;
   for (int64_t k = 1; k < K; ++k) {
     const float* __restrict s0 = r0 + k * rs;
@@ -347,8 +351,10 @@ void argmax_tail(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64
       a[wo] = t ? kk : a[wo];
     }
   }
-  for (int64_t wo = w_begin; wo < Wo; ++wo) out[wo] = a[wo];
 }
+
+// Longest run of output rows computed together (their int32 labels are staged in a per-thread buffer).
+constexpr int64_t kMaxRunRows = 8;
 
 template <typename T>
 void argmax_rows(const UpsampleClassParams& p) {
@@ -356,14 +362,16 @@ void argmax_rows(const UpsampleClassParams& p) {
   at::parallel_for(0, p.N * p.Ho, rows_grain(p.K * p.Wo), [&](int64_t begin, int64_t end) {
     const int64_t Wo = p.Wo, rs = row_stride(Wo);
     std::vector<float> best(Wo);
-    std::vector<int32_t> arg(Wo);
+    std::vector<int32_t> lab(kMaxRunRows * Wo);  // labels of the run's rows, row r at r * Wo
     RowCache<T> cache(p, tw);
     // Runs of consecutive output rows of one image that blend the same two source rows.
     for (int64_t row = begin; row < end;) {
       const int64_t n = row / p.Ho, ho0 = row % p.Ho;
       const int64_t i0 = th.i0[ho0], i1 = th.i1[ho0];
       int64_t rows = 1;
-      while (row + rows < end && ho0 + rows < p.Ho && th.i0[ho0 + rows] == i0 && th.i1[ho0 + rows] == i1) ++rows;
+      while (rows < kMaxRunRows && row + rows < end && ho0 + rows < p.Ho && th.i0[ho0 + rows] == i0 &&
+             th.i1[ho0 + rows] == i1)
+        ++rows;
       const float* r0 = cache.get(n, i0);
       cache.touch(n, i0);
       const float* r1 = cache.get(n, i1);
@@ -373,13 +381,19 @@ void argmax_rows(const UpsampleClassParams& p) {
 #ifdef __AVX2__
       w8 = Wo - Wo % 8;
       if (cache.tame(n, i0) && cache.tame(n, i1))
-        argmax_run_avx2<true>(r0, r1, rs, Wo, p.K, th, ho0, rows, out, w8);
+        argmax_run_avx2<true>(r0, r1, rs, Wo, p.K, th, ho0, rows, lab.data(), w8);
       else
-        argmax_run_avx2<false>(r0, r1, rs, Wo, p.K, th, ho0, rows, out, w8);
+        argmax_run_avx2<false>(r0, r1, rs, Wo, p.K, th, ho0, rows, lab.data(), w8);
 #endif
-      if (w8 < Wo)
-        for (int64_t r = 0; r < rows; ++r)
-          argmax_tail(r0, r1, rs, Wo, p.K, th.at(ho0 + r), w8, best.data(), arg.data(), out + r * Wo);
+      for (int64_t r = 0; r < rows; ++r) {
+        int32_t* lr = lab.data() + r * Wo;
+        if (w8 < Wo) argmax_tail(r0, r1, rs, Wo, p.K, th.at(ho0 + r), w8, best.data(), lr);
+#ifdef __AVX2__
+        store_labels(lr, Wo, out + r * Wo);
+#else
+        for (int64_t wo = 0; wo < Wo; ++wo) out[r * Wo + wo] = lr[wo];
+#endif
+      }
       row += rows;
     }
   });
