@@ -116,11 +116,27 @@ def test_forward_lowres():
         assert rel_err(low, f.forward_lowres(x)) < 1e-4
 
 
-def test_optimize_onednn_fused_path(monkeypatch):
-    # the opt-in oneDNN path (fused conv + add + activation, pre-packed weights) must match as well
-    monkeypatch.setenv("DEEPLAB_FAST_ONEDNN_FUSED", "1")
+@pytest.mark.parametrize("mode", ["1", "0", ""], ids=["every-conv", "no-conv", "default-1x1"])
+def test_optimize_onednn_fused_path(monkeypatch, mode):
+    # oneDNN's fused conv + add + activation with pre-packed weights (all convs, none, 1x1 only) matches
+    monkeypatch.setenv("DEEPLAB_FAST_ONEDNN_FUSED", mode)
     for backbone in ("resnet50", "xception65", "mobilenet_v2"):
         m = small_model(backbone).eval()
         x = torch.randn(1, 3, 64, 80)
         with torch.no_grad():
             assert rel_err(m(x), deeplab_fast.optimize(m)(x)) < 1e-4, backbone
+
+
+def test_onednn_packing_follows_the_input_shape():
+    """A 1x1 FusedConv packs its weight for the input shape and packs again when the shape changes."""
+    from deeplab_fast.models.fuse import FusedConv, _onednn_ok
+
+    if not _onednn_ok(1):
+        pytest.skip("this torch build has no oneDNN fused convolution")
+    conv = torch.nn.Conv2d(8, 6, 1)
+    f = FusedConv(conv.weight.detach().clone(), conv.bias.detach().clone(), stride=1, padding=0, dilation=1, act="relu")
+    with torch.no_grad():
+        for hw in (9, 13, 9):
+            x = torch.randn(2, 8, hw, hw).contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(f(x), torch.relu(conv(x)), rtol=1e-5, atol=1e-5)
+            assert f._packed is not None and f._packed[1][2] == tuple(x.shape)
