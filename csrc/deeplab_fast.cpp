@@ -12,6 +12,11 @@ TORCH_LIBRARY(deeplab_fast, m) {
   m.def(
       "upsample_softmax_accumulate(Tensor logits, Tensor(a!) accum, float weight, bool flip, bool align_corners) "
       "-> ()");
+  // Stride-1 3x3 convolution (any dilation, "same" padding) through Winograd F(2x2, 3x3), CPU float32
+  // channels_last, inference only: u is the transformed weight (16, Cin, Cout); activation as above.
+  m.def(
+      "winograd_conv3x3(Tensor x, Tensor u, Tensor? bias, Tensor? residual, int dilation, int activation) -> "
+      "Tensor");
   // Gradients of dwconv_bn_act for (x, weight, scale, shift), each in its input's dtype and layout.
   m.def(
       "dwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deeplab_fast import _ext
 from deeplab_fast.malloc_tuning import keep_freed_memory
 from deeplab_fast.models.aspp import ASPP
 from deeplab_fast.models.backbones.mobilenetv2 import InvertedResidual, MobileNetV2
@@ -27,6 +28,7 @@ from deeplab_fast.models.deeplab import AuxHead, DeepLab, DeepLabForward
 from deeplab_fast.models.layers import ConvBNAct, SeparableConv, apply_act
 from deeplab_fast.ops import dwconv_bn_act, fold_bn, upsample_concat
 from deeplab_fast.ops._backend import BACKENDS
+from deeplab_fast.ops.winograd import winograd_conv3x3, winograd_weight
 
 # oneDNN post-op spelling of our activations
 _ONEDNN_ACT = {"relu": ("relu", [None]), "relu6": ("hardtanh", [0.0, 6.0]), "none": ("none", [None])}
@@ -81,6 +83,7 @@ class FusedConv(nn.Module):
         self.act = act
         self.backend = backend
         self._packed: tuple[torch.Tensor, tuple] | None = None
+        self._wino: tuple[torch.Tensor, tuple] | None = None
 
     @classmethod
     def from_modules(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: str, backend: str) -> FusedConv:
@@ -124,7 +127,41 @@ class FusedConv(nn.Module):
             self._packed = (packed, key)
         return self._packed[0]
 
+    def _use_winograd(self, x: torch.Tensor) -> bool:
+        w = self.weight
+        return (
+            tuple(w.shape[2:]) == (3, 3)
+            and self.stride == 1
+            and self.groups == 1
+            and self.padding == self.dilation
+            # below 128 channels the 16 GEMMs are too thin to beat oneDNN's direct convolution here
+            and min(w.shape[0], w.shape[1]) >= 128
+            and os.environ.get("DEEPLAB_FAST_WINOGRAD", "1") != "0"
+            and self.backend in ("auto", "cpu")
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and w.dtype == torch.float32
+            and not torch.compiler.is_compiling()
+            and not torch.is_grad_enabled()
+            and _ext.has_kernel("winograd_conv3x3", "cpu")
+        )
+
+    def _winograd_weight(self) -> torch.Tensor:
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._wino is None or self._wino[1] != key:
+            self._wino = (winograd_weight(self.weight), key)
+        return self._wino[0]
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self._use_winograd(x):
+            return winograd_conv3x3(
+                x,
+                self._winograd_weight(),
+                self.bias,
+                residual,
+                dilation=self.dilation,
+                activation=self.act,
+            )
         if self._use_onednn(x):
             args = ([self.padding] * 2, [self.stride] * 2, [self.dilation] * 2, self.groups)
             attr, scalars = _ONEDNN_ACT[self.act]

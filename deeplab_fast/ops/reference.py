@@ -94,3 +94,19 @@ def upsample_softmax_accumulate_reference(
     up = F.interpolate(x, size=tuple(accum.shape[-2:]), mode="bilinear", align_corners=align_corners)
     accum.add_(torch.softmax(up, dim=1), alpha=float(weight))
     return accum
+
+
+def winograd_conv3x3_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    dilation: int = 1,
+    activation: str = "none",
+) -> torch.Tensor:
+    """act(conv2d(x, weight, bias, padding=dilation, dilation=dilation) [+ residual]): what winograd_conv3x3
+    computes with u = winograd_weight(weight). x (N, Cin, H, W), weight (Cout, Cin, 3, 3) -> (N, Cout, H, W)."""
+    y = F.conv2d(x, weight, bias, 1, dilation, dilation)
+    if residual is not None:
+        y = y + residual
+    return apply_activation(y, activation)

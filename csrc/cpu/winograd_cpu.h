@@ -1,0 +1,34 @@
+// Winograd F(2x2, 3x3) transforms of a stride-1 3x3 convolution with any dilation, channels_last fp32,
+// CPU only (on GPUs cuDNN chooses Winograd itself). The convolution is
+//   V = input_transform(x)  (16, T, Cin);  M = bmm(V, U)  (16, T, Cout);  y = output_transform(M)
+// with U = G g G^T the transformed weight (16, Cin, Cout), computed once in Python. A tile is 2x2
+// outputs one dilation apart, (b, b + d) along each axis, reading the 4x4 inputs (b - d + u * d): with
+// dilation d the map splits into d x d interleaved sub-grids, each an ordinary 3x3 convolution.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace dlf {
+
+// Tile bases along one axis of `size` outputs at dilation d: for each residue r < d the members
+// r, r + d, r + 2d, ... paired from the first; the second output of the last pair may lie outside.
+std::vector<int64_t> winograd_tile_bases(int64_t size, int64_t d);
+
+struct WinogradParams {
+  int64_t N, C, H, W;  // input (and output: stride 1, "same" padding) sizes
+  int64_t d;           // dilation
+  const int64_t* tb_h; // tile bases along H (TH of them) and W (TW)
+  const int64_t* tb_w;
+  int64_t TH, TW;
+};
+
+// x (N, H, W, C) contiguous -> v (16, N * TH * TW, C); taps outside the image read 0.
+void winograd_input_transform_cpu(const WinogradParams& p, const float* x, float* v);
+
+// m (16, T, Cout) -> y (N, H, W, Cout) contiguous: y = act(A^T m A + bias [+ residual]); act 0 none,
+// 1 relu, 2 relu6. bias and residual may be null (residual has y's layout).
+void winograd_output_transform_cpu(const WinogradParams& p, int64_t Cout, const float* m, const float* bias,
+                                   const float* residual, int act, float* y);
+
+}  // namespace dlf

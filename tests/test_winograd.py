@@ -1,0 +1,129 @@
+"""winograd_conv3x3 (CPU, Winograd F(2x2, 3x3)): parity with the conv2d reference, bad input, optimize() use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deeplab_fast import _ext
+from deeplab_fast.models.fuse import FusedConv
+from deeplab_fast.ops import winograd_conv3x3, winograd_weight
+from deeplab_fast.ops.reference import winograd_conv3x3_reference
+
+pytestmark = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
+
+
+def _inputs(n, cin, cout, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(cout, cin, 3, 3, generator=g) * 0.2
+    return x, weight, torch.randn(cout, generator=g), torch.randn(n, cout, h, w, generator=g)
+
+
+def _close(a, b):
+    scale = b.abs().max().clamp_min(1.0)
+    assert ((a - b).abs().max() / scale).item() < 1e-5
+
+
+# (N, Cin, Cout, H, W, dilation): even/odd sizes, a channel tail (not a multiple of 8), dilations whose
+# tiles fall partly outside the map, and maps smaller than the dilation.
+CASES = [
+    (1, 16, 24, 8, 8, 1),
+    (2, 13, 9, 7, 11, 1),
+    (1, 8, 16, 33, 33, 2),
+    (1, 24, 8, 17, 13, 3),
+    (2, 16, 16, 9, 10, 5),
+    (1, 8, 8, 3, 4, 6),
+    (1, 16, 32, 33, 33, 12),
+]
+
+
+@pytest.mark.parametrize("n,cin,cout,h,w,d", CASES, ids=[f"{c[1]}to{c[2]}-{c[3]}x{c[4]}-d{c[5]}" for c in CASES])
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+def test_matches_conv2d_reference(n, cin, cout, h, w, d, activation):
+    x, weight, bias, residual = _inputs(n, cin, cout, h, w)
+    u = winograd_weight(weight)
+    y = winograd_conv3x3(x, u, bias, residual, dilation=d, activation=activation)
+    assert y.shape == (n, cout, h, w) and y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, winograd_conv3x3_reference(x, weight, bias, residual, d, activation))
+    y = winograd_conv3x3(x.contiguous(), u, dilation=d, activation=activation)  # NCHW input, no bias/residual
+    _close(y, winograd_conv3x3_reference(x, weight, None, None, d, activation))
+
+
+def test_weight_transform_layout():
+    weight = torch.randn(5, 3, 3, 3)
+    u = winograd_weight(weight)
+    assert u.shape == (16, 3, 5) and u.dtype == torch.float32 and u.is_contiguous()
+    # the centre tap of G w G^T (row 0, col 0) is the corner weight w[:, :, 0, 0]
+    torch.testing.assert_close(u[0], weight[:, :, 0, 0].t())
+
+
+def test_empty_batch():
+    x, weight, _, _ = _inputs(1, 8, 4, 5, 5)
+    assert winograd_conv3x3(x[:0], winograd_weight(weight)).shape == (0, 4, 5, 5)
+
+
+def test_opcheck():
+    x, weight, bias, residual = _inputs(1, 8, 8, 6, 7)
+    u = winograd_weight(weight)
+    torch.library.opcheck(torch.ops.deeplab_fast.winograd_conv3x3.default, (x, u, bias, residual, 2, 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"x": torch.randn(8, 5, 5)}, "x must be a 4-D tensor"),
+        ({"x": torch.randn(1, 8, 5, 5).double()}, "x must be float32"),
+        ({"u": torch.randn(16, 7, 4)}, r"u must have shape \(16, 8, Cout\)"),
+        ({"bias": torch.randn(5)}, r"bias must be a float32 CPU tensor of shape \(4\)"),
+        ({"residual": torch.randn(1, 4, 5, 6)}, r"residual must have shape \(1, 4, 5, 5\)"),
+        ({"dilation": 0}, "dilation must be an int >= 1"),
+        ({"activation": "gelu"}, "activation must be one of"),
+    ],
+)
+def test_bad_input(kwargs, message):
+    args = {
+        "x": torch.randn(1, 8, 5, 5),
+        "u": winograd_weight(torch.randn(4, 8, 3, 3)),
+        "bias": None,
+        "residual": None,
+        "dilation": 1,
+        "activation": "none",
+    }
+    args.update(kwargs)
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        winograd_conv3x3(
+            args["x"],
+            args["u"],
+            args["bias"],
+            args["residual"],
+            dilation=args["dilation"],
+            activation=args["activation"],
+        )
+
+
+def test_weight_bad_input():
+    with pytest.raises(ValueError, match=r"weight must be a \(Cout, Cin, 3, 3\) tensor"):
+        winograd_weight(torch.randn(4, 4, 5, 5))
+
+
+def test_fused_conv_uses_it_for_wide_stride1_3x3(monkeypatch):
+    """optimize()'s FusedConv runs 3x3 stride-1 convs of >= 128 channels through Winograd, with the residual
+    and the activation fused, and falls back to conv2d when DEEPLAB_FAST_WINOGRAD=0."""
+    x, weight, bias, residual = _inputs(1, 128, 128, 9, 9)
+    conv = FusedConv(weight, bias, stride=1, padding=2, dilation=2, act="relu")
+    ref = winograd_conv3x3_reference(x, weight, bias, residual, 2, "relu")
+    with torch.no_grad():
+        assert conv._use_winograd(x)
+        _close(conv(x, residual), ref)
+        assert conv._wino is not None  # the transformed weight is cached
+        monkeypatch.setenv("DEEPLAB_FAST_WINOGRAD", "0")
+        assert not conv._use_winograd(x)
+        _close(conv(x, residual), ref)
+    narrow = FusedConv(weight[:64, :64], bias[:64], stride=1, padding=1, dilation=1)
+    assert not narrow._use_winograd(x[:, :64])  # too thin to pay off
+    monkeypatch.delenv("DEEPLAB_FAST_WINOGRAD")
+    with torch.no_grad():
+        assert conv._use_winograd(x)
+    with torch.enable_grad():
+        assert not conv._use_winograd(x)  # inference only
