@@ -68,6 +68,16 @@ def _check_against_reference(backend, dtype, layout, shape, stride, dilation, ac
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+@pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_cpu_paired_walk_on_wide_maps(dtype):
+    """channels_last stride-1 3x3 on >= 512 channels (any rate) takes the paired-output walk of the CPU
+    kernel; widths with 16-, 8- and 1-channel tails and odd maps, at rates 1, 2 and 5."""
+    for c in (512, 520, 523):
+        for dilation in (1, 2, 5):
+            _check_against_reference("cpu", dtype, "channels_last", (1, c, 9, 10), 1, dilation, ("relu",))
+
+
 @needs_ext
 @pytest.mark.parametrize("stride", (1, 2))
 @pytest.mark.parametrize("layout", LAYOUTS)
