@@ -281,7 +281,11 @@ def memory_in_subprocess(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    # recycling allocators hide a forward's peak from the RSS growth: onnxruntime's arena, and for ours
+    # optimize()'s glibc tuning and the op output pool, are all off in the memory worker
     env["DEEPLAB_FAST_BENCH_ORT_NO_ARENA"] = "1"
+    env["DEEPLAB_FAST_MALLOPT"] = "0"
+    env["DEEPLAB_FAST_CPU_POOL_MB"] = "0"
     try:
         proc = subprocess.run(
             [sys.executable, str(Path(__file__)), "--memory-worker", json.dumps(spec)],
@@ -543,7 +547,10 @@ def _run_case(
         else:
             mb, err = memory_in_subprocess(p, case, dtype, size, batch, onnx_path)
             row["peak_mem_mb"] = mb
-            row["mem_method"] = CPU_MEM_METHOD + (" (onnxruntime arena off)" if p == "onnxruntime" else "")
+            off = {"onnxruntime": " (onnxruntime arena off)"}.get(p, "")
+            if p in OURS:
+                off = " (deeplab_fast malloc tuning and output pool off)"
+            row["mem_method"] = CPU_MEM_METHOD + off
             if err:
                 row["mem_method"] = err
         progress.update(1)
