@@ -20,9 +20,9 @@ def _inputs(n, cin, cout, h, w, seed=0):
     return x, weight, torch.randn(cout, generator=g), torch.randn(n, cout, h, w, generator=g)
 
 
-def _close(a, b):
+def _close(a, b, tol=1e-5):
     scale = b.abs().max().clamp_min(1.0)
-    assert ((a - b).abs().max() / scale).item() < 1e-5
+    assert ((a - b).abs().max() / scale).item() < tol
 
 
 # (N, Cin, Cout, H, W, dilation): even/odd sizes, a channel tail (not a multiple of 8), dilations whose
@@ -40,22 +40,27 @@ CASES = [
 
 @pytest.mark.parametrize("n,cin,cout,h,w,d", CASES, ids=[f"{c[1]}to{c[2]}-{c[3]}x{c[4]}-d{c[5]}" for c in CASES])
 @pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
-def test_matches_conv2d_reference(n, cin, cout, h, w, d, activation):
+@pytest.mark.parametrize("tile", [2, 4], ids=["F2x2", "F4x4"])
+def test_matches_conv2d_reference(n, cin, cout, h, w, d, activation, tile):
     x, weight, bias, residual = _inputs(n, cin, cout, h, w)
-    u = winograd_weight(weight)
+    u = winograd_weight(weight, tile)
+    tol = 1e-5 if tile == 2 else 1e-4  # F(4x4, 3x3)'s larger transform constants cost about 1e-5
     y = winograd_conv3x3(x, u, bias, residual, dilation=d, activation=activation)
     assert y.shape == (n, cout, h, w) and y.is_contiguous(memory_format=torch.channels_last)
-    _close(y, winograd_conv3x3_reference(x, weight, bias, residual, d, activation))
+    _close(y, winograd_conv3x3_reference(x, weight, bias, residual, d, activation), tol)
     y = winograd_conv3x3(x.contiguous(), u, dilation=d, activation=activation)  # NCHW input, no bias/residual
-    _close(y, winograd_conv3x3_reference(x, weight, None, None, d, activation))
+    _close(y, winograd_conv3x3_reference(x, weight, None, None, d, activation), tol)
 
 
 def test_weight_transform_layout():
     weight = torch.randn(5, 3, 3, 3)
     u = winograd_weight(weight)
     assert u.shape == (16, 3, 5) and u.dtype == torch.float32 and u.is_contiguous()
-    # the centre tap of G w G^T (row 0, col 0) is the corner weight w[:, :, 0, 0]
+    # element (0, 0) of G w G^T is the corner weight w[:, :, 0, 0] (times 1/16 for F(4x4, 3x3))
     torch.testing.assert_close(u[0], weight[:, :, 0, 0].t())
+    u4 = winograd_weight(weight, 4)
+    assert u4.shape == (36, 3, 5)
+    torch.testing.assert_close(u4[0], weight[:, :, 0, 0].t() / 16)
 
 
 def test_empty_batch():
@@ -74,7 +79,8 @@ def test_opcheck():
     [
         ({"x": torch.randn(8, 5, 5)}, "x must be a 4-D tensor"),
         ({"x": torch.randn(1, 8, 5, 5).double()}, "x must be float32"),
-        ({"u": torch.randn(16, 7, 4)}, r"u must have shape \(16, 8, Cout\)"),
+        ({"u": torch.randn(16, 7, 4)}, r"u must have shape \(16 or 36, 8, Cout\)"),
+        ({"u": torch.randn(25, 8, 4)}, r"u must have shape \(16 or 36, 8, Cout\)"),
         ({"bias": torch.randn(5)}, r"bias must be a float32 CPU tensor of shape \(4\)"),
         ({"residual": torch.randn(1, 4, 5, 6)}, r"residual must have shape \(1, 4, 5, 5\)"),
         ({"dilation": 0}, "dilation must be an int >= 1"),
@@ -105,23 +111,25 @@ def test_bad_input(kwargs, message):
 def test_weight_bad_input():
     with pytest.raises(ValueError, match=r"weight must be a \(Cout, Cin, 3, 3\) tensor"):
         winograd_weight(torch.randn(4, 4, 5, 5))
+    with pytest.raises(ValueError, match="tile must be 2 or 4"):
+        winograd_weight(torch.randn(4, 4, 3, 3), tile=3)
 
 
 def test_fused_conv_uses_it_for_wide_stride1_3x3(monkeypatch):
-    """optimize()'s FusedConv runs 3x3 stride-1 convs of >= 128 channels through Winograd, with the residual
+    """optimize()'s FusedConv runs 3x3 stride-1 convs of >= 64 channels through Winograd, with the residual
     and the activation fused, and falls back to conv2d when DEEPLAB_FAST_WINOGRAD=0."""
     x, weight, bias, residual = _inputs(1, 128, 128, 9, 9)
     conv = FusedConv(weight, bias, stride=1, padding=2, dilation=2, act="relu")
     ref = winograd_conv3x3_reference(x, weight, bias, residual, 2, "relu")
     with torch.no_grad():
         assert conv._use_winograd(x)
-        _close(conv(x, residual), ref)
-        assert conv._wino is not None  # the transformed weight is cached
+        _close(conv(x, residual), ref, 1e-4)
+        assert conv._wino is not None and conv._wino[0].shape[0] == 36  # F(4x4, 3x3), cached
         monkeypatch.setenv("DEEPLAB_FAST_WINOGRAD", "0")
         assert not conv._use_winograd(x)
         _close(conv(x, residual), ref)
-    narrow = FusedConv(weight[:64, :64], bias[:64], stride=1, padding=1, dilation=1)
-    assert not narrow._use_winograd(x[:, :64])  # too thin to pay off
+    narrow = FusedConv(weight[:32, :32], bias[:32], stride=1, padding=1, dilation=1)
+    assert not narrow._use_winograd(x[:, :32])  # too thin to pay off
     monkeypatch.delenv("DEEPLAB_FAST_WINOGRAD")
     with torch.no_grad():
         assert conv._use_winograd(x)

@@ -3,6 +3,8 @@
 // otherwise, which the compiler vectorizes the same way).
 #include "cpu/winograd_cpu.h"
 
+#include "common/host_device.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -13,10 +15,10 @@
 
 namespace dlf {
 
-std::vector<int64_t> winograd_tile_bases(int64_t size, int64_t d) {
+std::vector<int64_t> winograd_tile_bases(int64_t size, int64_t d, int m) {
   std::vector<int64_t> bases;
   for (int64_t r = 0; r < std::min(d, size); ++r)
-    for (int64_t b = r; b < size; b += 2 * d) bases.push_back(b);
+    for (int64_t b = r; b < size; b += m * d) bases.push_back(b);
   return bases;
 }
 
@@ -31,6 +33,8 @@ struct F8 {
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   friend F8 operator+(F8 a, F8 b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend F8 operator-(F8 a, F8 b) { return {_mm256_sub_ps(a.v, b.v)}; }
+  static F8 fma(float c, F8 a, F8 b) { return {_mm256_fmadd_ps(_mm256_set1_ps(c), a.v, b.v)}; }  // c * a + b
+  static F8 mul(float c, F8 a) { return {_mm256_mul_ps(_mm256_set1_ps(c), a.v)}; }
   static F8 relu(F8 a) { return {_mm256_max_ps(a.v, _mm256_setzero_ps())}; }
   static F8 relu6(F8 a) { return {_mm256_min_ps(_mm256_max_ps(a.v, _mm256_setzero_ps()), _mm256_set1_ps(6.f))}; }
 };
@@ -42,53 +46,103 @@ struct F1 {
   void store(float* p) const { *p = v; }
   friend F1 operator+(F1 a, F1 b) { return {a.v + b.v}; }
   friend F1 operator-(F1 a, F1 b) { return {a.v - b.v}; }
+  static F1 fma(float c, F1 a, F1 b) { return {c * a.v + b.v}; }
+  static F1 mul(float c, F1 a) { return {c * a.v}; }
   static F1 relu(F1 a) { return {a.v > 0.f ? a.v : 0.f}; }
   static F1 relu6(F1 a) { return {a.v > 0.f ? (a.v < 6.f ? a.v : 6.f) : 0.f}; }
 };
 
-// One tile, channels [c, c + lanes of V): gather the 4x4 inputs, V = B^T d B, store its 16 planes.
-template <typename V>
-inline void input_tile(const float* const* rows, const bool* col_ok, const int64_t* col_off, int64_t c,
-                       float* v, int64_t plane) {
-  V d[4][4];
-  for (int u = 0; u < 4; ++u)
-    for (int w = 0; w < 4; ++w) d[u][w] = (rows[u] != nullptr && col_ok[w]) ? V::load(rows[u] + col_off[w] + c) : V::zero();
-  // B^T along the rows: (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-  V t[4][4];
-  for (int w = 0; w < 4; ++w) {
-    t[0][w] = d[0][w] - d[2][w];
-    t[1][w] = d[1][w] + d[2][w];
-    t[2][w] = d[2][w] - d[1][w];
-    t[3][w] = d[1][w] - d[3][w];
+// Transform matrices of F(M x M, 3 x 3) (Lavin & Gray): B^T (A x A) for the input, A^T (M x A) for the
+// output, A = M + 2 (interpolation points 0, 1, -1 for M = 2; 0, +-1, +-2 for M = 4).
+template <int M>
+struct Wino;
+template <>
+struct Wino<2> {
+  static constexpr int A = 4;
+  static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+template <>
+struct Wino<4> {
+  static constexpr int A = 6;
+  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                     {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr float AT[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+
+// sum_k c[k] * x[k] with the coefficients known at compile time (zeros skipped, +-1 as adds).
+template <typename V, int N>
+DLF_FORCEINLINE V combine(const float (&c)[N], const V (&x)[N]) {
+  V acc = V::zero();
+  bool first = true;
+#pragma GCC unroll 8
+  for (int k = 0; k < N; ++k) {
+    if (c[k] == 0.f) continue;
+    if (first) {
+      acc = c[k] == 1.f ? x[k] : (c[k] == -1.f ? V::zero() - x[k] : V::mul(c[k], x[k]));
+      first = false;
+    } else if (c[k] == 1.f) {
+      acc = acc + x[k];
+    } else if (c[k] == -1.f) {
+      acc = acc - x[k];
+    } else {
+      acc = V::fma(c[k], x[k], acc);
+    }
   }
-  // ... and along the columns
-  for (int u = 0; u < 4; ++u) {
-    (t[u][0] - t[u][2]).store(v + (u * 4 + 0) * plane + c);
-    (t[u][1] + t[u][2]).store(v + (u * 4 + 1) * plane + c);
-    (t[u][2] - t[u][1]).store(v + (u * 4 + 2) * plane + c);
-    (t[u][1] - t[u][3]).store(v + (u * 4 + 3) * plane + c);
-  }
+  return acc;
 }
 
-template <typename V>
-inline void output_tile(const float* m, int64_t plane, int64_t c, const float* bias, const float* const* out_rows,
-                        const float* const* res_rows, const bool* col_ok, const int64_t* col_off, int act) {
-  V q[4][4];
-  for (int u = 0; u < 4; ++u)
-    for (int w = 0; w < 4; ++w) q[u][w] = V::load(m + (u * 4 + w) * plane + c);
-  // A^T along the rows: (m0 + m1 + m2, m1 - m2 - m3), then along the columns
-  V r[2][4];
-  for (int w = 0; w < 4; ++w) {
-    r[0][w] = q[0][w] + q[1][w] + q[2][w];
-    r[1][w] = q[1][w] - q[2][w] - q[3][w];
+// One tile, channels [c, c + lanes of V): gather the A x A inputs, V = B^T d B, store its A*A planes.
+template <typename V, int M>
+DLF_FORCEINLINE void input_tile(const float* const* rows, const bool* col_ok, const int64_t* col_off, int64_t c,
+                                float* v, int64_t plane) {
+  using W = Wino<M>;
+  constexpr int A = W::A;
+  V d[A][A];
+#pragma GCC unroll 8
+  for (int u = 0; u < A; ++u)
+#pragma GCC unroll 8
+    for (int w = 0; w < A; ++w)
+      d[u][w] = (rows[u] != nullptr && col_ok[w]) ? V::load(rows[u] + col_off[w] + c) : V::zero();
+  V t[A][A];  // t[u][w] = (B^T d)[u][w], stored column-major in the sense t[w] is one input column
+#pragma GCC unroll 8
+  for (int w = 0; w < A; ++w) {
+    V col[A];
+#pragma GCC unroll 8
+    for (int k = 0; k < A; ++k) col[k] = d[k][w];
+#pragma GCC unroll 8
+    for (int u = 0; u < A; ++u) t[u][w] = combine<V, A>(W::BT[u], col);
+  }
+#pragma GCC unroll 8
+  for (int u = 0; u < A; ++u)
+#pragma GCC unroll 8
+    for (int w = 0; w < A; ++w) combine<V, A>(W::BT[w], t[u]).store(v + (u * A + w) * plane + c);
+}
+
+template <typename V, int M>
+DLF_FORCEINLINE void output_tile(const float* m, int64_t plane, int64_t c, const float* bias,
+                                 const float* const* out_rows, const float* const* res_rows, const bool* col_ok,
+                                 const int64_t* col_off, int act) {
+  using W = Wino<M>;
+  constexpr int A = W::A;
+  V r[M][A];  // r = A^T q, row by row
+#pragma GCC unroll 8
+  for (int w = 0; w < A; ++w) {
+    V col[A];
+#pragma GCC unroll 8
+    for (int k = 0; k < A; ++k) col[k] = V::load(m + (k * A + w) * plane + c);
+#pragma GCC unroll 4
+    for (int i = 0; i < M; ++i) r[i][w] = combine<V, A>(W::AT[i], col);
   }
   const V b = bias != nullptr ? V::load(bias + c) : V::zero();
-  for (int i = 0; i < 2; ++i) {
+#pragma GCC unroll 4
+  for (int i = 0; i < M; ++i) {
     if (out_rows[i] == nullptr) continue;
-    const V o[2] = {r[i][0] + r[i][1] + r[i][2] + b, r[i][1] - r[i][2] - r[i][3] + b};
-    for (int j = 0; j < 2; ++j) {
+#pragma GCC unroll 4
+    for (int j = 0; j < M; ++j) {
       if (!col_ok[j]) continue;
-      V y = o[j];
+      V y = combine<V, A>(W::AT[j], r[i]) + b;
       if (res_rows != nullptr) y = y + V::load(res_rows[i] + col_off[j] + c);
       if (act == 1) y = V::relu(y);
       if (act == 2) y = V::relu6(y);
@@ -97,17 +151,17 @@ inline void output_tile(const float* m, int64_t plane, int64_t c, const float* b
   }
 }
 
-}  // namespace
-
-void winograd_input_transform_cpu(const WinogradParams& p, const float* x, float* v) {
+template <int M>
+void input_transform(const WinogradParams& p, const float* x, float* v) {
+  constexpr int A = M + 2;
   const int64_t T = p.N * p.TH * p.TW, plane = T * p.C, C = p.C, d = p.d;
   at::parallel_for(0, T, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C)), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t tw = t % p.TW, th = (t / p.TW) % p.TH, n = t / (p.TW * p.TH);
-      const float* rows[4];
-      bool col_ok[4];
-      int64_t col_off[4];
-      for (int u = 0; u < 4; ++u) {
+      const float* rows[A];
+      bool col_ok[A];
+      int64_t col_off[A];
+      for (int u = 0; u < A; ++u) {
         const int64_t h = p.tb_h[th] + (u - 1) * d, w = p.tb_w[tw] + (u - 1) * d;
         rows[u] = (h >= 0 && h < p.H) ? x + ((n * p.H + h) * p.W) * C : nullptr;
         col_ok[u] = w >= 0 && w < p.W;
@@ -116,24 +170,25 @@ void winograd_input_transform_cpu(const WinogradParams& p, const float* x, float
       float* vt = v + t * C;
       int64_t c = 0;
 #ifdef __AVX2__
-      for (; c + 8 <= C; c += 8) input_tile<F8>(rows, col_ok, col_off, c, vt, plane);
+      for (; c + 8 <= C; c += 8) input_tile<F8, M>(rows, col_ok, col_off, c, vt, plane);
 #endif
-      for (; c < C; ++c) input_tile<F1>(rows, col_ok, col_off, c, vt, plane);
+      for (; c < C; ++c) input_tile<F1, M>(rows, col_ok, col_off, c, vt, plane);
     }
   });
 }
 
-void winograd_output_transform_cpu(const WinogradParams& p, int64_t Cout, const float* m, const float* bias,
-                                   const float* residual, int act, float* y) {
+template <int M>
+void output_transform(const WinogradParams& p, int64_t Cout, const float* m, const float* bias, const float* residual,
+                      int act, float* y) {
   const int64_t T = p.N * p.TH * p.TW, plane = T * Cout, d = p.d;
   at::parallel_for(0, T, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Cout)), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t tw = t % p.TW, th = (t / p.TW) % p.TH, n = t / (p.TW * p.TH);
-      const float* out_rows[2];
-      const float* res_rows[2];
-      bool col_ok[2];
-      int64_t col_off[2];
-      for (int i = 0; i < 2; ++i) {
+      const float* out_rows[M];
+      const float* res_rows[M];
+      bool col_ok[M];
+      int64_t col_off[M];
+      for (int i = 0; i < M; ++i) {
         const int64_t h = p.tb_h[th] + i * d, w = p.tb_w[tw] + i * d;
         const int64_t off = ((n * p.H + h) * p.W) * Cout;
         out_rows[i] = h < p.H ? y + off : nullptr;
@@ -145,11 +200,24 @@ void winograd_output_transform_cpu(const WinogradParams& p, int64_t Cout, const 
       const float* mt = m + t * Cout;
       int64_t c = 0;
 #ifdef __AVX2__
-      for (; c + 8 <= Cout; c += 8) output_tile<F8>(mt, plane, c, bias, out_rows, rr, col_ok, col_off, act);
+      for (; c + 8 <= Cout; c += 8) output_tile<F8, M>(mt, plane, c, bias, out_rows, rr, col_ok, col_off, act);
 #endif
-      for (; c < Cout; ++c) output_tile<F1>(mt, plane, c, bias, out_rows, rr, col_ok, col_off, act);
+      for (; c < Cout; ++c) output_tile<F1, M>(mt, plane, c, bias, out_rows, rr, col_ok, col_off, act);
     }
   });
+}
+
+}  // namespace
+
+void winograd_input_transform_cpu(const WinogradParams& p, const float* x, float* v) {
+  if (p.m == 4) return input_transform<4>(p, x, v);
+  input_transform<2>(p, x, v);
+}
+
+void winograd_output_transform_cpu(const WinogradParams& p, int64_t Cout, const float* m, const float* bias,
+                                   const float* residual, int act, float* y) {
+  if (p.m == 4) return output_transform<4>(p, Cout, m, bias, residual, act, y);
+  output_transform<2>(p, Cout, m, bias, residual, act, y);
 }
 
 }  // namespace dlf

@@ -18,7 +18,9 @@ at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& u_in, cons
   TORCH_CHECK(x_in.device().is_cpu(), "winograd_conv3x3 runs on the CPU only, x is on ", x_in.device());
   DLF_CHECK_NDIM(u_in, 3, "u");
   const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
-  TORCH_CHECK(u_in.size(0) == 16 && u_in.size(1) == C, "u must have shape (16, ", C, ", Cout), got ", u_in.sizes());
+  TORCH_CHECK((u_in.size(0) == 16 || u_in.size(0) == 36) && u_in.size(1) == C, "u must have shape (16 or 36, ", C,
+              ", Cout), got ", u_in.sizes());
+  const int tile = u_in.size(0) == 16 ? 2 : 4;
   TORCH_CHECK(u_in.scalar_type() == at::kFloat && u_in.device().is_cpu(), "u must be a float32 CPU tensor");
   const int64_t Cout = u_in.size(2);
   TORCH_CHECK(dilation >= 1, "dilation must be >= 1, got ", dilation);
@@ -42,11 +44,12 @@ at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& u_in, cons
   if (y.numel() == 0) return y;
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor u = u_in.contiguous();
-  const std::vector<int64_t> tb_h = winograd_tile_bases(H, dilation), tb_w = winograd_tile_bases(W, dilation);
-  WinogradParams p{N, C, H, W, dilation, tb_h.data(), tb_w.data(), static_cast<int64_t>(tb_h.size()),
-                   static_cast<int64_t>(tb_w.size())};
+  const std::vector<int64_t> tb_h = winograd_tile_bases(H, dilation, tile);
+  const std::vector<int64_t> tb_w = winograd_tile_bases(W, dilation, tile);
+  WinogradParams p{N,           C,           H, W, dilation, tb_h.data(), tb_w.data(), static_cast<int64_t>(tb_h.size()),
+                   static_cast<int64_t>(tb_w.size()), tile};
   const int64_t T = N * p.TH * p.TW;
-  at::Tensor v = at::empty({16, T, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor v = at::empty({u.size(0), T, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
   winograd_input_transform_cpu(p, x.data_ptr<float>(), v.data_ptr<float>());
   at::Tensor m = at::bmm(v, u);
   winograd_output_transform_cpu(p, Cout, m.data_ptr<float>(), bias.defined() ? bias.data_ptr<float>() : nullptr,
