@@ -78,6 +78,8 @@ DwconvParams make_params(const at::Tensor& x, const at::Tensor& w, int64_t w_blo
   p.shift = b.data_ptr();
   p.N = x.size(0), p.C = x.size(1), p.H = x.size(2), p.W = x.size(3), p.Ho = Ho, p.Wo = Wo;
   p.xs_n = x.stride(0), p.xs_c = x.stride(1), p.xs_h = x.stride(2), p.xs_w = x.stride(3);
+  TORCH_CHECK(w_block > 0 && (w_block & (w_block - 1)) == 0, "dwconv_bn_act: weight block ", w_block,
+              " is not a power of two (weight_offset masks by it)");
   p.w_block = w_block;
   p.K = static_cast<int>(K), p.stride = static_cast<int>(stride), p.act = static_cast<int>(activation);
   p.dilation = dilation, p.pad = dilation * (K - 1) / 2;
