@@ -130,6 +130,22 @@ def copy_time(like: torch.Tensor, device: torch.device | str, *, warmup: int = 2
     return median(time_fn(lambda: out.copy_(src), device, warmup=warmup, reps=reps))
 
 
+COPY_PROVIDER = "copy (yardstick)"
+
+
+def copy_provider(like: torch.Tensor) -> Callable[[], Any]:
+    """`out.copy_(src)` for a tensor of `like`'s shape, dtype and layout, to time among a case's providers.
+
+    Timed in the same interleaved rotation as the op it is compared with (harness.time_interleaved), the copy
+    meets the same cache state: when a slow eager provider has just run, an op finds its input and output
+    buffers evicted to memory, and so does the copy. A copy timed back to back (copy_time) keeps a tensor
+    that fits in L3 hot and is the yardstick of an op that runs back to back; benchmarks record both.
+    """
+    src = torch.empty_like(like).normal_()
+    out = torch.empty_like(like)
+    return lambda: out.copy_(src)
+
+
 def measure_bandwidth(device: torch.device | str, nbytes: int = 256 * 2**20) -> float:
     """Measured copy bandwidth in GB/s (bytes read + written) of a large buffer on `device`."""
     n = nbytes // 4

@@ -35,6 +35,7 @@ KERNEL_COLUMNS = [
     "gb_s",
     "pct_bw",
     "copy_ratio",
+    "copy_hot_ratio",
 ]
 MODEL_COLUMNS = [
     "model",
@@ -64,7 +65,13 @@ MODEL_HEADERS = {
     "compile_optimize_speedup": "compile(optimize()) is x faster",
     "first_call_s": "first call s",
 }
-KERNEL_HEADERS = {"median_ms": "median ms", "gb_s": "GB/s", "pct_bw": "% of copy BW", "copy_ratio": "time / copy time"}
+KERNEL_HEADERS = {
+    "median_ms": "median ms",
+    "gb_s": "GB/s",
+    "pct_bw": "% of copy BW",
+    "copy_ratio": "time / copy time",
+    "copy_hot_ratio": "time / hot copy time",
+}
 
 
 def _rows(rows: list[dict[str, Any]], part: str, *, skipped: bool) -> list[dict[str, Any]]:
@@ -204,8 +211,11 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
         lines += ["", "## Kernels", ""]
         lines += [
             "Time is the median over the repetitions (`reps`: " + _reps_text(plan, "kernel") + "); GB/s counts the "
-            "bytes the op must move (read inputs, write output once); `% of copy BW` compares it with a copy of the "
-            "same tensor timed in the same run.",
+            "bytes the op must move (read inputs, write output once); `% of copy BW` compares it with the copy "
+            "bandwidth yardstick. `time / copy time`: against a copy of the output tensor timed in the same "
+            "interleaved rotation as the providers (so in the same cache state: after a slow eager provider, "
+            "inputs and outputs come from memory); `time / hot copy time`: against the same copy timed back to "
+            "back (a tensor that fits in L3 then copies from L3).",
             "",
         ]
         lines.append(_table(kernels, KERNEL_COLUMNS, KERNEL_HEADERS) if kernels else "(no kernel rows ran)")

@@ -251,6 +251,7 @@ def _family_skip(family: str, dtype: str, reason: str) -> dict[str, Any]:
         "gb_s": None,
         "pct_bw": None,
         "copy_ratio": None,
+        "copy_hot_ratio": None,
         "skipped": reason,
     }
 

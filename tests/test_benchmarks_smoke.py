@@ -94,11 +94,14 @@ def test_tiny_run_rows_cover_kernels_and_models(tiny_run):
             "gb_s",
             "pct_bw",
             "copy_ratio",
+            "copy_hot_ratio",
             "skipped",
         ):
             assert field in r, (field, r)
         if not r["skipped"]:
-            assert r["gb_s"] > 0 and r["copy_ratio"] > 0
+            assert r["gb_s"] > 0 and r["copy_ratio"] > 0 and r["copy_hot_ratio"] > 0
+            # the copy yardstick is timed among the providers but never reported as one
+            assert "yardstick" not in r["provider"], r["provider"]
         # a CPU run never names a baseline after a GPU library
         if r["dtype"] and not torch.cuda.is_available():
             assert "cudnn" not in r["provider"].lower(), r["provider"]

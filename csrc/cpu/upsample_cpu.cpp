@@ -41,6 +41,12 @@ struct TapTable {
     }
   }
   LinearTap at(int64_t o) const { return LinearTap{i0[o], i1[o], l0[o], l1[o]}; }
+  // Whether every output index has the same taps and weights (a 1x1 input: a broadcast).
+  bool uniform() const {
+    for (size_t o = 1; o < i0.size(); ++o)
+      if (i0[o] != i0[0] || i1[o] != i1[0] || l0[o] != l0[0] || l1[o] != l1[0]) return false;
+    return true;
+  }
 };
 
 // Rows per parallel chunk: small outputs run on the calling thread (waking threads costs more than
@@ -67,6 +73,29 @@ void blend_channels(const T* __restrict a, const T* __restrict b, const T* __res
   }
 }
 
+// Copy of a channel vector (a few hundred bytes to a few KiB) inline: a libc memcpy call per pixel and
+// input cost as much as the copy itself at these sizes.
+DLF_FORCEINLINE void copy_bytes(void* __restrict dst, const void* __restrict src, int64_t n) {
+  auto* d = static_cast<char*>(dst);
+  const auto* s = static_cast<const char*>(src);
+  int64_t i = 0;
+#ifdef __AVX2__
+  for (; i + 128 <= n; i += 128) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 64));
+    const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 96));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 64), c);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 96), e);
+  }
+  for (; i + 32 <= n; i += 32)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+#endif
+  if (i < n) std::memcpy(d + i, s + i, n - i);
+}
+
 template <typename T>
 void concat_channels_last(const UpsampleConcatParams& p) {
   std::vector<TapTable> th, tw;
@@ -74,24 +103,52 @@ void concat_channels_last(const UpsampleConcatParams& p) {
     th.emplace_back(p.H[j], p.Ho, p.align_corners);
     tw.emplace_back(p.W[j], p.Wo, p.align_corners);
   }
+  // Inputs of one pixel: already at size (a copy), 1x1 (every output pixel is the same blended vector:
+  // blended once per row into a buffer, then copied) or resized (blended per pixel).
+  enum class Kind { kCopy, kBroadcast, kResize };
+  std::vector<Kind> kind(p.num_inputs);
+  int64_t broadcast_channels = 0;
+  for (int j = 0; j < p.num_inputs; ++j) {
+    kind[j] = p.H[j] == p.Ho && p.W[j] == p.Wo       ? Kind::kCopy
+              : p.H[j] == 1 && p.W[j] == 1 && tw[j].uniform() ? Kind::kBroadcast
+                                                            : Kind::kResize;
+    if (kind[j] == Kind::kBroadcast) broadcast_channels += p.C[j];
+  }
   at::parallel_for(0, p.N * p.Ho, rows_grain(p.Ctot * p.Wo), [&](int64_t begin, int64_t end) {
+    std::vector<T> bcast(static_cast<size_t>(broadcast_channels));
+    const T* r0[kMaxConcatInputs];
+    const T* r1[kMaxConcatInputs];
+    LinearTap h[kMaxConcatInputs];
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / p.Ho, ho = row % p.Ho;
       T* yrow = static_cast<T*>(p.y) + n * p.ys_n + ho * p.ys_h;
+      T* b = bcast.data();
       for (int j = 0; j < p.num_inputs; ++j) {
         const T* x = static_cast<const T*>(p.x[j]) + n * p.xs_n[j];
-        const LinearTap h = th[j].at(ho);
-        const T* r0 = x + h.i0 * p.xs_h[j];
-        const T* r1 = x + h.i1 * p.xs_h[j];
-        const int64_t C = p.C[j], sw = p.xs_w[j];
-        T* y = yrow + p.c_begin[j];
-        if (p.H[j] == p.Ho && p.W[j] == p.Wo) {  // already at size: a copy
-          for (int64_t wo = 0; wo < p.Wo; ++wo) std::memcpy(y + wo * p.ys_w, r0 + wo * sw, C * sizeof(T));
-          continue;
+        h[j] = th[j].at(ho);
+        r0[j] = x + h[j].i0 * p.xs_h[j];
+        r1[j] = x + h[j].i1 * p.xs_h[j];
+        if (kind[j] == Kind::kBroadcast) {
+          blend_channels<T>(r0[j], r0[j], r1[j], r1[j], b, p.C[j], h[j], tw[j].at(0));
+          r0[j] = b;
+          b += p.C[j];
         }
-        for (int64_t wo = 0; wo < p.Wo; ++wo) {
-          const LinearTap w = tw[j].at(wo);
-          blend_channels<T>(r0 + w.i0 * sw, r0 + w.i1 * sw, r1 + w.i0 * sw, r1 + w.i1 * sw, y + wo * p.ys_w, C, h, w);
+      }
+      // Pixel after pixel, each written whole (all inputs' channels), so the output streams out in order.
+      for (int64_t wo = 0; wo < p.Wo; ++wo) {
+        T* yp = yrow + wo * p.ys_w;
+        for (int j = 0; j < p.num_inputs; ++j) {
+          const int64_t C = p.C[j], sw = p.xs_w[j];
+          T* y = yp + p.c_begin[j];
+          if (kind[j] == Kind::kCopy) {
+            copy_bytes(y, r0[j] + wo * sw, C * sizeof(T));
+          } else if (kind[j] == Kind::kBroadcast) {
+            copy_bytes(y, r0[j], C * sizeof(T));
+          } else {
+            const LinearTap w = tw[j].at(wo);
+            blend_channels<T>(r0[j] + w.i0 * sw, r0[j] + w.i1 * sw, r1[j] + w.i0 * sw, r1[j] + w.i1 * sw, y, C, h[j],
+                              w);
+          }
         }
       }
     }

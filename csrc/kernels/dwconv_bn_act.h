@@ -38,10 +38,15 @@ struct DwconvParams {
 };
 
 // Offset of the first tap of channel c in the blocked weight; taps follow at a step of w_block.
-// w_block is a power of two (make_params checks it): masks, not a 64-bit division per channel pack.
+// w_block is a power of two (make_params checks it): the host masks instead of a 64-bit division per
+// channel pack; the device keeps the division (the mask form spilled registers in fwd_nhwc_kernel, sm_80).
 DLF_HOST_DEVICE DLF_FORCEINLINE int64_t weight_offset(const DwconvParams& p, int64_t c) {
+#ifdef __CUDA_ARCH__
+  return (c / p.w_block) * p.K * p.K * p.w_block + c % p.w_block;
+#else
   const int64_t lane = c & (p.w_block - 1);
   return (c - lane) * p.K * p.K + lane;
+#endif
 }
 
 // Taps t in [0, K) with 0 <= base + t * d < size form one interval; return it as [lo, hi) by comparing

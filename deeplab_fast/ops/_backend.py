@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -27,12 +29,31 @@ def triton_available(device: torch.device) -> tuple[bool, str]:
     )
 
 
+# Successful resolutions, by (backend, device type, device index, op): every op call resolves its
+# backend, and the checks behind it (dispatcher queries, a triton import) cost as much as a small op's
+# kernel. Errors are not cached (they are raised anew each time), nor is backend="triton", whose answer
+# on a CPU depends on TRITON_INTERPRET at call time.
+_RESOLVED: dict[tuple, str] = {}
+
+
 def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     """Map a user's `backend` argument to the concrete backend for tensors on `device`.
 
     Raises ValueError for an unknown name and RuntimeError for a backend this machine or build cannot
     run, naming the argument and what would work.
     """
+    key = (backend, device.type, device.index, op)
+    try:
+        return _RESOLVED[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable `backend`, which the checks below reject
+        pass
+    chosen = _resolve(backend, device, op)
+    if backend != "triton":
+        _RESOLVED[key] = chosen
+    return chosen
+
+
+def _resolve(backend: str, device: torch.device, op: str) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     if backend == "auto":
@@ -63,3 +84,16 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
             )
         raise RuntimeError(f"backend={backend!r} has no kernel for {op} in this build. {_ext.BUILD_HINT}")
     return backend
+
+
+def run_op(op: Callable[..., Any], *args: Any) -> Any:
+    """Call the custom op `op` (a torch.ops.deeplab_fast.* overload packet) on `args`.
+
+    With gradients off (torch.no_grad, inference_mode) and outside torch.compile, the call goes straight
+    below the Autograd dispatch key: the autograd formulas these ops register from Python would otherwise
+    run a Python redispatch on every call (~6 us) only to find there is nothing to record.
+    """
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+    return op(*args)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from deeplab_fast import _ext
-from deeplab_fast.ops._backend import BACKENDS, resolve_backend
+from deeplab_fast.ops._backend import BACKENDS, resolve_backend, run_op
 from deeplab_fast.ops.reference import ACTIVATIONS, dwconv_bn_act_reference
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -37,6 +37,39 @@ def _check_inputs(
     dilation: int,
     activation: str,
 ) -> None:
+    # Valid arguments in one expression (this runs on every call of a sub-millisecond op); anything else
+    # goes through the checks below, which name the argument at fault.
+    if (
+        isinstance(x, torch.Tensor)
+        and isinstance(weight, torch.Tensor)
+        and isinstance(scale, torch.Tensor)
+        and isinstance(shift, torch.Tensor)
+        and type(stride) is int
+        and type(dilation) is int
+        and type(activation) is str
+    ):
+        xs, ws, dtype, device = x.shape, weight.shape, x.dtype, x.device
+        if (
+            len(xs) == 4
+            and dtype in _FLOAT_DTYPES
+            and len(ws) == 4
+            and ws[0] == xs[1]
+            and ws[1] == 1
+            and ws[2] == ws[3]
+            and ws[2] % 2 == 1
+            and scale.shape == (xs[1],)
+            and shift.shape == (xs[1],)
+            and weight.dtype is dtype
+            and scale.dtype is dtype
+            and shift.dtype is dtype
+            and weight.device == device
+            and scale.device == device
+            and shift.device == device
+            and stride in (1, 2)
+            and dilation >= 1
+            and activation in ACTIVATIONS
+        ):
+            return
     for name, t in (("x", x), ("weight", weight), ("scale", scale), ("shift", shift)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -136,7 +169,7 @@ def dwconv_bn_act(
         from deeplab_fast.kernels.triton import dwconv_bn_act as triton_impl
 
         return triton_impl.dwconv_bn_act_triton(x, weight, scale, shift, stride, dilation, code)
-    return torch.ops.deeplab_fast.dwconv_bn_act(x, weight, scale, shift, stride, dilation, code)
+    return run_op(torch.ops.deeplab_fast.dwconv_bn_act, x, weight, scale, shift, stride, dilation, code)
 
 
 def fold_bn(bn: nn.BatchNorm2d, conv_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

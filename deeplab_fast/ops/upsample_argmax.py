@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from deeplab_fast import _ext
+from deeplab_fast.ops._backend import run_op
 from deeplab_fast.ops.reference import upsample_argmax_reference
 from deeplab_fast.ops.upsample_checks import check_align_corners, check_float_4d, check_size, choose_backend
 
@@ -45,7 +46,7 @@ def upsample_argmax(
         from deeplab_fast.kernels.triton import upsample as triton_impl
 
         return triton_impl.upsample_argmax_triton(logits, list(size), align_corners)
-    return torch.ops.deeplab_fast.upsample_argmax(logits, list(size), align_corners)
+    return run_op(torch.ops.deeplab_fast.upsample_argmax, logits, list(size), align_corners)
 
 
 if _ext.HAS_EXT:

@@ -45,16 +45,22 @@ def check_tensor_list(tensors: object) -> list[torch.Tensor]:
         raise ValueError("tensors must hold at least one tensor, got an empty sequence")
     if len(tensors) > MAX_CONCAT_INPUTS:
         raise ValueError(f"tensors must hold at most {MAX_CONCAT_INPUTS} tensors, got {len(tensors)}")
-    for i, t in enumerate(tensors):
-        check_float_4d(t, f"tensors[{i}]")
     first = tensors[0]
-    for i, t in enumerate(tensors[1:], start=1):
-        if t.shape[0] != first.shape[0]:
-            raise ValueError(f"tensors[{i}] has batch size {t.shape[0]} but tensors[0] has {first.shape[0]}")
-        if t.dtype != first.dtype:
-            raise ValueError(f"tensors[{i}] has dtype {t.dtype} but tensors[0] has {first.dtype}")
-        if t.device != first.device:
-            raise ValueError(f"tensors[{i}] is on {t.device} but tensors[0] is on {first.device}")
+    check_float_4d(first, "tensors[0]")
+    n, dtype, device = first.shape[0], first.dtype, first.device
+    for i in range(1, len(tensors)):
+        t = tensors[i]
+        # one pass over each tensor's attributes: these checks run on every call of a sub-millisecond op
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.dtype is not dtype:
+            check_float_4d(t, f"tensors[{i}]")
+            raise ValueError(f"tensors[{i}] has dtype {t.dtype} but tensors[0] has {dtype}")
+        shape = t.shape
+        if shape[2] <= 0 or shape[3] <= 0:
+            check_float_4d(t, f"tensors[{i}]")
+        if shape[0] != n:
+            raise ValueError(f"tensors[{i}] has batch size {shape[0]} but tensors[0] has {n}")
+        if t.device != device:
+            raise ValueError(f"tensors[{i}] is on {t.device} but tensors[0] is on {device}")
     return tensors
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_fast import _ext
+from deeplab_fast.ops._backend import run_op
 from deeplab_fast.ops.reference import upsample_concat_reference
 from deeplab_fast.ops.upsample_checks import (
     check_align_corners,
@@ -54,7 +55,7 @@ def upsample_concat(
         from deeplab_fast.kernels.triton import upsample as triton_impl
 
         return triton_impl.upsample_concat_triton(tensors, list(size), align_corners)
-    return torch.ops.deeplab_fast.upsample_concat(tensors, list(size), align_corners)
+    return run_op(torch.ops.deeplab_fast.upsample_concat, tensors, list(size), align_corners)
 
 
 def fake_output(tensors: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from deeplab_fast import _ext
+from deeplab_fast.ops._backend import run_op
 
 _ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
 
@@ -78,7 +79,7 @@ def winograd_conv3x3(
     if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
         raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
     _ext.require_ext("cpu")
-    return torch.ops.deeplab_fast.winograd_conv3x3(x, u, bias, residual, dilation, _ACTIVATIONS[activation])
+    return run_op(torch.ops.deeplab_fast.winograd_conv3x3, x, u, bias, residual, dilation, _ACTIVATIONS[activation])
 
 
 if _ext.HAS_EXT:
