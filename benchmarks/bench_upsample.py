@@ -145,7 +145,8 @@ def run(
             else:
                 try:
                     compiled = torch.compile(eager, fullgraph=True)
-                    compiled(ts)
+                    with torch.no_grad():  # compiled for the mode it is timed in
+                        compiled(ts)
                     providers["torch.compile"] = lambda c=compiled, ts=ts: c(ts)
                     warm["torch.compile"] = 1  # compiling it ran it once: one warm-up call done
                 except Exception as exc:  # noqa: BLE001  (a baseline that cannot compile is reported, not fatal)
@@ -155,9 +156,10 @@ def run(
             # the copy yardstick runs in the providers' rotation too: the same cache state as theirs
             providers[harness.COPY_PROVIDER] = harness.copy_provider(copy_like)
             warmup = {name: warm.get(name, 2) for name in providers}
-            times = harness.time_interleaved(
-                providers, device, warmup=warmup, reps=reps, budget_s=budget_s, min_reps=min_reps
-            )
+            with torch.no_grad():  # inference ops: every provider runs as in a model's eval forward
+                times = harness.time_interleaved(
+                    providers, device, warmup=warmup, reps=reps, budget_s=budget_s, min_reps=min_reps
+                )
             copy_s = harness.median(times.pop(harness.COPY_PROVIDER))
             del providers[harness.COPY_PROVIDER]
             for name in [*providers, *skipped]:

@@ -92,3 +92,29 @@ def test_bad_env_cap_is_a_clear_error():
     proc = _run("lots")
     assert proc.returncode != 0
     assert "DEEPLAB_FAST_CPU_POOL_MB must be a whole number >= 0, got 'lots'" in proc.stderr
+
+
+def test_blocks_of_shapes_no_longer_used_make_room_for_new_ones():
+    # Cap 12 MiB; outputs of 8 MiB (A), then 3 MiB (B), then 9 MiB (C), none able to use another's block.
+    # When C's block comes back, A (given back longest ago) is evicted to make room, and C's next call is
+    # served from the pool; blocks of old shapes used to pin the cap, so C came fresh from the system on
+    # every call (page faults included).
+    code = (
+        "import torch, deeplab_fast\n"
+        "from deeplab_fast.ops import dwconv_bn_act\n"
+        "def out(c):\n"
+        "    x = torch.randn(1, c, 128, 128).contiguous(memory_format=torch.channels_last)\n"
+        "    return dwconv_bn_act(x, torch.randn(c, 1, 3, 3), torch.ones(c), torch.zeros(c), backend='cpu')\n"
+        "mib = lambda: torch.ops.deeplab_fast.output_pool_cached_bytes() >> 20\n"
+        "for c in (128, 48, 144):\n"
+        "    y = out(c); del y\n"
+        "    after_first = mib()\n"
+        "    y = out(c)\n"
+        "    while_second = mib(); del y\n"
+        "    print(c, after_first, while_second)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT, DEEPLAB_FAST_CPU_POOL_MB="12")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # (channels, MiB cached after the first call, MiB cached while the second call's output lives)
+    assert proc.stdout.split() == "128 8 0 48 11 8 144 12 3".split(), proc.stdout
