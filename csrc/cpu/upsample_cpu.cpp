@@ -365,9 +365,9 @@ void for_rows(const UpsampleClassParams& p, const TapTable& th, const TapTable& 
 // hide the compare/blend latency. r0/r1 are W-blended source rows (K, Wo) at the first column. With
 // kTame (both rows hold only finite logits of magnitude <= 1e30, see RowCache::tame) no blend is NaN,
 // so argmax_takes reduces to one ordered compare.
-template <int NC, bool kTame>
+template <int NC, bool kTame, typename OutT>
 DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64_t rs, int64_t K, const LinearTap& h,
-                                         int32_t* out) {
+                                         OutT* out) {
   const __m256 h0 = _mm256_set1_ps(h.l0), h1 = _mm256_set1_ps(h.l1);
   __m256 best[NC];
   __m256i arg[NC];
@@ -401,38 +401,38 @@ DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64
     }
   }
 #pragma GCC unroll 4
-  for (int c = 0; c < NC; ++c) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), arg[c]);
+  for (int c = 0; c < NC; ++c) {
+    if constexpr (sizeof(OutT) == 8) {  // int64 labels straight from the registers, widened lane by lane
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c),
+                          _mm256_cvtepi32_epi64(_mm256_castsi256_si128(arg[c])));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c + 4),
+                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(arg[c], 1)));
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), arg[c]);
+    }
+  }
 }
 
-// One finished output row: int32 labels widened to int64, written front to back in one pass.
-void store_labels(const int32_t* __restrict lab, int64_t Wo, int64_t* __restrict out) {
-  int64_t w = 0;
-  for (; w + 4 <= Wo; w += 4)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + w),
-                        _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lab + w))));
-  for (; w < Wo; ++w) out[w] = lab[w];
-}
-
-// Columns [0, w_end) (w_end >= 8, or a multiple of 8) of `rows` output rows that share the source rows
+// All Wo >= 8 columns of `rows` output rows (int64 labels, row r at out + r * Wo) that share the source rows
 // r0/r1: strips of 32 columns go through all the rows before the next strip, so the strip's K x 2
 // source lines stay in L1 while they are reused (an upsampling factor s reuses them s times).
 template <bool kTame>
 void argmax_run_avx2(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64_t K, const TapTable& th,
-                     int64_t ho0, int64_t rows, int32_t* out, int64_t w_end) {
+                     int64_t ho0, int64_t rows, int64_t* out) {
   int64_t w = 0;
-  for (; w + 32 <= w_end; w += 32)
+  for (; w + 32 <= Wo; w += 32)
     for (int64_t r = 0; r < rows; ++r)
       argmax_columns_avx2<4, kTame>(r0 + w, r1 + w, rs, K, th.at(ho0 + r), out + r * Wo + w);
-  for (; w + 8 <= w_end; w += 8)
+  for (; w + 8 <= Wo; w += 8)
     for (int64_t r = 0; r < rows; ++r)
       argmax_columns_avx2<1, kTame>(r0 + w, r1 + w, rs, K, th.at(ho0 + r), out + r * Wo + w);
-  if (w < w_end && w_end >= 8)  // a ragged end: the last 8 columns, overlapping those already done
+  if (w < Wo)  // a ragged end: the last 8 columns, overlapping those already done
     for (int64_t r = 0; r < rows; ++r)
-      argmax_columns_avx2<1, kTame>(r0 + w_end - 8, r1 + w_end - 8, rs, K, th.at(ho0 + r), out + r * Wo + w_end - 8);
+      argmax_columns_avx2<1, kTame>(r0 + Wo - 8, r1 + Wo - 8, rs, K, th.at(ho0 + r), out + r * Wo + Wo - 8);
 }
 #endif
 
-// Scalar argmax of columns [w_begin, Wo) of one output row (the tail the AVX2 path leaves, or all).
+// Scalar argmax of columns [w_begin, Wo) of one output row (rows narrower than 8 columns, or no AVX2).
 void argmax_tail(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64_t K, const LinearTap& h,
                  int64_t w_begin, float* __restrict b, int32_t* __restrict a) {
   for (int64_t wo = w_begin; wo < Wo; ++wo) b[wo] = bilinear_blend(h.l0, r0[wo], h.l1, r1[wo]), a[wo] = 0;
@@ -449,7 +449,7 @@ void argmax_tail(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64
   }
 }
 
-// Longest run of output rows computed together (their int32 labels are staged in a per-thread buffer).
+// Longest run of output rows computed together.
 constexpr int64_t kMaxRunRows = 8;
 
 template <typename T>
@@ -458,7 +458,7 @@ void argmax_rows(const UpsampleClassParams& p) {
   at::parallel_for(0, p.N * p.Ho, rows_grain(p.K * p.Wo), [&](int64_t begin, int64_t end) {
     const int64_t Wo = p.Wo, rs = row_stride(Wo);
     std::vector<float> best(Wo);
-    std::vector<int32_t> lab(kMaxRunRows * Wo);  // labels of the run's rows, row r at r * Wo
+    std::vector<int32_t> lab(Wo);  // labels of one row of the scalar walk
     RowCache<T> cache(p, tw);
     // Runs of consecutive output rows of one image that blend the same two source rows.
     for (int64_t row = begin; row < end;) {
@@ -473,26 +473,22 @@ void argmax_rows(const UpsampleClassParams& p) {
       const float* r1 = cache.get(n, i1);
       cache.touch(n, i1);
       int64_t* out = p.labels + (n * p.Ho + ho0) * Wo;
-      int64_t w8 = 0;
 #ifdef __AVX2__
-      w8 = Wo - Wo % 8;
-      // A ragged end (Wo % 8 columns) is one more 8-wide chunk ending at Wo, overlapping the previous
-      // one: its overlapping columns get the same labels again, and no scalar tail runs.
-      const int64_t w_end = Wo >= 8 ? Wo : w8;
-      if (cache.tame(n, i0) && cache.tame(n, i1))
-        argmax_run_avx2<true>(r0, r1, rs, Wo, p.K, th, ho0, rows, lab.data(), w_end);
-      else
-        argmax_run_avx2<false>(r0, r1, rs, Wo, p.K, th, ho0, rows, lab.data(), w_end);
-      if (Wo >= 8) w8 = Wo;
+      // 8-wide chunks write the int64 labels directly; a ragged end (Wo % 8 columns) is one more chunk
+      // ending at Wo, overlapping the previous one (its overlapping columns get the same labels again).
+      if (Wo >= 8) {
+        if (cache.tame(n, i0) && cache.tame(n, i1))
+          argmax_run_avx2<true>(r0, r1, rs, Wo, p.K, th, ho0, rows, out);
+        else
+          argmax_run_avx2<false>(r0, r1, rs, Wo, p.K, th, ho0, rows, out);
+        row += rows;
+        continue;
+      }
 #endif
-      for (int64_t r = 0; r < rows; ++r) {
-        int32_t* lr = lab.data() + r * Wo;
-        if (w8 < Wo) argmax_tail(r0, r1, rs, Wo, p.K, th.at(ho0 + r), w8, best.data(), lr);
-#ifdef __AVX2__
-        store_labels(lr, Wo, out + r * Wo);
-#else
+      for (int64_t r = 0; r < rows; ++r) {  // narrow rows (or no AVX2): the scalar walk
+        int32_t* lr = lab.data();
+        argmax_tail(r0, r1, rs, Wo, p.K, th.at(ho0 + r), 0, best.data(), lr);
         for (int64_t wo = 0; wo < Wo; ++wo) out[r * Wo + wo] = lr[wo];
-#endif
       }
       row += rows;
     }
