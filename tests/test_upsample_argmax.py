@@ -12,13 +12,16 @@ from deeplab_fast.ops.reference import upsample_argmax_reference
 needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 CPP = pytest.param("cpu", marks=needs_ext)
 
-# (logits shape, output size): x1, x2, x4, 33->129, 65->513, 1x1, downscale, odd.
+# (logits shape, output size): x1, x2, x4, 33->129, 65->513, x1.3, 1x1, downscale, odd.
 CASES = {
     "x1": ((2, 5, 9, 11), (9, 11)),
     "x2": ((2, 4, 8, 7), (16, 14)),
     "x4": ((1, 21, 33, 33), (129, 129)),
     "65to513": ((1, 3, 65, 65), (513, 513)),
     "non_integer": ((2, 19, 17, 13), (65, 50)),
+    # x1.3: chunks of 8 output columns span up to 8 source columns but a half chunk can span 5 (the CPU fill's
+    # 8-wide permute path; x2 and up take the in-lane path, x1 and downscale the scalar one).
+    "mild": ((1, 9, 11, 40), (14, 52)),
     "1x1": ((2, 6, 1, 1), (5, 7)),
     "downscale": ((2, 7, 17, 19), (8, 7)),
     "odd": ((1, 5, 7, 5), (13, 11)),

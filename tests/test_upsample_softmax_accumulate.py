@@ -17,6 +17,9 @@ CASES = {
     "x2": ((2, 4, 8, 7), (16, 14)),
     "x4": ((1, 21, 33, 33), (129, 129)),
     "non_integer": ((2, 19, 17, 13), (65, 50)),
+    # x1.3: chunks of 8 output columns span up to 8 source columns but a half chunk can span 5 (the CPU fill's
+    # 8-wide permute path; x2 and up take the in-lane path, x1 and downscale the scalar one).
+    "mild": ((1, 9, 11, 40), (14, 52)),
     "1x1": ((2, 6, 1, 1), (5, 7)),
     "downscale": ((2, 7, 17, 19), (8, 7)),
     "odd": ((1, 5, 7, 5), (13, 11)),

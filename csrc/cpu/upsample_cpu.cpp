@@ -219,18 +219,31 @@ class RowCache {
   RowCache(const UpsampleClassParams& p, const TapTable& tw)
       : p_(p), tw_(tw), rs_(row_stride(p.Wo)), mem_(2 * p.K * rs_ + 16), ws_(p.W + kWin), stage_(p.K * ws_, 0.f),
         i0_(tw.i0.begin(), tw.i0.end()), i1_(tw.i1.begin(), tw.i1.end()), win_((p.Wo + kWin - 1) / kWin, -1),
+        lane_(2 * win_.size(), -1),
         d0_(p.Wo), d1_(p.Wo) {
-    // A chunk of 8 output columns whose taps all fall in 8 consecutive source columns [b, b + 8) is
-    // blended from one 8-wide load of the staged row and two in-register permutes (upsampling: always
-    // the case from a factor of about 1.2 on); other chunks (downsampling) take the scalar loop.
+    // A chunk of 8 output columns is blended from the staged row with in-register permutes when its
+    // taps are close together: when each half of 4 columns takes its taps from 4 consecutive source
+    // columns (upsampling by about 1.5 or more), two 4-wide loads and two in-lane permutes (vpermilps, a
+    // third of the cost of the cross-lane vpermps here); else when all 8 columns fall in 8 consecutive
+    // source columns, one 8-wide load and two cross-lane permutes. Other chunks (downsampling) take the
+    // scalar loop.
     for (int64_t c = 0; c * kWin + kWin <= p.Wo; ++c) {
-      int32_t lo = INT32_MAX, hi = INT32_MIN;
+      int32_t lo[2] = {INT32_MAX, INT32_MAX}, hi[2] = {INT32_MIN, INT32_MIN};
       for (int64_t j = c * kWin; j < c * kWin + kWin; ++j) {
-        lo = dlf_min(lo, dlf_min(i0_[j], i1_[j]));
-        hi = dlf_max(hi, dlf_max(i0_[j], i1_[j]));
+        const int half = (j - c * kWin) / kLane;
+        lo[half] = dlf_min(lo[half], dlf_min(i0_[j], i1_[j]));
+        hi[half] = dlf_max(hi[half], dlf_max(i0_[j], i1_[j]));
       }
-      if (hi - lo < kWin) win_[c] = lo;
-      for (int64_t j = c * kWin; j < c * kWin + kWin; ++j) d0_[j] = i0_[j] - lo, d1_[j] = i1_[j] - lo;
+      const bool in_lanes = hi[0] - lo[0] < kLane && hi[1] - lo[1] < kLane;
+      if (in_lanes) {
+        lane_[2 * c] = lo[0], lane_[2 * c + 1] = lo[1];
+      } else if (dlf_max(hi[0], hi[1]) - dlf_min(lo[0], lo[1]) < kWin) {
+        win_[c] = dlf_min(lo[0], lo[1]);
+      }
+      for (int64_t j = c * kWin; j < c * kWin + kWin; ++j) {
+        const int32_t base = in_lanes ? lo[(j - c * kWin) / kLane] : win_[c];
+        d0_[j] = i0_[j] - base, d1_[j] = i1_[j] - base;
+      }
     }
   }
 
@@ -261,12 +274,17 @@ class RowCache {
 #ifdef __AVX2__
       if constexpr (std::is_same_v<T, float>) {
         // 8 pixels x 8 classes at a time through an in-register transpose (a scalar element-by-element
-        // transpose was a third of the row's fill time).
-        for (; k0 + 8 <= p_.K; k0 += 8) {
-          int64_t w = 0;
-          for (; w + 8 <= W; w += 8) transpose8x8(x + w * sw + k0, sw, st + k0 * ws + w, ws);
-          for (; w < W; ++w)
-            for (int64_t k = k0; k < k0 + 8; ++k) st[k * ws + w] = x[w * sw + k];
+        // transpose was a third of the row's fill time). Ragged ends take one more block ending at K or
+        // W, overlapping the previous one (it writes the same values again).
+        if (p_.K >= 8 && W >= 8) {
+          for (int64_t kb = 0; kb < p_.K; kb += 8) {
+            const int64_t k = dlf_min(kb, p_.K - 8);
+            for (int64_t wb = 0; wb < W; wb += 8) {
+              const int64_t w = dlf_min(wb, W - 8);
+              transpose8x8(x + w * sw + k, sw, st + k * ws + w, ws);
+            }
+          }
+          k0 = p_.K;
         }
       }
 #endif
@@ -300,23 +318,33 @@ class RowCache {
     wv = Wo - Wo % kWin;
     // Chunk outer, class inner: a chunk's offsets and weights are loaded once for all K classes.
     for (int64_t wo = 0; wo < wv; wo += kWin) {
-      const int32_t b = win_[wo / kWin];
-      if (b < 0) {
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t j = wo; j < wo + kWin; ++j)
-            out[k * rs + j] = bilinear_blend(l0[j], st[k * ws + i0[j]], l1[j], st[k * ws + i1[j]]);
-        continue;
-      }
+      const int32_t b0 = lane_[2 * (wo / kWin)], b1 = lane_[2 * (wo / kWin) + 1], b = win_[wo / kWin];
       const __m256i d0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d0_.data() + wo));
       const __m256i d1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d1_.data() + wo));
       const __m256 w0 = _mm256_loadu_ps(l0 + wo), w1 = _mm256_loadu_ps(l1 + wo);
-      const float* s = st + b;
-      for (int64_t k = 0; k < K; ++k) {
-        const __m256 window = _mm256_loadu_ps(s + k * ws);
-        const __m256 a = _mm256_permutevar8x32_ps(window, d0);
-        const __m256 c = _mm256_permutevar8x32_ps(window, d1);
-        // fmaf(l0, a, l1 * c), lane by lane: the same rounding as bilinear_blend.
-        _mm256_store_ps(out + k * rs + wo, _mm256_fmadd_ps(w0, a, _mm256_mul_ps(w1, c)));
+      // fmaf(l0, a, l1 * c), lane by lane: the same rounding as bilinear_blend.
+      if (b0 >= 0) {
+        const float* s0 = st + b0;
+        const float* s1 = st + b1;
+        for (int64_t k = 0; k < K; ++k) {
+          const __m256 window =
+              _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(s0 + k * ws)), _mm_loadu_ps(s1 + k * ws), 1);
+          const __m256 a = _mm256_permutevar_ps(window, d0);
+          const __m256 c = _mm256_permutevar_ps(window, d1);
+          _mm256_store_ps(out + k * rs + wo, _mm256_fmadd_ps(w0, a, _mm256_mul_ps(w1, c)));
+        }
+      } else if (b >= 0) {
+        const float* s = st + b;
+        for (int64_t k = 0; k < K; ++k) {
+          const __m256 window = _mm256_loadu_ps(s + k * ws);
+          const __m256 a = _mm256_permutevar8x32_ps(window, d0);
+          const __m256 c = _mm256_permutevar8x32_ps(window, d1);
+          _mm256_store_ps(out + k * rs + wo, _mm256_fmadd_ps(w0, a, _mm256_mul_ps(w1, c)));
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t j = wo; j < wo + kWin; ++j)
+            out[k * rs + j] = bilinear_blend(l0[j], st[k * ws + i0[j]], l1[j], st[k * ws + i1[j]]);
       }
     }
 #endif
@@ -329,6 +357,7 @@ class RowCache {
   const UpsampleClassParams& p_;
   const TapTable& tw_;
   static constexpr int64_t kWin = 8;
+  static constexpr int64_t kLane = 4;
   float* buf() {  // mem_ from its first 64-byte boundary
     const auto a = reinterpret_cast<uintptr_t>(mem_.data());
     return mem_.data() + ((64 - a % 64) % 64) / sizeof(float);
@@ -339,6 +368,7 @@ class RowCache {
   std::vector<float> stage_;
   std::vector<int32_t> i0_, i1_;  // 32-bit copies of the W taps (AVX2 lane offsets)
   std::vector<int32_t> win_;      // per chunk of 8 output columns: first source column of its window, or -1
+  std::vector<int32_t> lane_;     // per half chunk (4 columns): first source column of its window, or -1
   std::vector<int32_t> d0_, d1_;  // per output column: i0/i1 relative to its chunk's window
   int64_t key_[2] = {-1, -1};
   bool tame_[2] = {false, false};
