@@ -83,19 +83,28 @@ def test_ties_take_lowest_class_and_nan_wins(backend):
 
 
 @needs_ext
+@pytest.mark.parametrize("classes", [5, 11])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_wild_rows_beside_tame_rows(channels_last):
+def test_wild_rows_beside_tame_rows(channels_last, classes):
     """The CPU kernel takes a one-compare path for source rows of finite |logit| <= 1e30 and the full NaN
-    rules elsewhere; rows of both kinds (inf, NaN, 1e35) in one map give the reference's labels."""
-    x = _logits((1, 5, 9, 20), channels_last=channels_last)
+    rules elsewhere; rows of both kinds (inf, NaN, 1e35) in one map give the reference's labels. 11 classes
+    of channels_last logits are staged by 8x8 transposes that also check the values, the last block of
+    classes and of columns overlapping the previous one: wild values sit in those ragged ends too."""
+    x = _logits((1, classes, 9, 20), channels_last=channels_last)
     x[0, 1, 2, 3] = float("inf")
     x[0, 2, 4, 11] = float("-inf")  # blends 0 * -inf = NaN where its weight is zero, as F.interpolate does
     x[0, 3, 6, 7] = float("nan")
     x[0, 4, 8, 15] = 1e35
+    x[0, 0, 0, 0] = 1e30  # the largest tame value
+    if classes > 8:
+        x[0, classes - 1, 1, 19] = float("nan")  # last class, last column
+        x[0, classes - 2, 3, 18] = 2e30
     out = upsample_argmax(x, (33, 77), backend="cpu")
     ref = upsample_argmax_reference(x, (33, 77))
     assert torch.equal(out, ref), f"{(out != ref).sum().item()} labels differ"
-    assert (out == 3).any() and (out == 4).any()
+    assert (out == 3).any() and (out == 4).any() and (out == 0).any()
+    if classes > 8:
+        assert (out == classes - 1).any() and (out == classes - 2).any()
 
 
 @pytest.mark.parametrize("backend", [CPP, "triton"])

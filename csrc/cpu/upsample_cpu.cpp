@@ -11,6 +11,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include <bit>
 #include <climits>
 #include <cstdint>
 #include <cstring>
@@ -190,10 +191,15 @@ void concat_nchw(const UpsampleConcatParams& p) {
 inline int64_t row_stride(int64_t Wo) { return (Wo + 15) / 16 * 16; }
 
 #ifdef __AVX2__
-// dst[j * ds + i] = src[i * ss + j] for i, j in [0, 8): eight 8-float rows transposed in registers.
-DLF_FORCEINLINE void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds) {
+// dst[j * ds + i] = src[i * ss + j] for i, j in [0, 8): eight 8-float rows transposed in registers. `magnitude`
+// takes the unsigned maximum of the values' bit patterns without sign (see tame_bound).
+DLF_FORCEINLINE void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds, __m256i& magnitude) {
   __m256 r[8], t[8], u[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ss);
+  const __m256i abs_bits = _mm256_set1_epi32(0x7fffffff);
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm256_loadu_ps(src + i * ss);
+    magnitude = _mm256_max_epu32(magnitude, _mm256_and_si256(_mm256_castps_si256(r[i]), abs_bits));
+  }
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -210,6 +216,11 @@ DLF_FORCEINLINE void transpose8x8(const float* src, int64_t ss, float* dst, int6
   }
 }
 #endif
+
+// Bit pattern of 1e30f: a float x is finite with |x| <= 1e30 exactly when (bits(x) & 0x7fffffff) <= it
+// (infinities and NaNs have larger patterns).
+constexpr uint32_t kTameBound = 0x7149f2ca;
+static_assert(std::bit_cast<uint32_t>(1e30f) == kTameBound, "kTameBound must be the bits of 1e30f");
 
 // Source rows of the logits blended along W into (K, row_stride(Wo)) fp32 buffers, with a two-slot cache: within
 // a block of consecutive output rows the needed source rows only move forward.
@@ -269,6 +280,7 @@ class RowCache {
     const int64_t Wo = p_.Wo, W = p_.W, sw = p_.xs_w, sk = p_.xs_k;
     float* __restrict st = stage_.data();
     const int64_t ws = ws_;  // staged row stride: W plus a pad so 8-wide window loads stay in bounds
+    bool checked = false, wild = false;  // wild: any NaN, inf or |x| > 1e30
     if (sk == 1) {
       int64_t k0 = 0;
 #ifdef __AVX2__
@@ -277,13 +289,18 @@ class RowCache {
         // transpose was a third of the row's fill time). Ragged ends take one more block ending at K or
         // W, overlapping the previous one (it writes the same values again).
         if (p_.K >= 8 && W >= 8) {
+          __m256i magnitude = _mm256_setzero_si256();
           for (int64_t kb = 0; kb < p_.K; kb += 8) {
             const int64_t k = dlf_min(kb, p_.K - 8);
             for (int64_t wb = 0; wb < W; wb += 8) {
               const int64_t w = dlf_min(wb, W - 8);
-              transpose8x8(x + w * sw + k, sw, st + k * ws + w, ws);
+              transpose8x8(x + w * sw + k, sw, st + k * ws + w, ws, magnitude);
             }
           }
+          const __m256i over = _mm256_cmpeq_epi32(_mm256_max_epu32(magnitude, _mm256_set1_epi32(kTameBound + 1)),
+                                                  magnitude);  // lanes with magnitude > kTameBound
+          wild = _mm256_movemask_epi8(over) != 0;
+          checked = true;
           k0 = p_.K;
         }
       }
@@ -294,8 +311,7 @@ class RowCache {
       for (int64_t k = 0; k < p_.K; ++k)
         for (int64_t w = 0; w < W; ++w) st[k * ws + w] = ld(x + k * sk + w * sw);
     }
-    bool wild = false;  // any NaN, inf or |x| > 1e30
-    for (int64_t k = 0; k < p_.K; ++k) {
+    for (int64_t k = 0; k < p_.K && !checked; ++k) {
       const float* __restrict s = st + k * ws;
       int64_t w = 0;
 #ifdef __AVX2__
@@ -448,11 +464,23 @@ DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64
 // source lines stay in L1 while they are reused (an upsampling factor s reuses them s times).
 template <bool kTame>
 void argmax_run_avx2(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64_t K, const TapTable& th,
-                     int64_t ho0, int64_t rows, int64_t* out) {
+                     int64_t ho0, int64_t rows, int64_t* out, const char* next, int64_t next_bytes) {
+  // The source row the next run will stage (next_bytes from next; 0: none), fetched a slice per strip so
+  // the loads spread over this run's compute instead of stalling the next fill.
+  const int64_t strips = dlf_max<int64_t>(1, Wo / 32), lines = (next_bytes + 63) / 64;
+  const int64_t per_strip = (lines + strips - 1) / strips;
   int64_t w = 0;
-  for (; w + 32 <= Wo; w += 32)
-    for (int64_t r = 0; r < rows; ++r)
+  for (; w + 32 <= Wo; w += 32) {
+    for (int64_t l = (w / 32) * per_strip; l < dlf_min(lines, (w / 32 + 1) * per_strip); ++l)
+      _mm_prefetch(next + 64 * l, _MM_HINT_T1);
+    for (int64_t r = 0; r < rows; ++r) {
+      // The labels two strips ahead, fetched for writing now: after a larger op has run, the output's
+      // lines are in memory, and their reads for ownership would otherwise stall the stores.
+      const int64_t* ahead = out + r * Wo + dlf_min<int64_t>(w + 64, Wo - 1);
+      for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(ahead + 8 * l), _MM_HINT_ET0);
       argmax_columns_avx2<4, kTame>(r0 + w, r1 + w, rs, K, th.at(ho0 + r), out + r * Wo + w);
+    }
+  }
   for (; w + 8 <= Wo; w += 8)
     for (int64_t r = 0; r < rows; ++r)
       argmax_columns_avx2<1, kTame>(r0 + w, r1 + w, rs, K, th.at(ho0 + r), out + r * Wo + w);
@@ -507,10 +535,15 @@ void argmax_rows(const UpsampleClassParams& p) {
       // 8-wide chunks write the int64 labels directly; a ragged end (Wo % 8 columns) is one more chunk
       // ending at Wo, overlapping the previous one (its overlapping columns get the same labels again).
       if (Wo >= 8) {
+        // channels_last logits: a source row is one contiguous block, worth fetching ahead
+        const int64_t ih_next = dlf_max(i0, i1) + 1;
+        const bool ahead = p.xs_k == 1 && p.xs_w == p.K && ih_next < p.H && ho0 + rows < p.Ho;
+        const char* next = static_cast<const char*>(p.x) + (n * p.xs_n + ih_next * p.xs_h) * sizeof(T);
+        const int64_t next_bytes = ahead ? p.W * p.K * static_cast<int64_t>(sizeof(T)) : 0;
         if (cache.tame(n, i0) && cache.tame(n, i1))
-          argmax_run_avx2<true>(r0, r1, rs, Wo, p.K, th, ho0, rows, out);
+          argmax_run_avx2<true>(r0, r1, rs, Wo, p.K, th, ho0, rows, out, next, next_bytes);
         else
-          argmax_run_avx2<false>(r0, r1, rs, Wo, p.K, th, ho0, rows, out);
+          argmax_run_avx2<false>(r0, r1, rs, Wo, p.K, th, ho0, rows, out, next, next_bytes);
         row += rows;
         continue;
       }
