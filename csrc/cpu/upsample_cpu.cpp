@@ -410,22 +410,23 @@ void for_rows(const UpsampleClassParams& p, const TapTable& th, const TapTable& 
 // Running argmax over K classes for NC x 8 output columns, kept in registers: NC independent chains
 // hide the compare/blend latency. r0/r1 are W-blended source rows (K, Wo) at the first column. With
 // kTame (both rows hold only finite logits of magnitude <= 1e30, see RowCache::tame) no blend is NaN,
-// so argmax_takes reduces to one ordered compare.
+// so argmax_takes reduces to one ordered compare. Class indices are carried as floats (exact below 2^24,
+// kMaxVectorClasses): the whole update then stays in the floating-point domain, where mixing integer blends
+// with the FMAs cost here about 1.5x.
 template <int NC, bool kTame, typename OutT>
 DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64_t rs, int64_t K, const LinearTap& h,
                                          OutT* out) {
   const __m256 h0 = _mm256_set1_ps(h.l0), h1 = _mm256_set1_ps(h.l1);
-  __m256 best[NC];
-  __m256i arg[NC];
+  __m256 best[NC], arg[NC];
 #pragma GCC unroll 4
   for (int c = 0; c < NC; ++c) {
     best[c] = _mm256_fmadd_ps(h0, _mm256_loadu_ps(r0 + 8 * c), _mm256_mul_ps(h1, _mm256_loadu_ps(r1 + 8 * c)));
-    arg[c] = _mm256_setzero_si256();
+    arg[c] = _mm256_setzero_ps();
   }
-  __m256i kv = _mm256_setzero_si256();
-  const __m256i one = _mm256_set1_epi32(1);
+  __m256 kv = _mm256_setzero_ps();
+  const __m256 one = _mm256_set1_ps(1.f);
   for (int64_t k = 1; k < K; ++k) {
-    kv = _mm256_add_epi32(kv, one);
+    kv = _mm256_add_ps(kv, one);
     const float* s0 = r0 + k * rs;
     const float* s1 = r1 + k * rs;
 #pragma GCC unroll 4
@@ -436,25 +437,25 @@ DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64
         // max_ps(v, best) is `v > best ? v : best`: the same choice as the blend, spread over other ports.
         const __m256 take = _mm256_cmp_ps(v, best[c], _CMP_GT_OQ);
         best[c] = _mm256_max_ps(v, best[c]);
-        arg[c] = _mm256_blendv_epi8(arg[c], kv, _mm256_castps_si256(take));
+        arg[c] = _mm256_blendv_ps(arg[c], kv, take);
       } else {
         // argmax_takes: !(v <= best) is "v > best or either is NaN"; a NaN best is never replaced.
         const __m256 take =
             _mm256_and_ps(_mm256_cmp_ps(v, best[c], _CMP_NLE_UQ), _mm256_cmp_ps(best[c], best[c], _CMP_ORD_Q));
         best[c] = _mm256_blendv_ps(best[c], v, take);
-        arg[c] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg[c]), _mm256_castsi256_ps(kv), take));
+        arg[c] = _mm256_blendv_ps(arg[c], kv, take);
       }
     }
   }
 #pragma GCC unroll 4
   for (int c = 0; c < NC; ++c) {
+    const __m256i labels = _mm256_cvttps_epi32(arg[c]);
     if constexpr (sizeof(OutT) == 8) {  // int64 labels straight from the registers, widened lane by lane
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c),
-                          _mm256_cvtepi32_epi64(_mm256_castsi256_si128(arg[c])));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(labels)));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c + 4),
-                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(arg[c], 1)));
+                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(labels, 1)));
     } else {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), arg[c]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), labels);
     }
   }
 }
@@ -507,6 +508,9 @@ void argmax_tail(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64
   }
 }
 
+// The vector argmax carries class indices as floats, exact up to 2^24; more classes take the scalar walk.
+constexpr int64_t kMaxVectorClasses = int64_t{1} << 24;
+
 // Longest run of output rows computed together.
 constexpr int64_t kMaxRunRows = 8;
 
@@ -534,7 +538,7 @@ void argmax_rows(const UpsampleClassParams& p) {
 #ifdef __AVX2__
       // 8-wide chunks write the int64 labels directly; a ragged end (Wo % 8 columns) is one more chunk
       // ending at Wo, overlapping the previous one (its overlapping columns get the same labels again).
-      if (Wo >= 8) {
+      if (Wo >= 8 && p.K <= kMaxVectorClasses) {
         // channels_last logits: a source row is one contiguous block, worth fetching ahead
         const int64_t ih_next = dlf_max(i0, i1) + 1;
         const bool ahead = p.xs_k == 1 && p.xs_w == p.K && ih_next < p.H && ho0 + rows < p.Ho;
