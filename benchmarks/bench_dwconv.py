@@ -26,9 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import harness  # noqa: E402
-from deeplab_fast import _ext  # noqa: E402
 from deeplab_fast.ops import dwconv_bn_act, fold_bn  # noqa: E402
-from deeplab_fast.ops._backend import triton_available  # noqa: E402
 
 FAMILY = "dwconv"
 
@@ -64,7 +62,39 @@ CASES = (
     Case("xc_exit_1536_33_d2", 1536, 33, 1, 2),
 )
 TINY = (Case("tiny_aspp_r12", 64, 17, 1, 12), Case("tiny_s2", 32, 33, 2, 1))
-QUICK = ("aspp33_r6", "aspp33_r18", "aspp65_r36", "decoder304_129", "xc_entry2_256_129_s2", "xc_middle_728_33")
+# The quick suite: the ASPP at both map sizes (a small and the largest rate), the decoder, a strided and a
+# middle-flow Xception layer. aspp33_r18 and the plain torch.compile provider are full-suite only: on a fresh
+# machine every torch.compile of a case compiles from a cold cache, which dominates the quick suite's time.
+QUICK = ("aspp33_r6", "aspp65_r36", "decoder304_129", "xc_entry2_256_129_s2", "xc_middle_728_33")
+QUICK_COMPILE = ("torch.compile+freezing",)
+
+
+def chosen_cases(quick: bool, cases: tuple[str, ...] | None = None) -> list[Case]:
+    """The cases a run times: `cases` by name, else QUICK or all of CASES (--tiny: TINY)."""
+    if harness.tiny_requested():
+        return list(TINY)
+    return [c for c in CASES if (cases and c.name in cases) or (not cases and (not quick or c.name in QUICK))]
+
+
+def count_steps(quick: bool, batch: int | None) -> int:
+    """Progress steps of run(): one per (batch, case)."""
+    return len(chosen_cases(quick)) * len([batch] if batch else ([1] if quick else [1, 4]))
+
+
+def _probe(backend: str, device: torch.device) -> str:
+    """Why `backend` cannot run dwconv_bn_act on `device` ("" when it can), asked of the op itself."""
+    if backend == "triton" and device.type != "cuda":
+        return "the Triton interpreter on a CPU is a test tool, not a benchmark target"
+    if backend == "cuda" and device.type != "cuda":
+        return "backend='cuda' needs CUDA tensors: this run is on the CPU"
+    x = torch.zeros(1, 8, 5, 5, device=device)
+    w = torch.zeros(8, 1, 3, 3, device=device)
+    s = torch.ones(8, device=device)
+    try:
+        dwconv_bn_act(x, w, s, s, stride=1, dilation=1, activation="relu", backend=backend)
+    except (RuntimeError, ValueError, TypeError, ImportError) as exc:
+        return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return ""
 
 
 def _chain(case: Case, dtype: torch.dtype, device: torch.device) -> nn.Module:
@@ -93,7 +123,9 @@ def _compiled(block: nn.Module, x: torch.Tensor, freezing: bool) -> Callable[[],
     return lambda: fn(x)
 
 
-def _providers(case: Case, x_nchw: torch.Tensor, block: nn.Module) -> dict[str, tuple[str, Callable | str]]:
+def _providers(
+    case: Case, x_nchw: torch.Tensor, block: nn.Module, quick: bool
+) -> dict[str, tuple[str, Callable | str]]:
     """name -> (layout, callable or the reason it cannot run)."""
     device = x_nchw.device
     x_cl = x_nchw.contiguous(memory_format=torch.channels_last)
@@ -103,13 +135,8 @@ def _providers(case: Case, x_nchw: torch.Tensor, block: nn.Module) -> dict[str, 
     kw = dict(stride=case.stride, dilation=case.dilation, activation="relu")
     out: dict[str, tuple[str, Callable | str]] = {}
     for backend in ("cpu", "cuda", "triton"):
-        if backend in ("cpu", "cuda"):
-            ok = device.type == backend and _ext.has_kernel("dwconv_bn_act", backend)
-            why = "" if ok else f"needs {backend} tensors and the compiled {backend} kernel"
-        else:
-            ok, why = triton_available(device)
-            if ok and device.type != "cuda":
-                ok, why = False, "the Triton interpreter on a CPU is a test tool, not a benchmark target"
+        why = _probe(backend, device)
+        ok = not why
         for layout, x in (("channels_last", x_cl), ("nchw", x_nchw)):
             name = f"deeplab_fast-{backend}"
             fn = lambda x=x, b=backend: dwconv_bn_act(x, weight, scale, shift, **kw, backend=b)
@@ -118,8 +145,9 @@ def _providers(case: Case, x_nchw: torch.Tensor, block: nn.Module) -> dict[str, 
     cl_block = block.to(memory_format=torch.channels_last)
     out[f"{base} eager|nchw"] = ("nchw", lambda: block(x_nchw))
     out[f"{base} eager|channels_last"] = ("channels_last", lambda: cl_block(x_cl))
-    out["torch.compile|channels_last"] = ("channels_last", ("compile", False))
-    out["torch.compile+freezing|channels_last"] = ("channels_last", ("compile", True))
+    for name, freezing in (("torch.compile", False), ("torch.compile+freezing", True)):
+        if not quick or name in QUICK_COMPILE:
+            out[f"{name}|channels_last"] = ("channels_last", ("compile", freezing))
     return out
 
 
@@ -146,9 +174,9 @@ def run(
     device = torch.device(device)
     tiny = harness.tiny_requested()  # benchmarks/run.py --tiny: a smoke test, tiny cases and no compile
     batches = [batch] if batch else ([1] if quick else [1, 4])
-    chosen = [c for c in CASES if (cases and c.name in cases) or (not cases and (not quick or c.name in QUICK))]
+    chosen = chosen_cases(quick, cases)
     if tiny:
-        chosen, compile_providers = list(TINY), False
+        compile_providers = False
     bandwidth = harness.measure_bandwidth(device, nbytes=(16 if tiny else 256) * 2**20)
     rows: list[dict] = []
     for n in batches:
@@ -160,7 +188,7 @@ def run(
             runnable: dict[str, Callable] = {}
             meta: dict[str, tuple[str, str]] = {}
             with torch.no_grad():
-                for key, (layout, impl) in _providers(case, x, block).items():
+                for key, (layout, impl) in _providers(case, x, block, quick).items():
                     if isinstance(impl, str):
                         meta[key] = (layout, impl)
                         continue
@@ -226,6 +254,8 @@ def run(
                         copy_hot_ratio=t / copy_hot[layout],
                     )
                 rows.append(row)
+            if progress:
+                progress(1)
     return rows
 
 
@@ -250,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=not args.full,
         batch=args.batch,
         reps=args.reps,
-        progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+        progress=lambda msg: isinstance(msg, str) and print(msg, file=sys.stderr, flush=True),
         cases=tuple(args.cases.split(",")) if args.cases else None,
         compile_providers=not args.no_compile,
     )

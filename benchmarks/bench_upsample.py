@@ -35,8 +35,8 @@ for _p in (_HERE, os.path.dirname(_HERE)):  # harness as benchmarks/run.py impor
 
 import harness  # noqa: E402
 
+from deeplab_fast._files import atomic_write_text  # noqa: E402
 from deeplab_fast.ops import upsample_argmax, upsample_concat, upsample_softmax_accumulate  # noqa: E402
-from deeplab_fast.ops._backend import resolve_backend  # noqa: E402
 
 FAMILY = "upsample"
 
@@ -83,11 +83,27 @@ def _ours(op: str, size: tuple[int, int], backend: str) -> Callable:
 
 
 def _available(backend: str, device: torch.device, op: str) -> str:
+    """Why `backend` cannot run `op` on `device` ("" when it can), asked of the op itself on a tiny input."""
+    if backend == "triton" and device.type != "cuda":
+        return "the Triton interpreter on a CPU is a test tool, not a benchmark target"
+    if backend == "cuda" and device.type != "cuda":
+        return "backend='cuda' needs CUDA tensors: this run is on the CPU"
+    x = torch.zeros(1, 2, 3, 3, device=device)
     try:
-        resolve_backend(backend, device, op)
-    except (RuntimeError, ValueError) as exc:
-        return str(exc)
+        if op == "upsample_concat":
+            upsample_concat([x], (4, 4), backend=backend)
+        elif op == "upsample_argmax":
+            upsample_argmax(x, (4, 4), backend=backend)
+        else:
+            upsample_softmax_accumulate(x, torch.zeros(1, 2, 4, 4, device=device), backend=backend)
+    except (RuntimeError, ValueError, TypeError, ImportError) as exc:
+        return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     return ""
+
+
+def count_steps(quick: bool, batch: int | None) -> int:
+    """Progress steps of run(): one per (case, layout)."""
+    return len(_cases(quick)) * (1 if quick else 2)
 
 
 def run(
@@ -198,6 +214,8 @@ def run(
                     for base in ("eager", "torch.compile"):
                         if base in times:
                             row[f"speedup_vs_{base}"] = harness.median(times[base]) * 1e3 / row["median_ms"]
+            if progress:
+                progress(1)
     return rows
 
 
@@ -222,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         batch=args.batch,
         reps=args.reps,
-        progress=lambda msg: print(msg, flush=True),
+        progress=lambda msg: isinstance(msg, str) and print(msg, flush=True),
     )
     env = harness.environment(device)
     paths = harness.write_rows(rows, args.out, args.stem, env)
@@ -241,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     title = f"# upsample benchmarks ({device.type}, {args.dtype}, {torch.get_num_threads()} threads)"
     md = f"{title}\n\n{harness.markdown_table(rows, cols)}\n"
     md_path = os.path.join(args.out, args.stem + ".md")
-    harness.atomic_write_text(md_path, md)
+    atomic_write_text(md_path, md)
     print(md)
     print(f"wrote {paths['json']}, {paths['csv']}, {md_path}")
     return 0

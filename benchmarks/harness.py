@@ -12,12 +12,13 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+
+from deeplab_fast._files import atomic_write_text
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -262,21 +263,6 @@ def baseline_name(device: torch.device | str) -> str:
     return "cuDNN" if torch.device(device).type == "cuda" else "oneDNN"
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_rows(
     rows: list[dict[str, Any]], out_dir: str, stem: str, env: dict[str, Any], extra: dict[str, Any] | None = None
 ) -> dict[str, str]:
@@ -288,18 +274,23 @@ def write_rows(
     csv_path = os.path.join(out_dir, stem + ".csv")
     payload = {"environment": env, **(extra or {}), "rows": rows}
     atomic_write_text(json_path, json.dumps(payload, indent=2, default=str))
+    atomic_write_text(csv_path, csv_text(rows, env))
+    return {"json": json_path, "csv": csv_path}
+
+
+def csv_text(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    """Every row as CSV (the union of the rows' keys as columns), after one `# {environment JSON}` line."""
+    import io
+
     fields: list[str] = []
     for row in rows:
         fields.extend(k for k in row if k not in fields)
-    import io
-
     buf = io.StringIO()
     buf.write("# " + json.dumps(env, default=str) + "\n")
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(csv_path, buf.getvalue())
-    return {"json": json_path, "csv": csv_path}
+    return buf.getvalue()
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str], floatfmt: str = ".3g") -> str:

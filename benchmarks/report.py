@@ -13,7 +13,9 @@ from typing import Any
 
 import harness
 
-# (model, speedup column, reference provider, target, wording). Targets of issue #5: CPU, fp32, 513, batch 1.
+from deeplab_fast._files import atomic_path, atomic_write_text
+
+# (model, our provider, reference provider, target speedup). The project's targets: CPU, fp32, 513, batch 1.
 TARGETS = (
     ("resnet101", "optimize", "eager", 1.3),
     ("resnet101", "optimize", "smp", 1.3),
@@ -92,7 +94,7 @@ def _find(rows: list[dict[str, Any]], model: str, provider: str, dtype: str, bat
 
 
 def targets(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's must-reach targets and aims, evaluated on this run's rows.
+    """The project's must-reach targets and aims, evaluated on this run's rows.
 
     Each entry: kind ("target"/"aim"), text, status ("PASS", "FAIL" or "n/a") and value. Results from another
     configuration than CPU/fp32/513/batch 1 are still computed but flagged in the text.
@@ -122,15 +124,18 @@ def targets(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any
 
     for model, fast, slow, goal in TARGETS:
         value, why = ratio(model, fast, slow)
-        text = f"{model}: {LABELS[fast]} is {_x(value)} faster than {LABELS[slow]} (target >= {goal}x)"
+        text = f"{model}: {LABELS[fast]} is {speed_words(value)} than {LABELS[slow]} (target >= {goal}x faster)"
         out.append(_entry("target", text + (f": {why}" if why else "") + caveat, value, goal))
     for model in ("resnet101", "xception65"):
         value, why = ratio(model, "optimize", "eager")
-        text = f"{model}: {LABELS['optimize']} is {_x(value)} faster than {LABELS['eager']} (aim >= {AIM_SPEEDUP}x)"
+        text = (
+            f"{model}: {LABELS['optimize']} is {speed_words(value)} than {LABELS['eager']} "
+            f"(aim >= {AIM_SPEEDUP}x faster)"
+        )
         out.append(_entry("aim", text + (f": {why}" if why else "") + caveat, value, AIM_SPEEDUP))
         for other in ("compile", "onnxruntime"):
             value, why = ratio(model, "optimize", other)
-            text = f"{model}: {LABELS['optimize']} is {_x(value)} faster than {LABELS[other]} (aim > 1x)"
+            text = f"{model}: {LABELS['optimize']} is {speed_words(value)} than {LABELS[other]} (aim: faster)"
             out.append(_entry("aim", text + (f": {why}" if why else "") + caveat, value, 1.0, strict=True))
         row = _find(rows, model, "optimize", dtype, batch)
         pct = row.get("pct_gemm") if row and not row.get("skipped") else None
@@ -151,8 +156,13 @@ def _entry(kind: str, text: str, value: float | None, goal: float, strict: bool 
     return {"kind": kind, "status": status, "text": text, "value": value, "goal": goal}
 
 
-def _x(value: float | None) -> str:
-    return "?x" if value is None else f"{value:.2f}x"
+def speed_words(ratio: float | None) -> str:
+    """`ratio` = other time / our time as words: 1.53 -> "1.53x faster", 0.65 -> "1.53x slower"."""
+    if ratio is None:
+        return "?x faster"
+    if ratio >= 1:
+        return f"{ratio:.2f}x faster"
+    return f"{1 / ratio:.2f}x slower"
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -199,6 +209,9 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
         f"- deeplab_fast extension built: {env.get('deeplab_fast_ext')}; CUDA kernels in it: "
         f"{env.get('deeplab_fast_cuda_kernels')}",
     ]
+    phases = meta.get("phases_s") or {}
+    if phases:
+        lines.append("- Time per phase: " + ", ".join(f"{name} {sec:.0f} s" for name, sec in phases.items()))
     if "models" in plan.get("parts", []):
         checks = targets(rows, env, meta)
         lines += ["", "## Targets (CPU, fp32, 513x513, batch 1)", ""]
@@ -232,7 +245,7 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
             "",
         ]
         lines.append(_table(models, MODEL_COLUMNS, MODEL_HEADERS) if models else "(no model rows ran)")
-        notes = sorted({f"{r['provider']}: {r['note']}" for r in models if r.get("note")})
+        notes = sorted({f"{r['model']}, {r['provider']}: {r['note']}" for r in models if r.get("note")})
         if any((r.get("pct_gemm") or 0) > 100 for r in models):
             notes.append(
                 "% GEMM peak above 100: the GEMM yardstick (best of the samples taken before and after the models) "
@@ -245,19 +258,30 @@ def summary_markdown(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict
             lines += [f"- {n}" for n in notes]
             lines += [f"- peak MiB: {m}" for m in methods]
 
-    skipped = [r for r in rows if r.get("skipped")]
     lines += ["", "## Skipped", ""]
-    if skipped:
-        for r in skipped:
-            where = [str(r[k]) for k in ("family", "case", "provider", "dtype", "layout") if r.get(k)]
-            if r.get("batch"):
-                where.append(f"batch {r['batch']}")
-            lines.append(f"- {' / '.join(where)}: {r['skipped']}")
-    else:
-        lines.append("- nothing")
+    lines += skipped_lines(rows) or ["- nothing"]
     lines += ["", "## Left out of this suite", ""]
     lines += [f"- {item}" for item in plan.get("left_out", [])] or ["- nothing"]
     return "\n".join(lines) + "\n"
+
+
+def skipped_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One Markdown line per distinct reason: how many rows it skipped and which providers (family: provider)."""
+    by_reason: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("skipped"):
+            by_reason.setdefault(str(r["skipped"]), []).append(r)
+    lines = []
+    for reason, group in by_reason.items():
+        who: list[str] = []
+        for r in group:
+            name = f"{r.get('model') or r.get('family')}: {r.get('provider')}"
+            if name not in who:
+                who.append(name)
+        shown = ", ".join(who[:6]) + (f" and {len(who) - 6} more" if len(who) > 6 else "")
+        count = f"{len(group)} row{'s' if len(group) > 1 else ''}"
+        lines.append(f"- {reason} ({count}: {shown})")
+    return lines
 
 
 def machine_line(env: dict[str, Any]) -> str:
@@ -276,10 +300,21 @@ def machine_line(env: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def plot_speedups(rows: list[dict[str, Any]], path: str, caption: str = "") -> bool:
-    """PNG chart: models (speedup of optimize() over every provider) and kernels (time / copy time).
+OURS_COLOR = "tab:orange"
+PEER_COLOR = "tab:gray"
 
-    With nothing to plot it still writes a PNG that says so (the file always exists). Returns True.
+
+def is_ours(provider: str) -> bool:
+    """Whether a kernel row's provider is one of deeplab_fast's own backends (highlighted in the chart)."""
+    return provider.startswith(("deeplab_fast", "ours"))
+
+
+def plot_speedups(rows: list[dict[str, Any]], path: str, caption: str = "") -> list[str]:
+    """PNG chart: one panel for the models (speedup of optimize() over every provider) and one per kernel family
+    (time / copy time on a log scale, our backends highlighted, each label naming case, layout and batch).
+
+    Kernel panels show one dtype (float32 when it ran; the tables hold the rest). With nothing to plot it still
+    writes a PNG that says so (the file always exists). Returns the panel titles (empty: nothing plotted).
     """
     import matplotlib
 
@@ -293,10 +328,15 @@ def plot_speedups(rows: list[dict[str, Any]], path: str, caption: str = "") -> b
     ]
     kernels = [r for r in _rows(rows, "kernels", skipped=False) if r.get("copy_ratio")]
     kernel_dtypes = sorted({str(r.get("dtype")) for r in kernels})
-    # one dtype keeps the chart readable after a --full run; the tables hold the rest
     kernel_dtype = "float32" if "float32" in kernel_dtypes else (kernel_dtypes[0] if kernel_dtypes else "")
     kernels = [r for r in kernels if str(r.get("dtype")) == kernel_dtype]
-    panels = [p for p in (("models", models), ("kernels", kernels)) if p[1]]
+    panels: list[tuple[str, list[dict[str, Any]]]] = [("models", models)] if models else []
+    for family in dict.fromkeys(str(r.get("family")) for r in kernels):
+        # grouped by case, layout and batch, so the providers of one measurement sit together
+        members = [r for r in kernels if str(r.get("family")) == family]
+        first = {case: i for i, case in reversed(list(enumerate(str(r.get("case")) for r in members)))}
+        group = sorted(members, key=lambda r: (first[str(r.get("case"))], r.get("batch") or 0, str(r.get("layout"))))
+        panels.append((family, group))
     if not panels:
         fig, ax = plt.subplots(figsize=(6, 1.5))
         ax.axis("off")
@@ -311,51 +351,57 @@ def plot_speedups(rows: list[dict[str, Any]], path: str, caption: str = "") -> b
         )
         fig.text(0.5, 0.02, caption, ha="center", fontsize=7)
         _save(fig, path)
-        return True
-    heights = [max(2.0, 0.28 * len(p[1]) + 1.2) for p in panels]
+        return []
+    heights = [max(1.6, 0.16 * len(data) + 1.0) for _, data in panels]
     fig, axes = plt.subplots(
         len(panels), 1, figsize=(9, sum(heights)), squeeze=False, gridspec_kw={"height_ratios": heights}
     )
     for ax, (kind, data) in zip(axes[:, 0], panels, strict=True):
         if kind == "models":
-            labels = [f"{r['model']} {r['dtype']} b{r['batch']}: vs {r['provider']}" for r in data]
+            labels = [f"{r['model']} {r['dtype']} batch {r['batch']}: vs {r['provider']}" for r in data]
             values = [r["optimize_speedup"] for r in data]
             colors = ["tab:green" if v >= 1 else "tab:red" for v in values]
-            ax.axvline(1.0, color="black", linewidth=0.8)
-            ax.set_xlabel("speedup of deeplab_fast optimize() (provider time / optimize() time; > 1: ours faster)")
+            texts = [speed_words(v) for v in values]
+            bold = [False] * len(data)
+            ax.set_xlabel("deeplab_fast optimize() against each provider (provider time / optimize() time)")
             ax.set_title("Models")
         else:
-            labels = [f"{r.get('family')} {r.get('case')} {r.get('dtype')}: {r.get('provider')}" for r in data]
+            labels = [f"{r.get('case')}, {r.get('layout')}, batch {r.get('batch')}: {r.get('provider')}" for r in data]
             values = [r["copy_ratio"] for r in data]
-            colors = ["tab:blue"] * len(values)
-            ax.axvline(1.0, color="black", linewidth=0.8)
-            ax.set_xlabel("time / time of a copy of the same tensor (1 = speed of a copy; lower is better)")
-            ax.set_title(f"Kernels ({kernel_dtype}; the summary has every dtype)")
+            bold = [is_ours(str(r.get("provider"))) for r in data]
+            colors = [OURS_COLOR if b else PEER_COLOR for b in bold]
+            texts = [f"{v:.2f}" for v in values]
+            ax.set_xscale("log")
+            ax.set_xlabel("time / time of a copy of the output (log scale; 1 = speed of a copy; lower is better)")
+            ax.set_title(f"Kernels: {kind} ({kernel_dtype}; deeplab_fast highlighted)")
+        ax.axvline(1.0, color="black", linewidth=0.8)
         pos = list(range(len(values)))
         ax.barh(pos, values, color=colors)
-        ax.set_yticks(pos, [label[:80] for label in labels], fontsize=7)
-        ax.invert_yaxis()
-        for y, v in zip(pos, values, strict=True):
-            ax.text(v, y, f" {v:.2f}", va="center", fontsize=7)
+        ax.set_yticks(pos, [label[:90] for label in labels], fontsize=6)
+        for tick, strong in zip(ax.get_yticklabels(), bold, strict=True):
+            if strong:
+                tick.set_fontweight("bold")
+                tick.set_color(OURS_COLOR)
+        ax.set_ylim(len(values) - 0.5, -0.5)  # first row on top, no empty band
+        for y, v, text in zip(pos, values, texts, strict=True):
+            ax.text(v, y, f" {text}", va="center", fontsize=6)
+        ax.margins(x=0.12)
+    titles = [ax.get_title() for ax in axes[:, 0]]
     fig.tight_layout()
     if caption:
         fig.text(0.5, 0.0, caption, ha="center", va="top", fontsize=7)
     _save(fig, path)
-    return True
+    return titles
 
 
 def _save(fig: Any, path: str) -> None:
     import matplotlib.pyplot as plt
 
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, ".tmp-" + os.path.basename(path))
     try:
-        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_all(
@@ -368,8 +414,9 @@ def write_all(
         extra["targets"] = targets(rows, env, meta)
     paths: dict[str, Any] = harness.write_rows(rows, out_dir, stem, env, extra=extra)
     paths["md"] = os.path.join(out_dir, stem + ".md")
-    harness.atomic_write_text(paths["md"], text)
+    atomic_write_text(paths["md"], text)
     png = os.path.join(out_dir, stem + ".png")
-    paths["png"] = png if plot_speedups(rows, png, caption=machine_line(env)) else None
+    plot_speedups(rows, png, caption=machine_line(env))
+    paths["png"] = png
     paths["markdown_text"] = text
     return paths

@@ -1,11 +1,12 @@
 """Benchmarks of deeplab_fast: fused kernels and whole models against eager PyTorch, torch.compile and peers.
 
-    python benchmarks/run.py               # quick suite on the detected device (CPU: under 10 minutes)
+    python benchmarks/run.py               # quick suite on the detected device (CPU: under 6 minutes)
     python benchmarks/run.py --full        # every shape, dtype and provider
     python benchmarks/run.py --only models --device cpu --reps 7 --out /tmp/results
 
-Writes <out>/<device>_<suite>_<date>.{json,csv,md,png} and prints the Markdown summary. See README.md,
-section "Benchmarks", for what every provider and column means.
+Writes <out>/<device>_<machine>_<suite>_<date>.{json,csv,md,png} (default out: benchmarks/results/, which git
+ignores) and prints the Markdown summary. `python benchmarks/publish.py` turns the newest result of each machine
+into the summary kept in docs/benchmarks/. See docs/benchmarks.md for what every provider and column means.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--threads", type=_positive_int, help="CPU threads for torch and onnxruntime (default: torch's default)"
     )
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the result files (default benchmarks/results)")
+    p.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="folder for the result files (default benchmarks/results, git-ignored)"
+    )
     args = p.parse_args(argv)
     if args.full and args.tiny:
         p.error("--full and --tiny exclude each other")
@@ -151,6 +154,11 @@ class Plan:
         else:
             self.kernel_dtypes = ["float32"]
             self.left_out.append("kernels in fp16/bf16 (CPU quick suite; --full or --dtype adds them)")
+        if not args.full and not args.tiny:
+            self.left_out.append(
+                "dwconv aspp33_r18 and the plain torch.compile provider of the dwconv cases (quick suite: "
+                "torch.compile+freezing is kept, the stronger baseline; --full includes them)"
+            )
         self.kernel_batch = args.batch
         self.kernel_reps = args.reps or (20 if args.full else 10)
         # an explicit --reps is taken as it is; otherwise slow calls get fewer repetitions (at least MIN_REPS)
@@ -264,8 +272,11 @@ def _budget_kwargs(run: Any, budget_s: float | None, min_reps: int) -> dict[str,
     return {"budget_s": budget_s, "min_reps": min_reps} if "budget_s" in params and "min_reps" in params else {}
 
 
-def run_kernels(plan: Plan, bar_factory: Any) -> list[dict[str, Any]]:
-    """Rows of every kernel family present in this checkout; a missing or failing family is a skipped row."""
+def run_kernels(plan: Plan, bar_factory: Any, phases: dict[str, float]) -> list[dict[str, Any]]:
+    """Rows of every kernel family present in this checkout; a missing or failing family is a skipped row.
+
+    phases receives the seconds each family took ("kernels/<family>/<dtype>").
+    """
     import harness
     import torch
 
@@ -283,18 +294,21 @@ def run_kernels(plan: Plan, bar_factory: Any) -> list[dict[str, Any]]:
             )
             for dtype in plan.kernel_dtypes:
                 rows.append(_family_skip(family, dtype, reason))
-    bar = bar_factory(desc="kernels", total=None, unit="step")
+    quick = plan.suite != "full"
+    per_dtype = sum(m.count_steps(quick, plan.kernel_batch) for m in modules.values() if hasattr(m, "count_steps"))
+    bar = bar_factory(desc="kernels", total=per_dtype * len(plan.kernel_dtypes) or None, unit="case")
     try:
         for dtype_name in plan.kernel_dtypes:
             dtype = getattr(torch, dtype_name)
             for family, module in modules.items():
                 progress = harness.Progress(bar, prefix=f"{family} {dtype_name}: ")
                 progress.set_postfix_str("")
+                started = time.perf_counter()
                 try:
                     got = module.run(
                         plan.device,
                         dtype,
-                        quick=plan.suite != "full",
+                        quick=quick,
                         batch=plan.kernel_batch,
                         reps=plan.kernel_reps,
                         progress=progress,
@@ -302,6 +316,7 @@ def run_kernels(plan: Plan, bar_factory: Any) -> list[dict[str, Any]]:
                     )
                 except Exception as exc:  # noqa: BLE001  (the other families still run; the reason is reported)
                     got = [_family_skip(family, dtype_name, f"family crashed: {type(exc).__name__}: {exc}"[:300])]
+                phases[f"kernels/{family}/{dtype_name}"] = time.perf_counter() - started
                 for row in got:
                     row.setdefault("part", "kernels")
                     row.setdefault("family", family)
@@ -320,7 +335,7 @@ def run_models(plan: Plan, bar_factory: Any, gemm: dict[str, float]) -> list[dic
 
     rows: list[dict[str, Any]] = []
     per = bench_models.steps(plan.models, plan.providers, plan.model_reps, plan.model_warmup)
-    bar = bar_factory(desc="models", total=per * len(plan.model_dtypes) * len(plan.model_batches), unit="step")
+    bar = bar_factory(desc="models", total=per * len(plan.model_dtypes) * len(plan.model_batches), unit="call")
     try:
         for dtype_name in plan.model_dtypes:
             for batch in plan.model_batches:
@@ -422,14 +437,20 @@ def main(argv: list[str] | None = None) -> int:
             gemm_samples.setdefault(dtype_name, []).extend(got)
             gemm[dtype_name] = max(gemm_samples[dtype_name])
 
+    # where the time goes (seconds per phase, recorded in the JSON): the quick suite has a time budget
+    phases: dict[str, float] = {"startup": time.perf_counter() - started}
+    mark = time.perf_counter()
     if "models" in plan.parts:
         sample_gemm()
+    phases["yardsticks"] = time.perf_counter() - mark
 
     rows: list[dict[str, Any]] = []
     if "kernels" in plan.parts:
-        rows.extend(run_kernels(plan, bar_factory))
+        rows.extend(run_kernels(plan, bar_factory, phases))
     if "models" in plan.parts:
+        mark = time.perf_counter()
         rows.extend(run_models(plan, bar_factory, gemm))
+        phases["models"] = time.perf_counter() - mark
         sample_gemm()  # again after the models, and use the best sample for every row
         for row in rows:
             if row.get("part") == "models" and row.get("gflop_s") and gemm.get(row.get("dtype")):
@@ -442,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         "gemm_gflops_samples": gemm_samples,
         "gemm_shapes": [list(shape) for shape in gemm_shapes],
         "runtime_s": time.perf_counter() - started,
+        "phases_s": phases,
         "families": {f: d for f, d in KERNEL_FAMILIES.items()},
     }
     stem = _stem(env, plan.suite)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "benchmarks" / "run.py"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import publish  # noqa: E402
 import report  # noqa: E402  (benchmarks/ is not a package; its modules import each other by name)
 
 
@@ -71,6 +73,11 @@ def test_tiny_run_writes_every_file_with_environment(tiny_run):
         assert heading in md, heading
     assert md in proc.stdout  # the summary is printed too
     assert "Total runtime:" in proc.stderr
+    # the kernel progress bar has a total (2 dwconv + 3 upsample cases in --tiny) and reaches it
+    assert re.search(r"kernels: 100%.*\b5/5\b", proc.stderr), proc.stderr[-2000:]
+    phases = data["phases_s"]
+    assert {"startup", "yardsticks", "models", "kernels/dwconv/float32", "kernels/upsample/float32"} <= set(phases)
+    assert "- Time per phase: " in md
 
 
 def test_tiny_run_rows_cover_kernels_and_models(tiny_run):
@@ -304,3 +311,104 @@ def test_gemm_peak_takes_the_given_shapes():
     got = harness.measure_gemm_gflops("cpu", torch.float32, [(64, 64, 64), (96, 32, 80)], reps=2)
     assert got > 0
     assert {(1024, 1024, 1024), (2048, 2048, 2048), (1089, 728, 728)} == set(harness.GEMM_SHAPES)
+
+
+def test_speed_words_say_slower_below_one():
+    assert report.speed_words(1.534) == "1.53x faster"
+    assert report.speed_words(0.65) == "1.54x slower"
+    assert report.speed_words(1.0) == "1.00x faster"
+    rows = [_model_row("xception65", "eager", 65.0), _model_row("xception65", "optimize", 100.0)]
+    got = report.targets(rows, {"device": "cpu"}, {"plan": {"size": 513}})
+    text = [c["text"] for c in got if c["kind"] == "target" and c["text"].startswith("xception65")][0]
+    assert "optimize() is 1.54x slower than deeplab_fast eager" in text and "0.65" not in text
+
+
+def test_skipped_rows_are_one_line_per_reason():
+    rows = [
+        {"family": "dwconv", "provider": p, "case": c, "skipped": why}
+        for c in ("a", "b", "c")
+        for p, why in (("deeplab_fast-cuda", "no GPU"), ("deeplab_fast-triton", "no GPU"), ("cpu", ""))
+    ]
+    rows.append({"model": "resnet101", "provider": "smp DeepLabV3Plus", "skipped": "smp is not installed"})
+    lines = report.skipped_lines(rows)
+    assert lines == [
+        "- no GPU (6 rows: dwconv: deeplab_fast-cuda, dwconv: deeplab_fast-triton)",
+        "- smp is not installed (1 row: resnet101: smp DeepLabV3Plus)",
+    ]
+
+
+def test_model_notes_name_their_model(tmp_path):
+    rows = [
+        _model_row("resnet101", "onnxruntime", 90.0, note="export 2 s", optimize_speedup=1.1),
+        _model_row("xception65", "onnxruntime", 90.0, note="export 3 s", optimize_speedup=0.9),
+    ]
+    env = {"device": "cpu", "cpu": "test cpu", "threads": 2}
+    md = report.summary_markdown(rows, env, {"plan": {"suite": "quick", "parts": ["models"]}})
+    assert "- resnet101, onnxruntime: export 2 s" in md and "- xception65, onnxruntime: export 3 s" in md
+
+
+def test_chart_has_one_log_panel_per_kernel_family(tmp_path):
+    def krow(family, case, provider, ratio, layout="channels_last", batch=1):
+        return {
+            "part": "kernels",
+            "family": family,
+            "case": case,
+            "provider": provider,
+            "dtype": "float32",
+            "layout": layout,
+            "batch": batch,
+            "copy_ratio": ratio,
+            "skipped": "",
+        }
+
+    rows = [
+        krow("dwconv", "aspp", "deeplab_fast-cpu", 1.9),
+        krow("dwconv", "aspp", "oneDNN eager", 105.0, layout="nchw", batch=4),
+        krow("upsample", "decoder", "ours-cpu", 0.8),
+        krow("upsample", "decoder", "eager", 2.5),
+        _model_row("resnet101", "eager", 130.0, optimize_speedup=1.3),
+    ]
+    titles = report.plot_speedups(rows, str(tmp_path / "c.png"), caption="test machine")
+    assert titles[0] == "Models" and len(titles) == 3
+    assert titles[1].startswith("Kernels: dwconv") and titles[2].startswith("Kernels: upsample")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert report.is_ours("deeplab_fast-cpu") and report.is_ours("ours-cpu") and not report.is_ours("eager")
+
+
+def _result(path: Path, cpu: str, suite: str, date: str) -> Path:
+    env = {"device": "cpu", "cpu": cpu, "threads": 2, "date": date, "torch": "x"}
+    rows = [_model_row("resnet101", "eager", 130.0, optimize_speedup=1.3)]
+    data = {"environment": env, "plan": {"suite": suite, "parts": ["models"], "size": 513}, "rows": rows}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_publish_keeps_the_newest_full_run_per_machine(tmp_path):
+    old_full = _result(tmp_path / "a.json", "AMD EPYC", "full", "2026-11-24T01:00:00")
+    new_full = _result(tmp_path / "b.json", "AMD EPYC", "full", "2026-11-24T03:00:00")
+    newer_quick = _result(tmp_path / "c.json", "AMD EPYC", "quick", "2026-11-24T04:00:00")
+    xeon = _result(tmp_path / "d.json", "Intel(R) Xeon(R) Platinum", "quick", "2026-12-02T01:00:00")
+    docs = tmp_path / "docs"
+    assert publish.main([str(p) for p in (old_full, new_full, newer_quick, xeon)] + ["--docs", str(docs)]) == 0
+    assert sorted(p.name for p in docs.iterdir()) == [
+        "cpu_amd-epyc.csv",
+        "cpu_amd-epyc.md",
+        "cpu_amd-epyc.png",
+        "cpu_intel-r-xeon-r-platinum.csv",
+        "cpu_intel-r-xeon-r-platinum.md",
+        "cpu_intel-r-xeon-r-platinum.png",
+    ]
+    assert "Published from `b.json`" in (docs / "cpu_amd-epyc.md").read_text()
+    assert (docs / "cpu_amd-epyc.csv").read_text().startswith("# {")
+    assert publish.main([str(tmp_path / "missing.json"), "--docs", str(docs)]) == 2
+
+
+def test_default_results_folder_is_git_ignored():
+    import run
+
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(run.DEFAULT_OUT / "x.json")], cwd=REPO, capture_output=True
+    )
+    assert ignored.returncode == 0, "benchmarks/run.py's default --out must be git-ignored"
+    tracked = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=REPO, capture_output=True, text=True)
+    assert tracked.stdout == ""
