@@ -59,9 +59,16 @@ def test_adapt_rewrites_tiny_lines_and_network_weights():
 
 
 BLOCKS = _blocks()
+# blocks that train or export take a minute on a 2-core CPU: they run in the whole suite, not the quick loop
+HEAVY = ("trainer.train()", "export_onnx(")
 
 
-@pytest.mark.parametrize("code", [c for _, c in BLOCKS], ids=[name for name, _ in BLOCKS])
+def _param(name: str, code: str):
+    marks = [pytest.mark.slow] if any(h in code for h in HEAVY) else []
+    return pytest.param(code, id=name, marks=marks)
+
+
+@pytest.mark.parametrize("code", [_param(name, code) for name, code in BLOCKS])
 def test_python_block_runs(code, tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
