@@ -40,7 +40,7 @@ DTYPE_NAMES = {
 }
 MODEL_SIZE = 513
 TINY_SIZE = 65
-# Repetitions (see README "How many repetitions"): without --reps every (shape, provider) gets at most the
+# Repetitions (see docs/benchmarks.md, "How many repetitions"): without --reps every (shape, provider) gets at most the
 # suite's reps, as many as fit in a time budget, and never fewer than MIN_REPS timed runs.
 MIN_REPS = 5
 KERNEL_BUDGET_S = 1.0
