@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from deeplab_fast.data._checks import check_mean_std
+from deeplab_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deeplab_fast.inference.io import pil_to_rgb_array, read_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageLike",
+    "check_mean_std",
+    "normalize",
+    "pad_to_min",
+    "rescale",
+    "scaled_size",
+    "to_float_rgb",
+    "to_uint8_rgb",
+]
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
@@ -144,19 +155,3 @@ def pad_to_min(x: torch.Tensor, min_size: int) -> tuple[torch.Tensor, tuple[int,
     if ph == 0 and pw == 0:
         return x, (h, w)
     return F.pad(x, (0, pw, 0, ph)), (h, w)
-
-
-def check_mean_std(mean: Any, std: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Validate mean/std (3 finite floats each, std > 0) and return them as tuples."""
-    out = []
-    for name, value in (("mean", mean), ("std", std)):
-        try:
-            vals = tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be 3 numbers (one per RGB channel); got {value!r}") from None
-        if len(vals) != 3 or not all(np.isfinite(vals)):
-            raise ValueError(f"{name} must be 3 finite numbers (one per RGB channel); got {value!r}")
-        out.append(vals)
-    if min(out[1]) <= 0:
-        raise ValueError(f"std must be positive; got {std!r}")
-    return out[0], out[1]
