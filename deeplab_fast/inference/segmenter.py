@@ -319,7 +319,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r}") from None
     if dev.type == "meta":
         raise ValueError(
-            f"device={device!r} cannot hold the model's weights (meta tensors have no data); use 'cpu' or 'cuda'"
+            f"device={str(dev)!r} cannot hold the model's weights (meta tensors have no data); use 'cpu' or 'cuda'"
         )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} asks for CUDA, but no CUDA device is available; use device='cpu'")
