@@ -150,3 +150,16 @@ def test_evaluate_multiscale_leaves_a_float64_model_float64() -> None:
     assert _same_state(model, before)
     with pytest.raises(ValueError, match="gives 3 classes but num_classes is 4"):
         predict_batch(model, images, 4)
+
+
+def test_nan_images_raise_in_evaluate_and_overlay() -> None:
+    from deeplab_fast.inference.palettes import overlay
+
+    images = torch.randn(2, 3, 36, 40)
+    images[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+        predict_batch(_net().eval(), images, K)  # single scale: the model itself could hide the NaN
+    img = np.random.default_rng(0).random((8, 8, 3), dtype=np.float32)
+    img[2, 2, 1] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+        overlay(img, torch.zeros(8, 8, dtype=torch.int64))  # would have blended a black pixel in

@@ -18,6 +18,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageLike",
+    "check_finite_image",
     "check_mean_std",
     "normalize",
     "pad_to_min",
@@ -39,7 +40,8 @@ def to_float_rgb(image: ImageLike, device: torch.device | str | None = None) -> 
     dropped) of uint8 (divided by 255), uint16 (divided by 65535) or float (taken as [0, 1]); a tensor
     (C, H, W) or (N, C, H, W) with C in {1, 3, 4}, uint8 (divided by 255) or float (taken as RGB in [0, 1]).
     device: where the result lives (default: the tensor's device, else CPU).
-    Raises ValueError naming what was expected for any other kind, shape, dtype or a zero-size image.
+    Raises ValueError naming what was expected for any other kind, shape, dtype, a zero-size image, or a float
+    image holding NaN or infinite values.
     """
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
@@ -81,7 +83,7 @@ def _numpy_to_float(arr: np.ndarray, device: torch.device | str | None) -> torch
         scale = _INT_RANGES[arr.dtype]
         t = torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32)) / scale
     elif np.issubdtype(arr.dtype, np.floating):
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        t = check_finite_image(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
     elif arr.dtype == np.bool_:
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     else:
@@ -106,10 +108,20 @@ def _tensor_to_float(t: torch.Tensor, device: torch.device | str | None) -> torc
     elif t.dtype == torch.uint16:
         t = t.to(torch.float32) / 65535.0
     elif t.is_floating_point():
-        t = t.to(torch.float32)
+        t = check_finite_image(t.to(torch.float32))
     else:
         raise ValueError(f"an image tensor must be uint8 or floating point (RGB in [0, 1]); got dtype {t.dtype}")
     return _to_rgb(t).contiguous()
+
+
+def check_finite_image(x: torch.Tensor) -> torch.Tensor:
+    """`x` (an image or batch, any shape, floating) if all its values are finite; ValueError counting the NaN and
+    infinite values otherwise (they would turn into plausible-looking labels or colours downstream)."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int(finite.numel() - finite.sum())
+        raise ValueError(f"the image holds {bad} NaN or infinite values; expected finite RGB values in [0, 1]")
+    return x
 
 
 def _to_rgb(t: torch.Tensor) -> torch.Tensor:

@@ -203,7 +203,7 @@ class Segmenter:
                 devices.clear()
 
         for image in images:
-            x = _check_finite_image(to_float_rgb(image, self.device))
+            x = to_float_rgb(image, self.device)
             for one in x.split(1):
                 if group and (one.shape[-2:] != group[0].shape[-2:] or len(group) == self.batch_size):
                     flush()
@@ -215,7 +215,7 @@ class Segmenter:
     # ---- internals --------------------------------------------------------------------------------------------
 
     def _prepare_one(self, image: ImageLike) -> torch.Tensor:
-        x = _check_finite_image(to_float_rgb(image, self.device))
+        x = to_float_rgb(image, self.device)
         if x.shape[0] != 1:
             raise ValueError(f"predict takes one image; got a batch of {x.shape[0]} (use predict_batch)")
         return normalize(x, self.mean, self.std)
@@ -347,13 +347,6 @@ def check_finite_logits(logits: torch.Tensor) -> None:
             f"the model produced NaN or infinite logits ({logits.dtype}); its weights may hold non-finite values "
             "(e.g. a diverged training run), or a float16 model overflowed (try dtype=torch.float32)"
         )
-
-
-def _check_finite_image(x: torch.Tensor) -> torch.Tensor:
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"the image holds {bad} NaN or infinite values; expected finite RGB values in [0, 1]")
-    return x
 
 
 def _try_optimize(model: nn.Module) -> tuple[nn.Module, bool]:

@@ -1,8 +1,9 @@
 """Evaluation: single-scale, or multi-scale + flip (softmax averaged over scales and mirrors), into a
 ConfusionMatrix reduced over ranks.
 
-Multi-scale / flip evaluation runs the same passes as deployed inference: deeplab_fast.Segmenter. A model that
-produces NaN or infinite logits raises RuntimeError (a diverged model has no meaningful mIoU).
+Multi-scale / flip evaluation runs the same passes as deployed inference: deeplab_fast.Segmenter. Images holding
+NaN or inf raise ValueError, and a model that produces NaN or infinite logits raises RuntimeError (a diverged
+model has no meaningful mIoU).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from deeplab_fast.inference.preprocess import check_finite_image
 from deeplab_fast.inference.segmenter import Segmenter, check_finite_logits
 from deeplab_fast.metrics import ConfusionMatrix
 
@@ -34,10 +36,12 @@ def predict_batch(
     scale 1.0 without flip, else argmax of the softmax averaged over `scales` (and their mirror images), computed
     by deeplab_fast.Segmenter on `model` as it is (its device and dtype; no optimize()).
 
-    num_classes: K, checked against the single-scale logits. Raises RuntimeError if the logits are not finite.
+    num_classes: K, checked against the single-scale logits. Raises ValueError if the images hold NaN or inf and
+    RuntimeError if the logits are not finite.
     """
     autocast = torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     if list(scales) == [1.0] and not flip:
+        check_finite_image(images)
         with autocast:
             logits = _logits(model(images))
         if logits.shape[1] != num_classes:
