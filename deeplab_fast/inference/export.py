@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from deeplab_fast._files import atomic_path
+from deeplab_fast.inference.segmenter import model_logits
 
 DEFAULT_INPUT_SIZE = (1, 3, 512, 512)
 
@@ -174,14 +175,6 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
 
 
-def _logits(out: object) -> torch.Tensor:
-    if isinstance(out, dict):
-        return out["out"]
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out  # type: ignore[return-value]
-
-
 def _onnx_export(
     net: nn.Module, example: torch.Tensor, path: str, dynamic: bool, opset: int | None, exporter: str
 ) -> None:
@@ -262,7 +255,7 @@ def _check_onnx(net: nn.Module, path: Path, example: torch.Tensor, dynamic: bool
     for x in _check_inputs(example, dynamic):
         got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
         with torch.no_grad():
-            want = _logits(net(x))
+            want = model_logits(net(x), x.shape[0])
         if got.shape != want.shape:
             raise RuntimeError(
                 f"the ONNX model gave shape {tuple(got.shape)} for input {tuple(x.shape)}; "

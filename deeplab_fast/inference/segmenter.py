@@ -274,17 +274,17 @@ class Segmenter:
         float32/float16/bfloat16 (float64 logits are rounded to float32, the ops' accumulation dtype); raises
         RuntimeError if any logit is NaN or infinite.
         """
+        n = x.shape[0]
         xp, (h, w) = pad_to_min(x, self.min_size)
         padded = tuple(xp.shape[-2:]) != (h, w)
         inp = xp.to(self.dtype)
         if self._channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
         with _eval_mode(self.model) if self._borrowed else contextlib.nullcontext():
-            if self._lowres is not None and not padded:
-                out = _as_logits(self._lowres(inp), x.shape[0])
-            else:
-                out = _as_logits(self.model(inp), x.shape[0])
+            out = model_logits(self._lowres(inp) if self._lowres is not None and not padded else self.model(inp), n)
         check_finite_logits(out)
+        if out.dtype == torch.float64:
+            out = out.float()
         if padded:
             # crop in input pixels: bring the logits to the padded input's size first
             if tuple(out.shape[-2:]) != tuple(xp.shape[-2:]):
@@ -405,7 +405,9 @@ def _uses_channels_last(model: nn.Module) -> bool:
     return p is not None and is_channels_last(p)
 
 
-def _as_logits(out: Any, n: int) -> torch.Tensor:
+def model_logits(out: Any, n: int) -> torch.Tensor:
+    """The logits in a model's output: the tensor itself, a dict's "out" entry (torchvision's models) or a
+    tuple's first item; checked to be float (N=n, K, h, w). Raises ValueError saying what the model returned."""
     if isinstance(out, dict):
         if "out" not in out:
             raise ValueError(f"the model returned a dict without an 'out' entry (keys: {sorted(out)})")
@@ -415,7 +417,7 @@ def _as_logits(out: Any, n: int) -> torch.Tensor:
     if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != n or not out.is_floating_point():
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"the model must return float logits of shape (N={n}, K, h, w); got {got}")
-    return out.float() if out.dtype == torch.float64 else out
+    return out
 
 
 def _result_device(image: Any) -> torch.device:

@@ -14,12 +14,8 @@ import torch
 from torch import nn
 
 from deeplab_fast.inference.preprocess import check_finite_image
-from deeplab_fast.inference.segmenter import Segmenter, check_finite_logits
+from deeplab_fast.inference.segmenter import Segmenter, check_finite_logits, model_logits
 from deeplab_fast.metrics import ConfusionMatrix
-
-
-def _logits(out: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-    return out["out"] if isinstance(out, dict) else out  # output_dict=True models
 
 
 @torch.no_grad()
@@ -43,7 +39,7 @@ def predict_batch(
     if list(scales) == [1.0] and not flip:
         check_finite_image(images)
         with autocast:
-            logits = _logits(model(images))
+            logits = model_logits(model(images), images.shape[0])
         if logits.shape[1] != num_classes:
             raise ValueError(f"the model gives {logits.shape[1]} classes but num_classes is {num_classes}")
         check_finite_logits(logits)
