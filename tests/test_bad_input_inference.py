@@ -163,3 +163,12 @@ def test_nan_images_raise_in_evaluate_and_overlay() -> None:
     img[2, 2, 1] = np.nan
     with pytest.raises(ValueError, match="1 NaN or infinite values"):
         overlay(img, torch.zeros(8, 8, dtype=torch.int64))  # would have blended a black pixel in
+
+
+def test_finite_values_whose_sum_overflows_are_finite() -> None:
+    from deeplab_fast.inference.preprocess import all_finite
+
+    assert all_finite(torch.full((8,), 6e4, dtype=torch.float16))  # the float16 sum overflows to inf
+    assert all_finite(torch.tensor([3e38, 3e38]))
+    assert not all_finite(torch.tensor([1.0, float("nan")]))
+    assert not all_finite(torch.tensor([float("inf"), -float("inf")]))  # sums to NaN

@@ -19,6 +19,10 @@ DeepLabV3+ from deeplab_fast.models at output stride 16 gives 1/4-resolution log
 one bilinear resize straight to (H, W) is then cheaper than the model's own upsampling followed by a second
 resize. Other models (any nn.Module mapping (N, 3, H, W) to (N, K, h, w) logits, or to a dict with "out") are
 used through their forward.
+
+Non-finite numbers never become labels: a float image holding NaN or inf raises ValueError before any pass, and
+NaN or infinite logits raise RuntimeError (rather than propagating NaN probabilities: labels cannot carry NaN, and
+a fused, optimize()d model is not bound to propagate NaN the way the eager model does).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from deeplab_fast.inference.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageLike,
+    all_finite,
     check_mean_std,
     normalize,
     pad_to_min,
@@ -342,7 +347,7 @@ def check_finite_logits(logits: torch.Tensor) -> None:
 
     Labels cannot carry NaN, so a non-finite logit would otherwise become a plausible-looking label.
     """
-    if not bool(torch.isfinite(logits).all()):
+    if not all_finite(logits):
         raise RuntimeError(
             f"the model produced NaN or infinite logits ({logits.dtype}); its weights may hold non-finite values "
             "(e.g. a diverged training run), or a float16 model overflowed (try dtype=torch.float32)"
