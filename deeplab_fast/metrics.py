@@ -19,19 +19,35 @@ import torch
 import torch.distributed as dist
 
 
+def check_classes(num_classes: object, ignore_index: object) -> tuple[int, int]:
+    """Validate a label space: num_classes a positive int, ignore_index an int that is not a class index.
+
+    An ignore label inside 0..num_classes-1 would silently drop that class from training and from the metrics.
+    Returns (num_classes, ignore_index). Raises ValueError naming the argument.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"ignore_index must be an int; got {ignore_index!r}")
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(
+            f"ignore_index={ignore_index} is one of the classes 0..{num_classes - 1}, so that class would be "
+            f"ignored; use a label outside them (255 for up to 255 classes, or -1)"
+        )
+    return num_classes, ignore_index
+
+
 class ConfusionMatrix:
     """Accumulates a (num_classes, num_classes) int64 confusion matrix (rows: target, columns: prediction).
 
     update(pred, target): int tensors of equal shape (any shape, any device); target pixels equal to
-    ignore_index are skipped. all_reduce() sums the matrix over the ranks of a torch.distributed run (call it on
-    every rank before compute()). compute() returns {"mIoU", "IoU", "pixel_acc", "mean_acc", "fw_IoU"}.
+    ignore_index (which must not be a class index: ValueError) are skipped. all_reduce() sums the matrix over
+    the ranks of a torch.distributed run (call it on every rank before compute()). compute() returns {"mIoU",
+    "IoU", "pixel_acc", "mean_acc", "fw_IoU"}.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None) -> None:
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = int(num_classes)
-        self.ignore_index = int(ignore_index)
+        self.num_classes, self.ignore_index = check_classes(num_classes, ignore_index)
         self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
 
     def reset(self) -> None:

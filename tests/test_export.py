@@ -104,3 +104,20 @@ def test_torchscript_trace_runs_on_other_sizes(model: TinySeg, tmp_path: Path) -
         out = loaded(x)
         assert out.shape == (2, K, 40, 56)
         torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_exported_files_get_umask_permissions(model: TinySeg, tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        export_onnx(model, tmp_path / "m.onnx", input_size=32, check=False, exporter="torchscript")
+        export_torchscript(model, tmp_path / "m.pt", input_size=32, check=False)
+    finally:
+        os.umask(old)
+    for name in ("m.onnx", "m.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name  # not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt"]  # no temporaries left
+    with pytest.raises(ValueError, match="folder"):
+        export_torchscript(model, tmp_path, input_size=32)

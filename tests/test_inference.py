@@ -10,11 +10,7 @@ from PIL import Image
 from torch import nn
 
 from deeplab_fast.inference.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from deeplab_fast.inference.segmenter import (
-    Segmenter,
-    upsample_softmax_accumulate,
-    upsample_softmax_accumulate_fallback,
-)
+from deeplab_fast.inference.segmenter import Segmenter
 
 K = 5
 
@@ -274,19 +270,6 @@ def test_bad_arguments_raise_clear_errors(model: TinySeg) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             Segmenter(model, device="cuda")
-
-
-def test_fallback_matches_the_op_when_present() -> None:
-    torch.manual_seed(3)
-    logits = torch.randn(2, K, 9, 11)
-    for flip in (False, True):
-        a = upsample_softmax_accumulate_fallback(logits, torch.zeros(2, K, 30, 35), weight=0.5, flip=flip)
-        b = upsample_softmax_accumulate(logits, torch.zeros(2, K, 30, 35), weight=0.5, flip=flip)
-        want = 0.5 * torch.softmax(
-            F.interpolate(logits.flip(-1) if flip else logits, size=(30, 35), mode="bilinear", align_corners=False), 1
-        )
-        torch.testing.assert_close(a, want, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(b, want, rtol=1e-5, atol=1e-5)
 
 
 def test_tiles_cover_the_image_flush_with_the_border() -> None:

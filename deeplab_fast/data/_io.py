@@ -60,7 +60,8 @@ def check_same_size(image: torch.Tensor, mask: torch.Tensor, image_path: str | P
 def require_dir(path: Path, what: str, layout: str) -> None:
     """Raise FileNotFoundError naming `path` and the expected folder `layout` if `path` is not a directory."""
     if not path.is_dir():
-        raise FileNotFoundError(f"{what}: folder {path} not found. Expected layout:\n{layout}")
+        found = "is a file, not a folder" if path.exists() else "not found"
+        raise FileNotFoundError(f"{what}: folder {path} {found}. Expected layout:\n{layout}")
 
 
 def read_list(path: Path, what: str, layout: str) -> list[str]:

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from deeplab_fast.data._io import check_mask_values, check_same_size, load_image, load_label_array
+from deeplab_fast.metrics import check_classes
 
 # A dataset item index: a plain int, or (index, seed) as produced by the training samplers. The seed drives the
 # random augmentation of that sample, so the same (index, seed) gives the same crop in any worker, on any rank,
@@ -30,7 +31,7 @@ class SegmentationDataset(Dataset):
 
     With a transform (deeplab_fast.data.TrainTransform / EvalTransform), whatever it returns: float32
     (3, h, w) normalized and int64 (h, w). Masks are checked: values in [0, num_classes) or ignore_index, and the
-    same size as the image; errors name the file.
+    same size as the image; errors name the file. ignore_index must not be a class index (ValueError).
     """
 
     def __init__(
@@ -41,13 +42,12 @@ class SegmentationDataset(Dataset):
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
     ) -> None:
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes, self.ignore_index = check_classes(num_classes, ignore_index)
         self.samples = list(samples)
-        self.num_classes = int(num_classes)
         self.transform = transform
-        self.ignore_index = int(ignore_index)
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deeplab_fast._files import atomic_write
 from deeplab_fast.data.base import SegmentationDataset, Transform
 
 # Base color of each foreground class (cycled when there are more classes); background is dark and noisy.
@@ -78,11 +79,13 @@ class SyntheticShapes(SegmentationDataset):
         return image.round().clamp(0, 255).to(torch.uint8), mask
 
     def save(self, images_dir: str | Path, masks_dir: str | Path) -> None:
-        """Write every sample as <i>.png image and <i>.png mask (mode L), readable by FolderDataset."""
+        """Write every sample as <i>.png image and <i>.png mask (mode L), readable by FolderDataset.
+
+        Each file is written atomically with the umask's permissions (deeplab_fast._files)."""
         images_dir, masks_dir = Path(images_dir), Path(masks_dir)
-        images_dir.mkdir(parents=True, exist_ok=True)
-        masks_dir.mkdir(parents=True, exist_ok=True)
         for i in range(len(self)):
             image, mask = self.load(i)
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(images_dir / f"{i:05d}.png")
-            Image.fromarray(mask.numpy().astype(np.uint8), mode="L").save(masks_dir / f"{i:05d}.png")
+            rgb = Image.fromarray(image.permute(1, 2, 0).numpy())
+            labels = Image.fromarray(mask.numpy().astype(np.uint8), mode="L")
+            atomic_write(images_dir / f"{i:05d}.png", lambda fh, im=rgb: im.save(fh, format="PNG"))
+            atomic_write(masks_dir / f"{i:05d}.png", lambda fh, im=labels: im.save(fh, format="PNG"))

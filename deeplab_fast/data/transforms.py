@@ -7,23 +7,16 @@ Eval: normalize -> pad to the crop (no resizing, so the metric is computed on th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from deeplab_fast.data._checks import check_bool, check_mean_std, float_tuple, positive_pair
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        pair = (size, size)
-    else:
-        pair = tuple(int(s) for s in size)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"crop_size must be a positive int or (height, width), got {size!r}")
-    return pair  # type: ignore[return-value]
 
 
 def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -60,14 +53,13 @@ class TrainTransform:
         std: Sequence[float] = IMAGENET_STD,
         ignore_index: int = 255,
     ) -> None:
-        self.crop_size = _pair(crop_size)
-        lo, hi = (float(v) for v in scale_range)
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(scale_range)}")
-        self.scale_range = (lo, hi)
-        self.flip = flip
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        self.crop_size = positive_pair(crop_size, "crop_size")
+        scales = float_tuple(scale_range, "scale_range", "(low, high) with 0 < low <= high")
+        if len(scales) != 2 or not 0 < scales[0] <= scales[1] < math.inf:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high; got {scale_range!r}")
+        self.scale_range = scales
+        self.flip = check_bool(flip, "flip")
+        self.mean, self.std = check_mean_std(mean, std)
         self.ignore_index = ignore_index
 
     def __call__(
@@ -104,9 +96,8 @@ class EvalTransform:
         std: Sequence[float] = IMAGENET_STD,
         ignore_index: int = 255,
     ) -> None:
-        self.crop_size = None if crop_size is None else _pair(crop_size)
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        self.crop_size = None if crop_size is None else positive_pair(crop_size, "crop_size")
+        self.mean, self.std = check_mean_std(mean, std)
         self.ignore_index = ignore_index
 
     def __call__(

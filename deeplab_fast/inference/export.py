@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from deeplab_fast._files import atomic_path
+from deeplab_fast.inference.segmenter import model_logits
 
 DEFAULT_INPUT_SIZE = (1, 3, 512, 512)
 
@@ -70,7 +72,8 @@ def export_onnx(
     """Export `model` (N, 3, H, W) -> logits (N, K, H, W) to an ONNX file and compare it with PyTorch.
 
     model: an eager (not optimize()d) nn.Module; it is copied to the CPU in fp32 and eval mode, the original is
-        left alone. path: the .onnx file, written atomically (one file, weights included).
+        left alone. path: the .onnx file, written atomically (one file, weights included) with the permissions
+        of the umask (deeplab_fast._files).
     input_size: the example input: H (square), (H, W) or (N, 3, H, W); default (1, 3, 512, 512).
     dynamic: batch, height and width are dynamic in the graph (else fixed to the example's).
     opset: ONNX opset (default: the exporter's).
@@ -84,9 +87,7 @@ def export_onnx(
     shape = _input_shape(input_size)
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript'; got {exporter!r}")
-    dest = Path(path)
-    if dest.exists() and dest.is_dir():
-        raise ValueError(f"path must be a file name; {dest} is a folder")
+    dest = _destination(path)
     net = _cpu_copy(model)
     example = torch.rand(shape) * 4.0 - 2.0
     recorder = _OpRecorder()
@@ -98,17 +99,10 @@ def export_onnx(
             f"({', '.join(sorted(recorder.custom))}), which ONNX has no operators for. Export the model as it was "
             "before deeplab_fast.optimize()."
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp.onnx", dir=dest.parent)
-    os.close(fd)
-    try:
-        # a batch of 1 would be specialised to 1 by torch.export (its 0/1 rule), so trace a dynamic graph on 2
-        trace_with = example if not dynamic or shape[0] > 1 else torch.cat([example, example.flip(-1)])
-        _onnx_export(net, trace_with, tmp, dynamic, opset, exporter)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # a batch of 1 would be specialised to 1 by torch.export (its 0/1 rule), so trace a dynamic graph on 2
+    trace_with = example if not dynamic or shape[0] > 1 else torch.cat([example, example.flip(-1)])
+    with atomic_path(dest) as tmp:
+        _onnx_export(net, trace_with, str(tmp), dynamic, opset, exporter)
     report = ExportReport(path=dest, input_shape=shape)
     if check:
         _check_onnx(net, dest, example, dynamic, report)
@@ -125,7 +119,7 @@ def export_torchscript(
     model, path, input_size: as in export_onnx; the file is written atomically (load with torch.jit.load).
     """
     shape = _input_shape(input_size)
-    dest = Path(path)
+    dest = _destination(path)
     net = _cpu_copy(model)
     example = torch.rand(shape) * 4.0 - 2.0
     with torch.no_grad(), warnings.catch_warnings():
@@ -135,17 +129,9 @@ def export_torchscript(
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(net, (example,), check_trace=False)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=FutureWarning)
-            torch.jit.save(traced, tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(dest) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        torch.jit.save(traced, str(tmp))
     report = ExportReport(path=dest, input_shape=shape)
     if check:
         with warnings.catch_warnings():
@@ -176,18 +162,17 @@ def _input_shape(input_size: int | Sequence[int] | None) -> tuple[int, int, int,
     return dims  # type: ignore[return-value]
 
 
+def _destination(path: str | os.PathLike) -> Path:
+    dest = Path(path)
+    if dest.is_dir():
+        raise ValueError(f"path must be a file name; {dest} is a folder")
+    return dest
+
+
 def _cpu_copy(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     return copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
-
-
-def _logits(out: object) -> torch.Tensor:
-    if isinstance(out, dict):
-        return out["out"]
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out  # type: ignore[return-value]
 
 
 def _onnx_export(
@@ -270,7 +255,7 @@ def _check_onnx(net: nn.Module, path: Path, example: torch.Tensor, dynamic: bool
     for x in _check_inputs(example, dynamic):
         got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
         with torch.no_grad():
-            want = _logits(net(x))
+            want = model_logits(net(x), x.shape[0])
         if got.shape != want.shape:
             raise RuntimeError(
                 f"the ONNX model gave shape {tuple(got.shape)} for input {tuple(x.shape)}; "

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from deeplab_fast.data._checks import check_mean_std
+from deeplab_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deeplab_fast.inference.io import pil_to_rgb_array, read_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageLike",
+    "all_finite",
+    "check_finite_image",
+    "check_mean_std",
+    "normalize",
+    "pad_to_min",
+    "rescale",
+    "scaled_size",
+    "to_float_rgb",
+    "to_uint8_rgb",
+]
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
@@ -28,7 +41,8 @@ def to_float_rgb(image: ImageLike, device: torch.device | str | None = None) -> 
     dropped) of uint8 (divided by 255), uint16 (divided by 65535) or float (taken as [0, 1]); a tensor
     (C, H, W) or (N, C, H, W) with C in {1, 3, 4}, uint8 (divided by 255) or float (taken as RGB in [0, 1]).
     device: where the result lives (default: the tensor's device, else CPU).
-    Raises ValueError naming what was expected for any other kind, shape, dtype or a zero-size image.
+    Raises ValueError naming what was expected for any other kind, shape, dtype, a zero-size image, or a float
+    image holding NaN or infinite values.
     """
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
@@ -70,7 +84,7 @@ def _numpy_to_float(arr: np.ndarray, device: torch.device | str | None) -> torch
         scale = _INT_RANGES[arr.dtype]
         t = torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32)) / scale
     elif np.issubdtype(arr.dtype, np.floating):
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        t = check_finite_image(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
     elif arr.dtype == np.bool_:
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     else:
@@ -95,10 +109,27 @@ def _tensor_to_float(t: torch.Tensor, device: torch.device | str | None) -> torc
     elif t.dtype == torch.uint16:
         t = t.to(torch.float32) / 65535.0
     elif t.is_floating_point():
-        t = t.to(torch.float32)
+        t = check_finite_image(t.to(torch.float32))
     else:
         raise ValueError(f"an image tensor must be uint8 or floating point (RGB in [0, 1]); got dtype {t.dtype}")
     return _to_rgb(t).contiguous()
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of the floating tensor `t` is finite (neither NaN nor +-inf)."""
+    # Any NaN or inf makes the sum NaN or inf, so a finite sum settles it in one reduction (about 20x cheaper
+    # than isfinite(t).all() on this CPU); only a non-finite sum, which finite values can give by overflowing,
+    # needs the element-wise test.
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def check_finite_image(x: torch.Tensor) -> torch.Tensor:
+    """`x` (an image or batch, any shape, floating) if all its values are finite; ValueError counting the NaN and
+    infinite values otherwise (they would turn into plausible-looking labels or colours downstream)."""
+    if not all_finite(x):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"the image holds {bad} NaN or infinite values; expected finite RGB values in [0, 1]")
+    return x
 
 
 def _to_rgb(t: torch.Tensor) -> torch.Tensor:
@@ -144,19 +175,3 @@ def pad_to_min(x: torch.Tensor, min_size: int) -> tuple[torch.Tensor, tuple[int,
     if ph == 0 and pw == 0:
         return x, (h, w)
     return F.pad(x, (0, pw, 0, ph)), (h, w)
-
-
-def check_mean_std(mean: Any, std: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Validate mean/std (3 finite floats each, std > 0) and return them as tuples."""
-    out = []
-    for name, value in (("mean", mean), ("std", std)):
-        try:
-            vals = tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be 3 numbers (one per RGB channel); got {value!r}") from None
-        if len(vals) != 3 or not all(np.isfinite(vals)):
-            raise ValueError(f"{name} must be 3 finite numbers (one per RGB channel); got {value!r}")
-        out.append(vals)
-    if min(out[1]) <= 0:
-        raise ValueError(f"std must be positive; got {std!r}")
-    return out[0], out[1]

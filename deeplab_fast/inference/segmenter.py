@@ -19,11 +19,17 @@ DeepLabV3+ from deeplab_fast.models at output stride 16 gives 1/4-resolution log
 one bilinear resize straight to (H, W) is then cheaper than the model's own upsampling followed by a second
 resize. Other models (any nn.Module mapping (N, 3, H, W) to (N, K, h, w) logits, or to a dict with "out") are
 used through their forward.
+
+Non-finite numbers never become labels: a float image holding NaN or inf raises ValueError before any pass, and
+NaN or infinite logits raise RuntimeError (rather than propagating NaN probabilities: labels cannot carry NaN, and
+a fused, optimize()d model is not bound to propagate NaN the way the eager model does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import copy
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -31,17 +37,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab_fast import ops
+from deeplab_fast.data._checks import check_bool, float_tuple, positive_int, positive_pair
 from deeplab_fast.inference.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageLike,
+    all_finite,
     check_mean_std,
     normalize,
     pad_to_min,
     rescale,
     to_float_rgb,
 )
-from deeplab_fast.inference.sliding import needs_sliding, sliding_probabilities
+from deeplab_fast.inference.sliding import check_stride, needs_sliding, sliding_probabilities
+from deeplab_fast.ops.upsample_checks import is_channels_last
 
 _DTYPES = {
     "float32": torch.float32,
@@ -55,53 +64,33 @@ _DTYPES = {
 }
 
 
-def upsample_softmax_accumulate_fallback(
-    logits: torch.Tensor, accum: torch.Tensor, *, weight: float = 1.0, flip: bool = False, align_corners: bool = False
-) -> torch.Tensor:
-    """accum (N, K, H, W) fp32 += weight * softmax_K(resize_bilinear(flip_W(logits) if flip else logits, (H, W))).
-
-    Plain-PyTorch stand-in for deeplab_fast.ops.upsample_softmax_accumulate while that op is not in this build.
-    logits: (N, K, h, w) float (upcast to fp32). Returns accum, updated in place.
-    """
-    x = logits.to(torch.float32)
-    if flip:
-        x = x.flip(-1)
-    if tuple(x.shape[-2:]) != tuple(accum.shape[-2:]):
-        x = F.interpolate(x, size=tuple(accum.shape[-2:]), mode="bilinear", align_corners=align_corners)
-    accum.add_(torch.softmax(x, dim=1), alpha=float(weight))
-    return accum
-
-
-def upsample_softmax_accumulate(
-    logits: torch.Tensor, accum: torch.Tensor, *, weight: float = 1.0, flip: bool = False, align_corners: bool = False
-) -> torch.Tensor:
-    """The fused op deeplab_fast.ops.upsample_softmax_accumulate when this build has it, else the fallback."""
-    op = getattr(ops, "upsample_softmax_accumulate", None)
-    if op is None:
-        fallback = upsample_softmax_accumulate_fallback
-        return fallback(logits, accum, weight=weight, flip=flip, align_corners=align_corners)
-    return op(logits, accum, weight=weight, flip=flip, align_corners=align_corners)
-
-
 class Segmenter:
     """Predict label maps and class probabilities of images with a segmentation model.
 
     model: an nn.Module mapping (N, 3, H, W) normalised RGB to logits (N, K, h, w) (any h, w: they are resized
-        to the image), or to a dict holding them under "out" (torchvision's models). It is put in eval mode and
-        moved to `device` and `dtype` in place.
+        to the image), or to a dict holding them under "out" (torchvision's models). The caller's model is never
+        changed: when it must move to `device` or be cast to `dtype` (or be optimized) the Segmenter runs a
+        copy; otherwise it runs the model itself, in eval mode for the duration of each call (its own mode is
+        restored afterwards).
     mean, std: per-channel normalisation of RGB in [0, 1] (ImageNet's by default).
     scales: image scales of the passes (e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) for the paper's evaluation).
-    flip: also run each scale on the left-right flipped image.
+    flip: also run each scale on the left-right flipped image (a bool).
     window: (H, W) or int: tile inputs larger than this into overlapping windows (Cityscapes-size images).
-    stride: (H, W) or int step between windows (default: two thirds of the window, one third overlap).
-    device: "auto" (CUDA when available, else CPU), or any torch.device / string.
-    dtype: the model's compute dtype (torch.float32, torch.float16, torch.bfloat16, or "fp16", "bf16", ...);
-        probabilities are always accumulated in float32.
+    stride: (H, W) or int step between windows, at most the window on each side (default: two thirds of the
+        window, one third overlap).
+    device: "auto" (CUDA when available, else CPU), or any torch.device / string that can hold weights (not
+        "meta").
+    dtype: the model's compute dtype (torch.float32, torch.float16, torch.bfloat16, or "fp16", "bf16", ...), or
+        None for the dtype the model already has; probabilities are always accumulated in float32.
     optimize: for a deeplab_fast DeepLab, run on deeplab_fast.optimize(model) (BN folded, fused kernels; a copy,
         so `model` keeps its modules); other models run as they are.
     align_corners: how logits are resized (default: the model's `align_corners` attribute, else False).
     min_size: inputs smaller than this (either side) are padded up to it, and the pad is cropped away.
     batch_size: most images (or sliding windows) per forward.
+
+    Non-finite values: an image holding NaN or inf raises ValueError, and a model that produces NaN or inf logits
+    raises RuntimeError (labels cannot carry NaN, and an optimized model may not propagate it), so no call ever
+    returns plausible labels or probabilities computed from non-finite numbers.
     """
 
     def __init__(
@@ -115,7 +104,7 @@ class Segmenter:
         window: int | Sequence[int] | None = None,
         stride: int | Sequence[int] | None = None,
         device: str | torch.device = "auto",
-        dtype: torch.dtype | str = torch.float32,
+        dtype: torch.dtype | str | None = torch.float32,
         optimize: bool = True,
         align_corners: bool | None = None,
         min_size: int = 32,
@@ -125,10 +114,11 @@ class Segmenter:
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         self.mean, self.std = check_mean_std(mean, std)
         self.scales = _check_scales(scales)
-        self.flip = bool(flip)
-        self.min_size = _check_positive_int(min_size, "min_size")
-        self.batch_size = _check_positive_int(batch_size, "batch_size")
-        self.window = None if window is None else _pair(window, "window")
+        self.flip = check_bool(flip, "flip")
+        optimize = check_bool(optimize, "optimize")
+        self.min_size = positive_int(min_size, "min_size")
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.window = None if window is None else positive_pair(window, "window")
         if self.window is not None and min(self.window) < self.min_size:
             raise ValueError(f"window must be at least min_size={self.min_size} on each side; got {self.window}")
         if stride is not None and self.window is None:
@@ -138,18 +128,28 @@ class Segmenter:
         elif stride is None:
             self.stride = (max(1, (2 * self.window[0]) // 3), max(1, (2 * self.window[1]) // 3))
         else:
-            self.stride = _pair(stride, "stride")
+            self.stride = positive_pair(stride, "stride")
+            check_stride(self.window, self.stride)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
         if align_corners is None:
             align_corners = bool(getattr(model, "align_corners", False))
-        self.align_corners = bool(align_corners)
+        self.align_corners = check_bool(align_corners, "align_corners")
+        self.dtype = _model_dtype(model) if dtype is None else resolve_dtype(dtype)
+        _check_has_weights(model)
 
-        model = model.eval().to(device=self.device)
+        # Work on a copy whenever the model has to change; the caller's model is never moved or cast.
+        owned = False
+        if not _on_device(model, self.device):
+            model, owned = copy.deepcopy(model).to(device=self.device), True
         self.optimized = False
         if optimize:
-            model, self.optimized = _try_optimize(model)
-        self.model = model.eval().to(dtype=self.dtype)
+            with _eval_mode(model):  # optimize() copies the model; it folds BatchNorm with running statistics
+                model, self.optimized = _try_optimize(model)
+            owned = owned or self.optimized
+        if not _has_dtype(model, self.dtype):
+            model, owned = (model if owned else copy.deepcopy(model)).to(dtype=self.dtype), True
+        self.model = model.eval() if owned else model
+        self._borrowed = not owned  # the caller's own model: switched to eval mode around each forward only
         self._channels_last = _uses_channels_last(self.model)
         self._lowres = lowres_logits_fn(self.model)
 
@@ -260,7 +260,7 @@ class Segmenter:
                     logits = self._logits(xin)
                     if accum is None:
                         accum = torch.zeros((n, logits.shape[1], h, w), dtype=torch.float32, device=x.device)
-                    upsample_softmax_accumulate(
+                    ops.upsample_softmax_accumulate(
                         logits, accum, weight=weight, flip=flipped, align_corners=self.align_corners
                     )
         assert accum is not None  # there is at least one scale
@@ -271,19 +271,25 @@ class Segmenter:
         accum = torch.zeros(
             (tile.shape[0], logits.shape[1], tile.shape[-2], tile.shape[-1]), dtype=torch.float32, device=tile.device
         )
-        return upsample_softmax_accumulate(logits, accum, align_corners=self.align_corners)
+        return ops.upsample_softmax_accumulate(logits, accum, align_corners=self.align_corners)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, K, h', w') of normalised x (N, 3, h, w), covering exactly the image (pads cropped away)."""
+        """Logits (N, K, h', w') of normalised x (N, 3, h, w), covering exactly the image (pads cropped away).
+
+        float32/float16/bfloat16 (float64 logits are rounded to float32, the ops' accumulation dtype); raises
+        RuntimeError if any logit is NaN or infinite.
+        """
+        n = x.shape[0]
         xp, (h, w) = pad_to_min(x, self.min_size)
         padded = tuple(xp.shape[-2:]) != (h, w)
         inp = xp.to(self.dtype)
         if self._channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
-        if self._lowres is not None and not padded:
-            out = _as_logits(self._lowres(inp), x.shape[0])
-        else:
-            out = _as_logits(self.model(inp), x.shape[0])
+        with _eval_mode(self.model) if self._borrowed else contextlib.nullcontext():
+            out = model_logits(self._lowres(inp) if self._lowres is not None and not padded else self.model(inp), n)
+        check_finite_logits(out)
+        if out.dtype == torch.float64:
+            out = out.float()
         if padded:
             # crop in input pixels: bring the logits to the padded input's size first
             if tuple(out.shape[-2:]) != tuple(xp.shape[-2:]):
@@ -316,6 +322,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r}") from None
+    if dev.type == "meta":
+        raise ValueError(
+            f"device={str(dev)!r} cannot hold the model's weights (meta tensors have no data); use 'cpu' or 'cuda'"
+        )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} asks for CUDA, but no CUDA device is available; use device='cpu'")
     return dev
@@ -332,27 +342,77 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return dtype
 
 
+def check_finite_logits(logits: torch.Tensor) -> None:
+    """Raise RuntimeError if the model's logits (any shape, floating) hold NaN or infinite values.
+
+    Labels cannot carry NaN, so a non-finite logit would otherwise become a plausible-looking label.
+    """
+    if not all_finite(logits):
+        raise RuntimeError(
+            f"the model produced NaN or infinite logits ({logits.dtype}); its weights may hold non-finite values "
+            "(e.g. a diverged training run), or a float16 model overflowed (try dtype=torch.float32)"
+        )
+
+
 def _try_optimize(model: nn.Module) -> tuple[nn.Module, bool]:
-    try:
-        from deeplab_fast.models.deeplab import DeepLab
-        from deeplab_fast.models.fuse import optimize
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and exc.name.startswith("deeplab_fast"):
-            return model, False  # the models package is not in this build
-        raise
+    from deeplab_fast.models.deeplab import DeepLab
+    from deeplab_fast.models.fuse import optimize
+
     if not isinstance(getattr(model, "model", model), DeepLab):
         return model, False  # other models (and ones optimize() already made) run as they are
     return optimize(model), True
 
 
+def _tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+    yield from model.parameters()
+    yield from model.buffers()
+
+
+def _check_has_weights(model: nn.Module) -> None:
+    if any(t.device.type == "meta" for t in _tensors(model)):
+        raise ValueError(
+            "model has tensors on the meta device (no weights); load its weights first "
+            "(e.g. model.to_empty(device='cpu') and load_state_dict)"
+        )
+
+
+def _on_device(model: nn.Module, device: torch.device) -> bool:
+    """Whether every parameter and buffer of `model` is on `device` (a device without index: any index)."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # where .to("cuda") would put them
+    return all(t.device.type == device.type and device.index in (None, t.device.index) for t in _tensors(model))
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter or buffer (float32 for a model without any)."""
+    return next((t.dtype for t in _tensors(model) if t.is_floating_point()), torch.float32)
+
+
+def _has_dtype(model: nn.Module, dtype: torch.dtype) -> bool:
+    return all(t.dtype == dtype for t in _tensors(model) if t.is_floating_point())
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run a block with every module of `model` in eval mode; the modules in training mode are put back after."""
+    training = [m for m in model.modules() if m.training]
+    for m in training:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
 def _uses_channels_last(model: nn.Module) -> bool:
-    for p in model.parameters():
-        if p.dim() == 4:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-    return False
+    p = next((p for p in model.parameters() if p.dim() == 4), None)
+    return p is not None and is_channels_last(p)
 
 
-def _as_logits(out: Any, n: int) -> torch.Tensor:
+def model_logits(out: Any, n: int) -> torch.Tensor:
+    """The logits in a model's output: the tensor itself, a dict's "out" entry (torchvision's models) or a
+    tuple's first item; checked to be float (N=n, K, h, w). Raises ValueError saying what the model returned."""
     if isinstance(out, dict):
         if "out" not in out:
             raise ValueError(f"the model returned a dict without an 'out' entry (keys: {sorted(out)})")
@@ -370,31 +430,9 @@ def _result_device(image: Any) -> torch.device:
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
-    if isinstance(scales, (int, float)):
+    if isinstance(scales, (int, float)) and not isinstance(scales, bool):
         scales = (scales,)
-    try:
-        vals = tuple(float(s) for s in scales)
-    except (TypeError, ValueError):
-        raise ValueError(f"scales must be a sequence of positive numbers; got {scales!r}") from None
+    vals = float_tuple(scales, "scales", "a non-empty sequence of positive numbers")
     if not vals or any(not (s > 0 and s < float("inf")) for s in vals):
         raise ValueError(f"scales must be a non-empty sequence of positive numbers; got {scales!r}")
     return vals
-
-
-def _check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
-
-
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    try:
-        pair = tuple(int(v) for v in value)
-        ok = len(pair) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or min(pair) < 1:
-        raise ValueError(f"{name} must be a positive int or a pair (H, W) of them; got {value!r}")
-    return pair  # type: ignore[return-value]

@@ -7,15 +7,30 @@ from collections.abc import Callable
 import torch
 
 
+def check_stride(window: tuple[int, int], stride: tuple[int, int]) -> None:
+    """Raise ValueError naming both if `stride` (H, W) exceeds `window` (H, W) on either side.
+
+    Windows further apart than their size would leave the pixels between them without any prediction.
+    """
+    if stride[0] > window[0] or stride[1] > window[1]:
+        raise ValueError(
+            f"stride {tuple(stride)} must not exceed window {tuple(window)} on either side: the pixels between "
+            "two windows would get no prediction"
+        )
+
+
 def tile_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of windows of `window` along `length`, `stride` apart, the last one flush with the end.
 
-    A length that fits in one window gives [0] (that window is then cut to `length`).
+    A length that fits in one window gives [0] (that window is then cut to `length`); stride must be at most
+    window (ValueError otherwise), so that the windows cover every position.
     """
     if window <= 0 or stride <= 0:
         raise ValueError(f"window and stride must be positive; got window={window}, stride={stride}")
     if length <= window:
         return [0]
+    if stride > window:
+        raise ValueError(f"stride {stride} must not exceed window {window}: positions between windows would be missed")
     starts = list(range(0, length - window, stride))
     starts.append(length - window)
     return starts
