@@ -245,7 +245,7 @@ def model_info(
         # every option, defaults included, so the file still says what it held if a default changes later
         from deeplab_fast.models.deeplab import OPTIONS
 
-        kwargs = {**{k: default for k, (default, _) in OPTIONS.items()}, **kwargs}
+        kwargs.update({k: default for k, (default, _) in OPTIONS.items() if k not in kwargs})
     info: dict[str, Any] = {"format_version": FORMAT_VERSION, "model": kwargs}
     if own_factory:
         info["factory"] = factory
