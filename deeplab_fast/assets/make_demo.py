@@ -57,7 +57,7 @@ def train_model(iterations: int | None, device: str, run_dir: Path) -> torch.nn.
     if iterations is not None:
         overrides.append(f"train.iterations={iterations}")
     config = load_config(DEMO_CONFIG, overrides)
-    trainer = Trainer(config, progress=True)
+    trainer = Trainer(config, progress=True, overwrite=True)
     metrics = trainer.train()
     print(f"validation mIoU {100 * float(metrics['mIoU']):.1f}%")
     return trainer.model.cpu().eval()
