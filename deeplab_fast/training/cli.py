@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from deeplab_fast.training.checkpoint import CheckpointError
 from deeplab_fast.training.config import ConfigError, check_device_available
@@ -165,17 +166,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _model_overrides(weights: str) -> list[str]:
     """`model.KEY=VALUE` overrides that make a config's model section the one stored in `weights` ([] for a file
-    that does not describe its model). The command's own --set options come after them and win."""
+    that does not describe a deeplabv3plus model). The command's own --set options come after them and win."""
     from deeplab_fast.models.weights import read_model_info
 
+    if not Path(weights).is_file():
+        raise CheckpointError(f"--weights {weights} not found")
     info = read_model_info(weights)
-    if info is None:
-        return []
-    if "factory" in info:
-        raise ConfigError(
-            f"{weights} holds a model built by {info['factory']!r}; evaluate it with a config naming that "
-            "model.factory and weights that do not describe the model"
-        )
+    if info is None or "factory" in info:
+        return []  # a custom factory's model: the config's model section (naming that factory) builds it
     fixed = ("backbone", "num_classes", "output_stride", "separable", "decoder", "align_corners")
     kwargs = info["model"]
     out = [f"model.{k}={json.dumps(kwargs[k])}" for k in fixed if k in kwargs]
