@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from deeplab_fast.models.deeplab import DeepLab
@@ -70,7 +71,7 @@ def sample_image() -> Image.Image:
         return img.convert("RGB")
 
 
-def sample_labels():
+def sample_labels() -> np.ndarray:
     """The sample image's exact labels: (128, 128) uint8 numpy array, 0 background, 1 ellipse, 2 rectangle,
     3 triangle."""
     import numpy as np

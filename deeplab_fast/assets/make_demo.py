@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default="runs/demo_shapes", help="training run folder (default: %(default)s)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rgb, lab = make_sample(out)
     tic = time.perf_counter()
     model = train_model(args.iterations, args.device, Path(args.run_dir))
