@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deeplab-fast",
         description="DeepLabV3+ segmentation: predict on images, train and evaluate models.",
     )
+    from deeplab_fast import __version__
+
+    parser.add_argument("--version", action="version", version=f"deeplab-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _SUBCOMMAND_MODULES:
         try:

@@ -118,15 +118,22 @@ def test_existing_outputs_survive_and_are_replaced_atomically(tiny_model, tmp_pa
     assert (out / "a.png").read_bytes() == first  # the failed image's earlier output is kept
 
 
-def test_demo_uses_the_bundled_image(tiny_model, tmp_path, monkeypatch, capsys) -> None:
+def test_demo_segments_the_bundled_image_with_the_demo_model(tmp_path, monkeypatch, capsys) -> None:
+    from deeplab_fast import assets
+
     assert cli.SAMPLE_IMAGE.is_file() and cli.SAMPLE_IMAGE.stat().st_size < 100_000
     monkeypatch.chdir(tmp_path)
-    assert top_cli.main(["predict", "--demo", "--overlay", "--quiet"]) == 0
+    assert top_cli.main(["predict", "--demo", "--overlay", "--quiet", "--out", "demo"]) == 0
     captured = capsys.readouterr()
-    assert "random weights" in captured.err
-    with Image.open(tmp_path / cli.DEMO_OUT / "sample.png") as lab, Image.open(cli.SAMPLE_IMAGE) as img:
-        assert lab.size == img.size
-    assert (tmp_path / cli.DEMO_OUT / "sample_overlay.png").is_file()
+    assert "random weights" not in captured.err and "1 image in" in captured.out
+    with Image.open(tmp_path / "demo" / "sample.png") as lab, Image.open(cli.SAMPLE_IMAGE) as img:
+        assert lab.size == img.size and lab.mode == "P"
+        assert lab.getpalette()[:12] == [c for rgb in assets.DEMO_PALETTE for c in rgb]  # the model's own palette
+        accuracy = float((np.asarray(lab) == assets.sample_labels()).mean())
+    assert accuracy > 0.9  # a trained model, not random weights (chance: about 0.25 per class)
+    assert (tmp_path / "demo" / "sample_overlay.png").is_file()
+    assert top_cli.main(["predict", "--demo", "--quiet"]) == 0  # default output folder
+    assert (tmp_path / cli.DEMO_OUT / "sample.png").is_file()
 
 
 @pytest.mark.parametrize(
@@ -138,6 +145,8 @@ def test_demo_uses_the_bundled_image(tiny_model, tmp_path, monkeypatch, capsys) 
         (["predict", "{empty}", "--out", "{out}"], "no images found"),
         (["predict", "{src}", "--out", "{out}", "--window", "8"], "window"),
         (["predict", "{src}", "--out", "{out}", "--device", "tpu:7"], "device"),
+        (["predict", "{src}", "--out", "{out}", "--device", "xpu:7"], "--device xpu:7: accepted values are auto"),
+        (["predict", "{src}", "--out", "{out}", "--device", "cuda:x"], "accepted values"),
         (["predict", "{src}", "--out", "{out}", "--alpha", "2"], "--alpha"),
     ],
 )
@@ -155,7 +164,7 @@ def test_setup_errors_exit_2_with_a_message(tiny_model, tmp_path, capsys, argv, 
     argv = [a.format(**names) for a in argv]
     assert top_cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "error:" in err and message in err
+    assert "error:" in err and message in err and "Traceback" not in err
 
 
 def test_missing_weights_is_reported_before_any_model_is_built(tmp_path, capsys) -> None:
@@ -167,10 +176,60 @@ def test_missing_weights_is_reported_before_any_model_is_built(tmp_path, capsys)
     assert "w.pth: no such file" in capsys.readouterr().err
 
 
+def test_cuda_device_without_a_gpu_is_one_line(tiny_model, tmp_path, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    _images(tmp_path / "in")
+    assert top_cli.main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--device", "cuda:0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA device" in err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_weights_exit_2_naming_the_file(tmp_path, capsys, damage) -> None:
+    # Regression: a corrupt .safetensors made predict exit 1 with a SafetensorError traceback.
+    from deeplab_fast import assets
+
+    data = assets.demo_model_path().read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"\xff" * 100)
+    argv = ["predict", "--demo", "--weights", str(bad), "--out", str(tmp_path / "o"), "--quiet"]
+    assert top_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.safetensors" in err and "not a readable .safetensors file" in err
+
+
+def test_more_than_256_classes_write_16_bit_labels(tiny_model, tmp_path) -> None:
+    # Regression: the format followed the labels that happened to occur, so a 300-class model wrote palette PNGs.
+    src = tmp_path / "in"
+    _images(src)
+    (src / "corrupt.png").unlink()
+    assert top_cli.main(["predict", str(src / "a.png"), "--num-classes", "300", "--out", str(tmp_path / "o")]) == 0
+    with Image.open(tmp_path / "o" / "a.png") as lab:
+        assert lab.mode.startswith("I") and np.asarray(lab).max() < K  # 16-bit although every label is < 256
+    assert tiny_model[0].num_classes == 300
+
+
+def test_flags_override_what_the_weights_say(tmp_path, capsys) -> None:
+    from deeplab_fast import assets
+
+    img = tmp_path / "s.png"
+    img.write_bytes(assets.sample_image_path().read_bytes())
+    base = ["predict", str(img), "--weights", str(assets.demo_model_path()), "--quiet"]
+    assert top_cli.main([*base, "--out", str(tmp_path / "ok")]) == 0  # no architecture flags
+    assert top_cli.main([*base, "--num-classes", "5", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "--num-classes 5" in err and "checkpoint has 4 classes, model has 5" in err
+
+
 def test_help_texts_in_a_subprocess() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     top = subprocess.run([sys.executable, "-m", "deeplab_fast", "--help"], capture_output=True, text=True, env=env)
-    assert top.returncode == 0 and "predict" in top.stdout
+    assert top.returncode == 0 and "predict" in top.stdout and "--version" in top.stdout
+    version = subprocess.run(
+        [sys.executable, "-m", "deeplab_fast", "--version"], capture_output=True, text=True, env=env
+    )
+    assert version.returncode == 0 and version.stdout.strip().startswith("deeplab-fast 0.")
     sub = subprocess.run(
         [sys.executable, "-m", "deeplab_fast", "predict", "--help"], capture_output=True, text=True, env=env
     )

@@ -52,6 +52,7 @@ def _config(out: Path) -> dict:
     }
 
 
+@pytest.mark.slow  # torchrun with two processes: tens of seconds
 def test_two_process_gloo_matches_single_process(tmp_path):
     cfg_path = tmp_path / "dist.yaml"
     cfg_path.write_text(yaml.safe_dump(_config(tmp_path / "dist")))

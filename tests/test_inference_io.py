@@ -108,3 +108,27 @@ def test_find_images_keeps_relative_paths(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="both write"):
         io.find_images([single, tmp_path / "other" / "single.jpg"])
     assert list(io.iter_chunks(range(5), 2)) == [[0, 1], [2, 3], [4]]
+
+
+def test_label_format_follows_the_class_count_not_the_labels(tmp_path: Path) -> None:
+    # Regression: a model with more than 256 classes wrote palette PNGs whenever no label above 255 occurred.
+    small = np.array([[0, 3], [255, 7]])
+    assert io.label_image(small, num_classes=300).mode == "I;16"
+    assert io.label_image(small, num_classes=256).mode == "P"
+    assert io.label_image(small).mode == "P" and io.label_image(small + 1).mode == "I;16"  # None: by the labels
+    io.save_labels(small, tmp_path / "wide.png", num_classes=1000)
+    with Image.open(tmp_path / "wide.png") as img:
+        assert img.mode.startswith("I") and np.array_equal(np.asarray(img), small)
+    with pytest.raises(ValueError, match="65536"):
+        io.label_image(small, num_classes=70000)
+
+
+def test_label_pngs_follow_the_umask(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o027)
+    try:
+        io.save_labels(np.zeros((2, 2), dtype=np.int64), tmp_path / "l.png")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "l.png").stat().st_mode & 0o777 == 0o640

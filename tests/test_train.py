@@ -73,11 +73,17 @@ def test_config_errors_list_every_unknown_key(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_shipped_configs_load():
-    root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("voc_xception65.yaml", "cityscapes_xception65.yaml", "synthetic_demo.yaml"):
-        config = load_config(root / name)
+def test_shipped_configs_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    from deeplab_fast.configs import CONFIG_DIR, list_configs
+
+    monkeypatch.chdir(tmp_path)
+    assert {"voc_xception65", "cityscapes_xception65", "synthetic_demo", "demo_shapes"} <= set(list_configs())
+    for name in list_configs():
+        config = load_config(name)
         assert config.model.backbone in ("xception65", "mobilenet_v2")
+        assert config.to_dict() == load_config(CONFIG_DIR / f"{name}.yaml").to_dict()
+    with pytest.raises(ConfigError, match="not a packaged config"):
+        load_config("no_such_config")
 
 
 def test_poly_schedule_with_warmup():
@@ -128,24 +134,26 @@ def test_checkpoint_errors_and_atomic_writes(tmp_path, monkeypatch):
     good = tmp_path / "run" / "ckpt_0000003.safetensors"
     before = good.read_bytes()
     # a crash in the middle of writing the next checkpoint leaves the previous one untouched and no temp files
-    real_save = ckpt.save_file
+    import safetensors.torch
+
+    real_save = safetensors.torch.save_file
 
     def crash(tensors, path, metadata=None):
         real_save(tensors, path, metadata)
         Path(path).write_bytes(Path(path).read_bytes()[:100])
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "save_file", crash)
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
     trainer.step = 4
     with pytest.raises(OSError, match="disk full"):
         trainer.save_checkpoint()
     monkeypatch.undo()
     assert good.read_bytes() == before
-    assert not list((tmp_path / "run").glob("*.tmp")) and not (tmp_path / "run" / "ckpt_0000004.safetensors").exists()
+    assert not list((tmp_path / "run").glob(".*tmp")) and not (tmp_path / "run" / "ckpt_0000004.safetensors").exists()
     # a truncated file: a clear error naming it
     truncated = tmp_path / "run" / "ckpt_0000009.safetensors"
     truncated.write_bytes(before[: len(before) // 2])
-    with pytest.raises(CheckpointError, match=r"ckpt_0000009\.safetensors is unreadable \(truncated"):
+    with pytest.raises(CheckpointError, match=r"ckpt_0000009\.safetensors' is not a readable .* \(truncated"):
         _trainer(tmp_path / "run", resume=truncated)
     # weights of another model: the mismatching tensors are listed
     other = _cfg(tmp_path / "other")

@@ -15,6 +15,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_small_model_reaches_miou_on_synthetic_shapes(tmp_path):
     # DeepLabV3+ with a MobileNetV2 backbone at half width and narrow heads: about 1.2M parameters
     model = {

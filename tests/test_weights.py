@@ -5,7 +5,7 @@ import torch
 
 import deeplab_fast
 from deeplab_fast.models import deeplabv3plus
-from deeplab_fast.models.weights import save_weights
+from deeplab_fast.models.weights import load_model, read_state_dict, save_weights
 from tests._model_helpers import randomize_batchnorm, small_model
 
 
@@ -98,3 +98,98 @@ def test_bad_paths(tmp_path):
     torch.save(torch.zeros(3), tmp_path / "t.pt")
     with pytest.raises(ValueError, match="state dict"):
         deeplab_fast.load_weights(m, tmp_path / "t.pt")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_saved_files_describe_their_model_and_load_model_rebuilds_it(tmp_path, suffix):
+    from deeplab_fast.models.weights import read_model_info
+
+    src = small_model("mobilenet_v2", output_stride=8, decoder_convs=1).eval()
+    path = tmp_path / f"w{suffix}"
+    palette = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]]
+    save_weights(src, path, class_names=list("abcde"), palette=palette, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    info = read_model_info(path)
+    assert info["format_version"] == 1
+    assert info["model"]["backbone"] == "mobilenet_v2" and info["model"]["output_stride"] == 8
+    assert info["model"]["decoder_convs"] == 1 and info["model"]["aux_head"] is False  # every option, defaults too
+    assert info["class_names"] == list("abcde") and info["palette"] == palette
+    assert info["mean"] == [0.5] * 3 and info["std"] == [0.2] * 3
+    model = load_model(path)
+    assert not model.training and model.config["output_stride"] == 8
+    x = torch.randn(1, 3, 48, 48)
+    assert torch.equal(model(x), src(x))
+    deeplab_fast.load_weights(small_model("mobilenet_v2", output_stride=8, decoder_convs=1), path)  # still loads
+    # source= overrides what the file says (here: an incompatible head, so the strict load names the mismatch)
+    with pytest.raises(ValueError, match="classifier: checkpoint has 5 classes, model has 7"):
+        load_model(path, source={"num_classes": 7})
+
+
+def test_load_model_of_a_file_without_description(tmp_path):
+    src = small_model("mobilenet_v2").eval()
+    path = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous().clone() for k, v in src.state_dict().items()}, path)
+    with pytest.raises(ValueError, match=r"does not describe its model.*source="):
+        load_model(path)
+    model = load_model(path, source=src.config)
+    x = torch.randn(1, 3, 40, 40)
+    assert torch.equal(model(x), src(x))
+
+
+def test_save_weights_of_a_module_without_config(tmp_path):
+    from deeplab_fast.models.weights import read_model_info
+
+    conv = torch.nn.Conv2d(3, 4, 1)
+    save_weights(conv, tmp_path / "c.safetensors")
+    assert read_model_info(tmp_path / "c.safetensors") is None
+    with pytest.raises(ValueError, match="no `config`"):
+        save_weights(conv, tmp_path / "d.safetensors", class_names=["a"])
+    with pytest.raises(ValueError, match="class_names has 2 names"):
+        save_weights(small_model("mobilenet_v2"), tmp_path / "e.safetensors", class_names=["a", "b"])
+    with pytest.raises(ValueError, match="std must be three positive"):
+        save_weights(small_model("mobilenet_v2"), tmp_path / "e.safetensors", std=(1, 0, 1))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_safetensors_is_a_clear_error_naming_the_file(tmp_path, damage):
+    # Regression: a raw safetensors SafetensorError that did not name the file.
+    m = small_model("mobilenet_v2")
+    path = tmp_path / "broken.safetensors"
+    save_weights(m, path)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00" * 64 + data, "empty": b""}[damage])
+    for call in (
+        lambda: deeplab_fast.load_weights(m, path),
+        lambda: load_model(path),
+        lambda: read_state_dict(path),
+    ):
+        with pytest.raises(ValueError, match=r"broken\.safetensors' is not a readable \.safetensors file"):
+            call()
+
+
+def test_classifier_input_mismatch_names_the_real_difference(tmp_path):
+    # Regression: "checkpoint has 3 classes, model has 3; pass skip_classifier=True" for same-class models whose
+    # heads differ (e.g. the synthetic demo's model loaded into the default architecture).
+    src = deeplabv3plus("mobilenet_v2", num_classes=3, aspp_channels=16, width_mult=0.5, low_level_channels=8)
+    path = tmp_path / "w.safetensors"
+    save_weights(src, path)
+    dst = deeplabv3plus("mobilenet_v2", num_classes=3, aspp_channels=32, width_mult=0.5, low_level_channels=8)
+    with pytest.raises(ValueError) as err:
+        deeplab_fast.load_weights(dst, path)
+    msg = str(err.value)
+    assert "has 3 classes, model has 3" not in msg and "skip_classifier" not in msg
+    assert "classifier's input has 16 channels in the checkpoint and 32 in the model" in msg
+    assert "load_model(path) rebuilds that model" in msg and "aspp_channels=16" in msg
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    # Regression: atomic writes left weights at 0600 whatever the umask.
+    old = os.umask(0o022)
+    try:
+        save_weights(small_model("mobilenet_v2"), tmp_path / "w.safetensors")
+        save_weights(small_model("mobilenet_v2"), tmp_path / "w.pth")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "w.pth").stat().st_mode & 0o777 == 0o644

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from deeplab_fast._files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 
@@ -94,27 +95,18 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
 
 
 def atomic_save(img: Image.Image, path: str | os.PathLike, format: str = "PNG", **params: Any) -> None:
-    """Save a PIL image to `path` atomically: write a temporary file in the same folder, then os.replace.
-
-    Creates missing parent folders. On failure the temporary file is removed and `path` is untouched.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format=format, **params)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Save a PIL image to `path` atomically (deeplab_fast._files.atomic_write: umask permissions, no partial
+    file). Creates missing parent folders. On failure `path` is untouched."""
+    atomic_write(path, lambda fh: img.save(fh, format=format, **params))
 
 
-def label_image(labels: torch.Tensor | np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
-    """A PIL image of a label map (H, W) integer: palette-indexed mode "P" when every label is in [0, 255].
+def label_image(
+    labels: torch.Tensor | np.ndarray, palette: np.ndarray | None = None, num_classes: int | None = None
+) -> Image.Image:
+    """A PIL image of a label map (H, W) integer: palette-indexed mode "P", or 16-bit grayscale (mode "I;16").
 
-    Labels beyond 255 (more than 256 classes) give a 16-bit grayscale image (mode "I;16") instead.
+    num_classes: the model's class count; above 256 every map is written 16-bit, whatever labels it happens to
+    hold, so all outputs of one model have one format. None: decided by the labels (16-bit if any is > 255).
     palette: (P, 3) uint8 colours for the "P" image (missing entries are black).
     """
     lab = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
@@ -122,7 +114,12 @@ def label_image(labels: torch.Tensor | np.ndarray, palette: np.ndarray | None = 
         raise ValueError(f"labels must have shape (H, W); got shape {tuple(lab.shape)}")
     if lab.size and (lab.min() < 0 or lab.max() > 65535):
         raise ValueError(f"labels must be in [0, 65535] to be written as PNG; got [{lab.min()}, {lab.max()}]")
-    if lab.size == 0 or lab.max() <= 255:
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
+        raise TypeError(f"num_classes must be an int or None, got {num_classes!r}")
+    if num_classes is not None and num_classes > 65536:
+        raise ValueError(f"num_classes={num_classes}: PNG label maps hold at most 65536 classes")
+    wide = num_classes > 256 if num_classes is not None else bool(lab.size and lab.max() > 255)
+    if not wide:
         img = Image.frombytes("P", (lab.shape[1], lab.shape[0]), np.ascontiguousarray(lab, dtype=np.uint8).tobytes())
         flat = np.zeros((256, 3), dtype=np.uint8)
         if palette is not None:
@@ -133,9 +130,15 @@ def label_image(labels: torch.Tensor | np.ndarray, palette: np.ndarray | None = 
     return Image.frombytes("I;16", (lab.shape[1], lab.shape[0]), np.ascontiguousarray(lab, dtype="<u2").tobytes())
 
 
-def save_labels(labels: torch.Tensor | np.ndarray, path: str | os.PathLike, palette: np.ndarray | None = None) -> None:
-    """Write a label map (H, W) integer as a PNG (mode "P" with `palette`, see label_image), atomically."""
-    atomic_save(label_image(labels, palette), path, format="PNG")
+def save_labels(
+    labels: torch.Tensor | np.ndarray,
+    path: str | os.PathLike,
+    palette: np.ndarray | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """Write a label map (H, W) integer as a PNG atomically: mode "P" with `palette`, or 16-bit when num_classes
+    > 256 (see label_image)."""
+    atomic_save(label_image(labels, palette, num_classes), path, format="PNG")
 
 
 def save_rgb(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:

@@ -1,56 +1,53 @@
-"""Checkpoints: model weights as a plain safetensors state dict, plus a second safetensors file with the training
-state (optimizer, scheduler, grad scaler, RNG states, step, data position). Both are written atomically
-(temp file + os.replace), state first and weights last, so a checkpoint is complete when its weights file exists
-and a crash mid-write never touches an earlier checkpoint.
+"""Checkpoints: model weights as a safetensors state dict that describes its model (see
+deeplab_fast.models.weights.model_info), plus a second safetensors file with the training state (optimizer,
+scheduler, grad scaler, RNG states, step, data position). Both are written atomically through deeplab_fast._files,
+state first and weights last, so a checkpoint is complete when its weights file exists and a crash mid-write never
+touches an earlier checkpoint.
 
-Layout in the run folder: ckpt_<step:07d>.safetensors, ckpt_<step:07d>.state.safetensors, best.safetensors.
+Layout in the run folder: ckpt_<step:07d>.safetensors, ckpt_<step:07d>.state.safetensors, best.safetensors,
+config.yaml, scalars.csv, curves.png, tb/. Every checkpoint's metadata carries the id of the run that wrote it
+("run_id"), so pruning only ever deletes checkpoints of the run doing the pruning.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+
+from deeplab_fast.models.weights import read_safetensors, write_weights_file
 
 _CKPT = re.compile(r"^ckpt_(\d{7})\.safetensors$")
+_STATE = re.compile(r"^ckpt_(\d{7})\.state\.safetensors$")
+RUN_FILES = ("config.yaml", "scalars.csv", "curves.png", "best.safetensors", "tb")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: unreadable, truncated, or made for another model."""
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # clones: safetensors refuses tensors that share storage (tied weights, views)
-        save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, tmp, metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _open(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} not found")
     try:
+        return read_safetensors(path)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {exc}") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file, without reading its tensors ({} when unreadable)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint file {path} is unreadable (truncated or not a safetensors file): {exc}"
-        ) from exc
-    return tensors, metadata
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return {}
 
 
 # Nested training state <-> (flat tensors, JSON skeleton). Dicts keep their key types (optimizer state uses ints).
@@ -75,9 +72,15 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save_weights_file(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
-    """Write a model state dict as safetensors, atomically, with string metadata."""
-    _atomic_save(dict(state_dict), {"format": "pt", **metadata}, Path(path))
+def save_weights_file(
+    state_dict: dict[str, torch.Tensor],
+    path: str | Path,
+    metadata: dict[str, str],
+    info: dict[str, Any] | None = None,
+) -> None:
+    """Write a model state dict as safetensors, atomically, with string metadata and the model description
+    `info` (deeplab_fast.models.weights.model_info; None for a model that cannot describe itself)."""
+    write_weights_file(state_dict, Path(path), info, metadata)
 
 
 def load_model_state(model: torch.nn.Module, path: str | Path) -> dict[str, str]:
@@ -109,14 +112,16 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor],
     train_state: dict[str, Any],
     metadata: dict[str, str],
+    info: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ckpt_<step>.state.safetensors then ckpt_<step>.safetensors; returns the weights path."""
+    """Write ckpt_<step>.state.safetensors then ckpt_<step>.safetensors (with the model description `info`);
+    returns the weights path. `metadata` (strings) goes into both files; put "run_id" there for pruning."""
     run_dir = Path(run_dir)
     weights = run_dir / f"ckpt_{step:07d}.safetensors"
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(train_state, "s", tensors)
-    _atomic_save(tensors, {"format": "pt", "state": json.dumps(skeleton), **metadata}, state_path(weights))
-    save_weights_file(model_state, weights, metadata)
+    write_weights_file(tensors, state_path(weights), None, {"state": json.dumps(skeleton), **metadata})
+    save_weights_file(model_state, weights, metadata, info)
     return weights
 
 
@@ -143,8 +148,32 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in found]
 
 
-def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` checkpoints (best.safetensors is never touched)."""
-    for weights in list_checkpoints(run_dir)[:-keep_last]:
+def prune_checkpoints(run_dir: str | Path, keep_last: int, run_id: str | None = None) -> None:
+    """Delete all but the newest `keep_last` checkpoints of run `run_id` (those whose metadata has that
+    "run_id"; every checkpoint when run_id is None). best.safetensors and other runs' files are never touched."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    mine = [w for w in list_checkpoints(run_dir) if run_id is None or read_metadata(w).get("run_id") == run_id]
+    for weights in mine[:-keep_last]:
         state_path(weights).unlink(missing_ok=True)
         weights.unlink(missing_ok=True)
+
+
+def run_files(run_dir: str | Path) -> list[Path]:
+    """The files and folders of a training run in `run_dir` (checkpoints, their states, best weights, config,
+    logs), sorted; [] for a missing or empty folder. Other files are not a run's and are not listed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir() if p.name in RUN_FILES or _CKPT.match(p.name) or _STATE.match(p.name))
+
+
+def clear_run(run_dir: str | Path) -> list[Path]:
+    """Delete the files of a previous run in `run_dir` (see run_files); other files stay. Returns what went."""
+    removed = run_files(run_dir)
+    for p in removed:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    return removed

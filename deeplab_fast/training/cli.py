@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from deeplab_fast.training.checkpoint import CheckpointError
-from deeplab_fast.training.config import ConfigError
+from deeplab_fast.training.config import ConfigError, check_device_available
 
 _USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
 
@@ -21,7 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train DeepLabV3+ as a YAML config describes. Multi-GPU / multi-node: "
         "torchrun --nproc_per_node=G -m deeplab_fast train --config ...",
     )
-    train.add_argument("--config", required=True, help="YAML config file (see README: Training and evaluation)")
+    train.add_argument(
+        "--config",
+        required=True,
+        help="YAML config file, or the name of a packaged config (synthetic_demo, demo_shapes, voc_xception65, "
+        "cityscapes_xception65)",
+    )
     train.add_argument(
         "--set",
         action="append",
@@ -38,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="CHECKPOINT",
         help="continue from a checkpoint; without a path, the newest one in the run folder",
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run files (checkpoints, best weights, logs, config.yaml) of another run in the output "
+        "folder before starting; without it (or --resume) such a folder is refused",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
@@ -47,8 +58,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a checkpoint with the paper's metric (mIoU), optionally "
         "multi-scale + flip. Runs under torchrun too (the confusion matrix is all-reduced).",
     )
-    ev.add_argument("--config", required=True, help="YAML config naming the model and the dataset")
-    ev.add_argument("--weights", required=True, help="model weights (.safetensors), e.g. <run>/best.safetensors")
+    ev.add_argument(
+        "--config",
+        required=True,
+        help="YAML config (or packaged config name) naming the dataset; its model section is used only for "
+        "weights that do not describe their model",
+    )
+    ev.add_argument(
+        "--weights",
+        required=True,
+        help="model weights, e.g. <run>/best.safetensors; the model is rebuilt from the configuration stored in "
+        "the file (--set model.KEY=VALUE overrides it)",
+    )
     ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     ev.add_argument("--split", help="dataset split to evaluate (overrides data.val_split)")
     ev.add_argument("--scales", type=float, nargs="+", help="evaluation scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
@@ -63,9 +84,12 @@ def _train(args: argparse.Namespace) -> int:
     from deeplab_fast.training.trainer import Trainer
 
     try:
+        if args.resume is not None and args.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
         overrides = list(args.set) + ([f"train.output_dir={args.output_dir}"] if args.output_dir else [])
         config = load_config(args.config, overrides)
-        trainer = Trainer(config, resume=args.resume, progress=not args.no_progress)
+        check_device_available(config.train.device)
+        trainer = Trainer(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
         metrics = trainer.train()
     except _USER_ERRORS as exc:
         print(f"deeplab-fast train: error: {exc}", file=sys.stderr)
@@ -96,7 +120,8 @@ def _eval(args: argparse.Namespace) -> int:
             overrides.append("eval.flip=true")
         if args.batch_size:
             overrides.append(f"eval.batch_size={args.batch_size}")
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, _model_overrides(args.weights) + overrides)
+        check_device_available(config.train.device)
         info = init_distributed(config.train.device, config.train.dist_backend)
         _, dataset = build_datasets(config, train=False, val=True)
         if dataset is None:
@@ -133,7 +158,25 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{args.weights}: {len(dataset)} images, scales {config.eval.scales}, flip {config.eval.flip}")
         print(format_table(metrics, getattr(dataset, "class_names", None)))
         if args.json:
-            from deeplab_fast.training.logging import _atomic_write
+            from deeplab_fast._files import atomic_write_text
 
-            _atomic_write(Path(args.json), json.dumps(metrics, indent=2) + "\n")
+            atomic_write_text(args.json, json.dumps(metrics, indent=2) + "\n")
     return 0
+
+
+def _model_overrides(weights: str) -> list[str]:
+    """`model.KEY=VALUE` overrides that make a config's model section the one stored in `weights` ([] for a file
+    that does not describe a deeplabv3plus model). The command's own --set options come after them and win."""
+    from deeplab_fast.models.weights import read_model_info
+
+    if not Path(weights).is_file():
+        raise CheckpointError(f"--weights {weights} not found")
+    info = read_model_info(weights)
+    if info is None or "factory" in info:
+        return []  # a custom factory's model: the config's model section (naming that factory) builds it
+    fixed = ("backbone", "num_classes", "output_stride", "separable", "decoder", "align_corners")
+    kwargs = info["model"]
+    out = [f"model.{k}={json.dumps(kwargs[k])}" for k in fixed if k in kwargs]
+    options = {k: v for k, v in kwargs.items() if k not in fixed}
+    out.append(f"model.options={json.dumps(options)}")
+    return out

@@ -7,6 +7,7 @@ See README "Training and evaluation" for the meaning of each key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ class TrainConfig:
     dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     output_dir: str = "runs/deeplab"
     log_every: int = 10
-    eval_every: int = 0  # 0: evaluate only at the end
+    eval_every: int = 0  # evaluate every N steps; 0: only at the end
     checkpoint_every: int = 1000
     keep_last: int = 3
     tensorboard: bool = True  # used when the tensorboard package is installed
@@ -130,6 +131,34 @@ class Config:
             "eval.batch_size": self.eval.batch_size,
         }
         problems += [f"{k} must be >= 1, got {v}" for k, v in positive.items() if v < 1]
+        t = self.train
+        greater = {"train.lr": (t.lr, 0), "train.poly_power": (t.poly_power, 0)}
+        problems += [
+            f"{k} must be a finite number > {lo}, got {v}"
+            for k, (v, lo) in greater.items()
+            if not (math.isfinite(v) and v > lo)
+        ]
+        at_least = {
+            "train.weight_decay": t.weight_decay,
+            "train.warmup_factor": t.warmup_factor,
+            "train.momentum": t.momentum,
+            "train.aux_weight": t.aux_weight,
+            "train.warmup_iters": t.warmup_iters,
+            "data.num_workers": self.data.num_workers,
+        }
+        bad = [(k, v) for k, v in at_least.items() if not (math.isfinite(v) and v >= 0)]
+        problems += [f"{k} must be a finite number >= 0, got {v}" for k, v in bad]
+        if t.eval_every < 0:
+            problems.append(f"train.eval_every must be >= 1 (every N steps) or 0 (only at the end), got {t.eval_every}")
+        if Path(t.output_dir).exists() and not Path(t.output_dir).is_dir():
+            problems.append(f"train.output_dir must be a folder (new or existing), got a file: {t.output_dir!r}")
+        problems += _check_options(self.model)
+        for key in ("mean", "std"):
+            values = getattr(self.data, key)
+            if not _numbers(values) or len(values) != 3:
+                problems.append(f"data.{key} must be three numbers (R, G, B), got {values!r}")
+            elif key == "std" and not all(float(v) > 0 for v in values):
+                problems.append(f"data.std must be three numbers > 0 (images are divided by it), got {values!r}")
         for key in ("crop_size", "eval_crop_size"):
             v = getattr(self.data, key)
             sizes = [] if v is None else [v] if isinstance(v, int) else v
@@ -137,16 +166,44 @@ class Config:
                 not isinstance(x, int) or x < 1 for x in sizes
             ):
                 problems.append(f"data.{key} must be a positive int or [height, width], got {v!r}")
-        if len(self.data.scale_range) != 2:
-            problems.append(f"data.scale_range must be [low, high], got {self.data.scale_range}")
-        if not self.eval.scales or any(float(s) <= 0 for s in self.eval.scales):
-            problems.append(f"eval.scales must be a non-empty list of positive numbers, got {self.eval.scales}")
+        sr = self.data.scale_range
+        if len(sr) != 2 or not _numbers(sr) or not 0 < float(sr[0]) <= float(sr[1]):
+            problems.append(f"data.scale_range must be [low, high], numbers with 0 < low <= high, got {sr!r}")
+        sc = self.eval.scales
+        if not sc or not _numbers(sc) or any(float(x) <= 0 for x in sc):
+            problems.append(f"eval.scales must be a non-empty list of numbers > 0, got {sc!r}")
         if self.data.dataset == "folder" and not (self.data.train_images and self.data.train_masks):
             problems.append("data.dataset=folder needs data.train_images and data.train_masks")
         if self.data.dataset in ("voc", "cityscapes") and not self.data.root:
             problems.append(f"data.dataset={self.data.dataset} needs data.root")
         if problems:
-            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+
+def _numbers(values: Any) -> bool:
+    """True for a list of finite ints/floats (no bools, no strings)."""
+    return isinstance(values, list | tuple) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
+
+
+_FIXED_MODEL_KEYS = ("backbone", "num_classes", "output_stride", "separable", "decoder", "align_corners")
+
+
+def _check_options(model: ModelConfig) -> list[str]:
+    """Problems with model.options: keys that are model.* keys of their own, and (for the built-in factory)
+    keys deeplabv3plus does not know."""
+    problems = []
+    fixed = sorted(k for k in model.options if k in _FIXED_MODEL_KEYS)
+    if fixed:
+        problems.append(f"model.options must not repeat model keys {fixed}: set model.<key> instead")
+    if model.factory is None:
+        from deeplab_fast.models.deeplab import OPTIONS
+
+        unknown = sorted(k for k in model.options if k not in OPTIONS and k not in _FIXED_MODEL_KEYS)
+        if unknown:
+            problems.append(f"model.options has unknown keys {unknown}; accepted: {', '.join(OPTIONS)}")
+    return problems
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -205,7 +262,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     unknown: list[str] = []
     config = _build(Config, data or {}, "", unknown)
     if unknown:
-        raise ConfigError("unknown config keys:\n  " + "\n  ".join(unknown))
+        raise ConfigError("unknown config keys: " + "; ".join(unknown))
     config.validate()
     return config
 
@@ -226,13 +283,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def check_device_available(device: str) -> None:
+    """Raise ConfigError when train.device asks for CUDA on a machine without it."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device='cuda' but CUDA is not available on this machine; accepted here: auto, cpu")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config file (None: all defaults), apply overrides, check every key and value."""
+    """Read a YAML config file (None: all defaults), apply overrides, check every key and value.
+
+    `path` is a file, or the name of a config that ships with the package (deeplab_fast.configs.list_configs(),
+    e.g. "synthetic_demo"), used when no such file exists.
+    """
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
+        from deeplab_fast.configs import resolve_config
+
+        path = resolve_config(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

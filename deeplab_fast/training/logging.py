@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from deeplab_fast._files import atomic_path, atomic_write_text
 
 
 class RunLogger:
@@ -23,7 +23,7 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.csv_path.exists():
-            self.csv_path.write_text("step,name,value\n")
+            atomic_write_text(self.csv_path, "step,name,value\n")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -37,7 +37,7 @@ class RunLogger:
         if not self.enabled or not self.csv_path.exists():
             return
         rows = [r for r in read_scalars(self.csv_path) if r[0] <= step]
-        _atomic_write(self.csv_path, "step,name,value\n" + "".join(f"{s},{n},{v!r}\n" for s, n, v in rows))
+        atomic_write_text(self.csv_path, "step,name,value\n" + "".join(f"{s},{n},{v!r}\n" for s, n, v in rows))
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         """Record each name=value at `step`."""
@@ -68,13 +68,6 @@ def read_scalars(path: str | Path) -> list[tuple[int, str, float]]:
         return [(int(s), n, float(v)) for s, n, v in reader]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def plot_curves(csv_path: str | Path, png_path: str | Path) -> None:
     """Plot train/loss and val/mIoU against step from a scalars.csv into a PNG (matplotlib, Agg backend)."""
     import matplotlib
@@ -97,9 +90,8 @@ def plot_curves(csv_path: str | Path, png_path: str | Path) -> None:
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    png_path = Path(png_path)
-    fd, tmp = tempfile.mkstemp(prefix=png_path.name + ".", suffix=".png", dir=png_path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_path(png_path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)

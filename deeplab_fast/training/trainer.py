@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from deeplab_fast._files import atomic_write_text
 from deeplab_fast.data import ResumableDistributedSampler, ShardSampler, pad_collate
 from deeplab_fast.metrics import format_table
+from deeplab_fast.models.weights import model_info
 from deeplab_fast.training import checkpoint as ckpt
 from deeplab_fast.training.builders import build_datasets, build_model, describe_model
 from deeplab_fast.training.config import Config, ConfigError
@@ -57,7 +60,10 @@ class Trainer:
     model / train_dataset / val_dataset override what the config would build (the model maps float (N, 3, H, W)
     to logits (N, num_classes, H, W); datasets yield float (3, H, W) images and int64 (H, W) masks, taking
     (index, seed) items for seeded augmentation). resume: None, "auto" (newest checkpoint in train.output_dir, if
-    any) or a checkpoint path. Under torchrun, every rank builds a Trainer; rank 0 logs and writes checkpoints.
+    any) or a checkpoint path. A fresh run (nothing to resume) refuses an output_dir that holds another run's files
+    (ConfigError) unless overwrite=True, which deletes them first. Under torchrun, every rank builds a Trainer;
+    rank 0 logs and writes checkpoints. Checkpoints and best.safetensors describe their model (load them with
+    deeplab_fast.load_model) when the model has a `config` or comes from the configuration.
     """
 
     def __init__(
@@ -69,13 +75,18 @@ class Trainer:
         val_dataset: Dataset | None = None,
         resume: str | Path | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> None:
         config.validate()
+        if resume is not None and overwrite:
+            raise ConfigError("resume and overwrite exclude each other: continue the run in the folder, or replace it")
         self.config = config
         t = config.train
         self.dist: DistInfo = init_distributed(t.device, t.dist_backend)
         self.device = self.dist.device
         self.run_dir = Path(t.output_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"train.output_dir={t.output_dir!r} is a file; it must be a folder (new or existing)")
         self.progress = progress and self.dist.is_main
         self.amp_dtype = _AMP[t.amp]
         per_step = self.dist.world_size * t.grad_accum
@@ -92,6 +103,7 @@ class Trainer:
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.model = model if model is not None else build_model(config.model)
         self.model_name = describe_model(config.model) if model is None else type(model).__name__
+        self.model_info = self._describe(model is None)
 
         self.step = 0
         self.epoch = 0
@@ -101,9 +113,13 @@ class Trainer:
         self.last_metrics: dict[str, Any] = {}
         resume_path = self._find_resume(resume)
         state = None
+        self.run_id = uuid.uuid4().hex  # marks this run's checkpoints: pruning never touches another run's
         if resume_path is not None:
-            ckpt.load_model_state(self.model, resume_path)  # clear error if made for another model
+            meta = ckpt.load_model_state(self.model, resume_path)  # clear error if made for another model
             state = ckpt.load_train_state(resume_path)
+            self.run_id = meta.get("run_id", self.run_id)
+        else:
+            self._claim_run_dir(overwrite, resume is not None)
 
         if t.freeze_bn:
             for bn in _batchnorms(self.model):
@@ -168,10 +184,55 @@ class Trainer:
         if state is not None:
             self.logger.truncate_after(self.step)
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     # ----------------------------------------------------------------------------------------------- state
+    def _describe(self, from_config: bool) -> dict[str, Any] | None:
+        """The model description stored in checkpoints (None for a passed-in model without a `config`)."""
+        d, m = self.config.data, self.config.model
+        names = getattr(self.train_dataset, "class_names", None)
+        if names is not None and len(names) != m.num_classes:
+            names = None
+        palette = getattr(self.train_dataset, "palette", None)
+        if palette is None and d.dataset in ("voc", "cityscapes"):
+            from deeplab_fast.inference.palettes import get_palette
+
+            palette = get_palette(d.dataset, m.num_classes)[: m.num_classes]
+        extras = {"class_names": names, "palette": palette, "mean": d.mean, "std": d.std}
+        if isinstance(getattr(self.model, "config", None), dict):
+            return model_info(self.model, **extras)
+        if from_config and m.factory is not None:  # a custom factory: record its spec and keyword arguments
+            kwargs = {
+                "backbone": m.backbone,
+                "num_classes": m.num_classes,
+                "output_stride": m.output_stride,
+                "separable": m.separable,
+                "decoder": m.decoder,
+                "align_corners": m.align_corners,
+                **m.options,
+            }
+            return model_info(self.model, config=kwargs, factory=m.factory, **extras)
+        return None
+
+    def _claim_run_dir(self, overwrite: bool, resume_asked: bool) -> None:
+        """A fresh run needs a folder without another run's files; overwrite=True deletes them (rank 0)."""
+        if self.dist.is_main:
+            existing = ckpt.run_files(self.run_dir)
+            shown = ", ".join(p.name for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
+            if existing and resume_asked:
+                raise ConfigError(
+                    f"train.output_dir={str(self.run_dir)!r} holds no checkpoint to resume but another run's files "
+                    f"({shown}); pass --overwrite instead of --resume to replace them, or choose another --output-dir"
+                )
+            if existing and not overwrite:
+                raise ConfigError(
+                    f"train.output_dir={str(self.run_dir)!r} holds another run ({shown}); pass --resume to continue "
+                    "it, --overwrite to replace it, or choose another --output-dir"
+                )
+            if existing:
+                ckpt.clear_run(self.run_dir)
+        barrier()
+
     def _find_resume(self, resume: str | Path | None) -> Path | None:
         if resume is None:
             return None
@@ -234,10 +295,11 @@ class Trainer:
             meta = {
                 "model": self.model_name,
                 "step": str(self.step),
+                "run_id": self.run_id,
                 "config": yaml.safe_dump(self.config.to_dict(), sort_keys=False),
             }
-            path = ckpt.save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta)
-            ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_last)
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.model.state_dict(), state, meta, self.model_info)
+            ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_last, run_id=self.run_id)
         barrier()
         return path
 
@@ -381,6 +443,7 @@ class Trainer:
                 ckpt.save_weights_file(
                     self.model.state_dict(),
                     self.run_dir / "best.safetensors",
-                    {"model": self.model_name, "step": str(self.step), "mIoU": repr(miou)},
+                    {"model": self.model_name, "step": str(self.step), "mIoU": repr(miou), "run_id": self.run_id},
+                    self.model_info,
                 )
         return metrics
