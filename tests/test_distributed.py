@@ -17,16 +17,11 @@ from deeplab_fast.training.logging import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a loaded machine, intra-op threads spin-waiting on each other make CPU training several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def _config(out: Path) -> dict:

@@ -15,14 +15,7 @@ from deeplab_fast.training import CheckpointError, ConfigError, PolyLR, Trainer,
 from deeplab_fast.training.evaluate import predict_batch
 from deeplab_fast.training.logging import read_scalars
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a loaded machine, intra-op threads spin-waiting on each other make CPU training several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(out: Path, **train) -> dict:

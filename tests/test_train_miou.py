@@ -1,18 +1,10 @@
 """End to end on CPU: a small DeepLabV3+ trained on synthetic shapes reaches mIoU >= 0.8 on held-out images."""
 
 import pytest
-import torch
 
 from deeplab_fast.training import Trainer, config_from_dict
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a loaded machine, intra-op threads spin-waiting on each other make CPU training several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow
