@@ -57,8 +57,10 @@ def check_optional_tensor(t: object, name: str) -> None:
 
 def check_dilation(dilation: object) -> None:
     """ValueError unless `dilation` is a Python int in [1, 2**63 - 1] (bools and floats are not)."""
-    if type(dilation) is not int or not 1 <= dilation <= INT64_MAX:
+    if type(dilation) is not int or dilation < 1:
         raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+    if dilation > INT64_MAX:  # the op schemas carry int64; any dilation >= max(H, W) gives the same result
+        raise ValueError(f"dilation must be an int >= 1 that fits an int64 (at most 2**63 - 1), got {dilation}")
 
 
 def check_same(t: torch.Tensor, x: torch.Tensor, name: str, x_name: str = "x") -> None:
