@@ -28,7 +28,7 @@ def _with_specials(t: torch.Tensor, seed: int, count: int) -> torch.Tensor:
     flat = t.clone().view(-1) if t.is_contiguous() else t.contiguous().view(-1)
     where = torch.randint(0, flat.numel(), (count,), generator=g)
     kind = torch.randint(0, len(SPECIALS), (count,), generator=g)
-    for i, j in zip(where.tolist(), kind.tolist()):
+    for i, j in zip(where.tolist(), kind.tolist(), strict=True):
         flat[i] = SPECIALS[j]
     return flat.view(t.shape)
 

@@ -235,51 +235,29 @@ def launch_upsample_concat(
         c_off += t.shape[1]
 
 
-def launch_upsample_argmax(logits: torch.Tensor, out: torch.Tensor, align_corners: bool) -> None:
-    """Labels (N, H, W) int64 into `out` of the bilinear resize of logits (N, K, h, w) to (H, W)."""
+def _launch_per_pixel(
+    kernel, logits: torch.Tensor, out: torch.Tensor, ho: int, wo: int, align_corners: bool, *extra, **meta
+):
+    """Launch a class kernel (one lane per output pixel, a loop over the K classes) of logits (N, K, h, w)
+    resized to (ho, wo); `extra` follows the scales in the kernel's arguments, `meta` its constexprs."""
     n, k, h, w = logits.shape
-    ho, wo = out.shape[1], out.shape[2]
     total = n * ho * wo
     if total > 0:
-        wrap_triton(_argmax_kernel)[(triton.cdiv(total, _BLOCK),)](
-            logits,
-            out,
-            total,
-            k,
-            h,
-            w,
-            ho,
-            wo,
-            *logits.stride(),
-            _scale(h, ho, align_corners),
-            _scale(w, wo, align_corners),
-            ALIGN=align_corners,
-            BLOCK=_BLOCK,
-        )
+        wrap_triton(kernel)[(triton.cdiv(total, _BLOCK),)](
+            logits, out, total, k, h, w, ho, wo, *logits.stride(),
+            _scale(h, ho, align_corners), _scale(w, wo, align_corners), *extra,
+            ALIGN=align_corners, BLOCK=_BLOCK, **meta,
+        )  # fmt: skip
+
+
+def launch_upsample_argmax(logits: torch.Tensor, out: torch.Tensor, align_corners: bool) -> None:
+    """Labels (N, H, W) int64 into `out` of the bilinear resize of logits (N, K, h, w) to (H, W)."""
+    _launch_per_pixel(_argmax_kernel, logits, out, out.shape[1], out.shape[2], align_corners)
 
 
 def launch_upsample_softmax_accumulate(
     logits: torch.Tensor, accum: torch.Tensor, weight: float, flip: bool, align_corners: bool
 ) -> None:
     """accum (N, K, H, W) fp32 contiguous += weight * softmax(resize(logits (N, K, h, w)))."""
-    n, k, h, w = logits.shape
     ho, wo = accum.shape[2], accum.shape[3]
-    total = n * ho * wo
-    if total > 0:
-        wrap_triton(_softmax_accumulate_kernel)[(triton.cdiv(total, _BLOCK),)](
-            logits,
-            accum,
-            total,
-            k,
-            h,
-            w,
-            ho,
-            wo,
-            *logits.stride(),
-            _scale(h, ho, align_corners),
-            _scale(w, wo, align_corners),
-            float(weight),
-            ALIGN=align_corners,
-            FLIP=flip,
-            BLOCK=_BLOCK,
-        )
+    _launch_per_pixel(_softmax_accumulate_kernel, logits, accum, ho, wo, align_corners, float(weight), FLIP=flip)
