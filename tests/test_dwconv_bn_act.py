@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import dwconv_bn_act, fold_bn
 from deeplab_fast.ops.reference import apply_activation, dwconv_bn_act_reference
@@ -246,6 +247,7 @@ def test_opcheck():
 @needs_cuda
 def test_opcheck_triton():
     x, weight, scale, shift = (t.cuda().requires_grad_() for t in _inputs((1, 4, 5, 6), torch.float32, "nchw"))
+    deeplab_fast.ops.register_triton_ops()  # the Triton ops register on first use; this calls one directly
     torch.library.opcheck(torch.ops.deeplab_fast.dwconv_bn_act_triton.default, (x, weight, scale, shift, 1, 2, 1))
 
 

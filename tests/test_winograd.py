@@ -162,3 +162,16 @@ def test_fused_conv_uses_it_for_wide_stride1_3x3(monkeypatch):
         assert conv._use_winograd(x)
     with torch.enable_grad():
         assert not conv._use_winograd(x)  # inference only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_torch_compile_fullgraph(backend):
+    x, weight, bias, residual = _inputs(1, 8, 8, 6, 7)
+    u = winograd_weight(weight)
+
+    def block(x, residual):
+        return winograd_conv3x3(x, u, bias, residual, dilation=2, activation="relu", backend=backend) * 2
+
+    with torch.no_grad():
+        _close(torch.compile(block, fullgraph=True)(x, residual), block(x, residual))

@@ -8,15 +8,12 @@ deeplab_fast.ops.dwconv.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-# The interpreter (TRITON_INTERPRET=1, read by triton when it is imported) wants few, large programs.
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from deeplab_fast.kernels.triton import INTERPRET
 
 
 @triton.jit
@@ -114,7 +111,7 @@ def launch_dwconv_bn_act(
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
     channels_last = y.stride(1) == 1 and c > 1
-    block_p, block_c = _blocks(ho * wo, c, channels_last, _INTERPRET)
+    block_p, block_c = _blocks(ho * wo, c, channels_last, INTERPRET)
     grid = (n, triton.cdiv(ho * wo, block_p), triton.cdiv(c, block_c))
     wrap_triton(_dwconv_bn_act_kernel)[grid](
         x, w2, scale, shift, y,

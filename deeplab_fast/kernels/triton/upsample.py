@@ -10,15 +10,15 @@ results can differ from the C++ kernels in the last bit.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from deeplab_fast.kernels.triton import INTERPRET
+
 # Few, large program instances under the interpreter (each instance costs tens of milliseconds there).
-_BLOCK = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
+_BLOCK = 4096 if INTERPRET else 1024
 
 
 def _scale(in_size: int, out_size: int, align_corners: bool) -> float:
