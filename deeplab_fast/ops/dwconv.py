@@ -122,8 +122,8 @@ def dwconv_bn_act(
     code = activation_code(activation)
     chosen = resolve_backend(backend, device_of(x, "x"), "dwconv_bn_act")
     _check_types(weight, scale, shift, stride, dilation)
-    if chosen == "cuda" and backend == "auto" and x.dtype == torch.float64:
-        chosen = "reference"  # the CUDA kernels are fp32/fp16/bf16 only; float64 is a checking dtype
+    if backend == "auto" and chosen in ("cuda", "triton") and x.dtype == torch.float64 and x.device.type == "cuda":
+        chosen = "reference"  # the GPU kernels are fp32/fp16/bf16 only; float64 is a checking dtype
     if chosen in ("cpu", "cuda"):  # the C++ op checks the tensors
         return run_op(torch.ops.deeplab_fast.dwconv_bn_act, x, weight, scale, shift, stride, dilation, code)
     check_inputs(x, weight, scale, shift, stride, dilation, code, kernel=chosen == "triton")
