@@ -12,8 +12,9 @@ TORCH_LIBRARY(deeplab_fast, m) {
   m.def(
       "upsample_softmax_accumulate(Tensor logits, Tensor(a!) accum, float weight, bool flip, bool align_corners) "
       "-> ()");
-  // Stride-1 3x3 convolution (any dilation, "same" padding) through Winograd F(2x2, 3x3), CPU float32
-  // channels_last, inference only: u is the transformed weight (16, Cin, Cout); activation as above.
+  // Stride-1 3x3 convolution (any dilation, "same" padding) through Winograd F(2x2, 3x3) or F(4x4, 3x3), CPU
+  // float32, output channels_last, inference only: u is the transformed weight (16 or 36, Cin, Cout);
+  // activation as above.
   m.def(
       "winograd_conv3x3(Tensor x, Tensor u, Tensor? bias, Tensor? residual, int dilation, int activation) -> "
       "Tensor");
@@ -21,4 +22,10 @@ TORCH_LIBRARY(deeplab_fast, m) {
   m.def(
       "dwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
       "int dilation, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The CPU output pool (csrc/cpu/output_pool.h): bytes cached now, free them all, its cap in MiB and a new
+  // cap (deeplab_fast.configure(cpu_output_pool_mb=...)).
+  m.def("output_pool_cached_bytes() -> int");
+  m.def("output_pool_release() -> ()");
+  m.def("cpu_output_pool_mb() -> int");
+  m.def("set_cpu_output_pool_mb(int mb) -> ()");
 }

@@ -10,6 +10,7 @@ from typing import Any
 
 from deeplab_fast import ops
 from deeplab_fast._ext import HAS_EXT, built_with_cuda
+from deeplab_fast.ops._settings import configure
 
 __version__ = "0.1.0"
 
@@ -30,7 +31,7 @@ _LAZY = {
     "training": "deeplab_fast.training",
 }
 
-__all__ = ["ops", "HAS_EXT", "built_with_cuda", "__version__", *_LAZY]
+__all__ = ["ops", "HAS_EXT", "built_with_cuda", "configure", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

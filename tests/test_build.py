@@ -61,6 +61,7 @@ def _start_compile(nvcc: str, source: str, arch: str, out_dir: str) -> subproces
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_ptxas_no_register_spills():
     nvcc = _nvcc()
     if nvcc is None:

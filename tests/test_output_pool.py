@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import dwconv_bn_act, upsample_argmax, upsample_concat
 from deeplab_fast.ops.reference import dwconv_bn_act_reference, upsample_concat_reference
@@ -69,52 +70,79 @@ def test_small_outputs_bypass_the_pool():
     assert _cached() == 0
 
 
-def _run(env_value: str) -> subprocess.CompletedProcess:
-    code = (
-        "import torch, deeplab_fast\n"
-        "from deeplab_fast.ops import dwconv_bn_act\n"
-        "x = torch.randn(1, 64, 130, 130).contiguous(memory_format=torch.channels_last)\n"
-        "y = dwconv_bn_act(x, torch.randn(64, 1, 3, 3), torch.ones(64), torch.zeros(64), backend='cpu')\n"
-        "del y\n"
-        "print('cached', torch.ops.deeplab_fast.output_pool_cached_bytes())\n"
-    )
-    env = dict(os.environ, PYTHONPATH=ROOT, DEEPLAB_FAST_CPU_POOL_MB=env_value)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def pool_cap():
+    """Set the pool cap through deeplab_fast.configure for one test, then restore it."""
+    before = deeplab_fast.configure()["cpu_output_pool_mb"]
+    torch.ops.deeplab_fast.output_pool_release()
+    yield lambda mb: deeplab_fast.configure(cpu_output_pool_mb=mb)
+    deeplab_fast.configure(cpu_output_pool_mb=before)
 
 
-def test_env_cap_zero_turns_the_pool_off():
-    proc = _run("0")
+def _dw_out(c: int, hw: int = 130) -> torch.Tensor:
+    x = torch.randn(1, c, hw, hw).contiguous(memory_format=torch.channels_last)
+    return dwconv_bn_act(x, torch.randn(c, 1, 3, 3), torch.ones(c), torch.zeros(c), backend="cpu")
+
+
+def test_configure_reads_and_sets_the_cap(pool_cap):
+    assert deeplab_fast.configure() == {"cpu_output_pool_mb": deeplab_fast.configure()["cpu_output_pool_mb"]}
+    assert pool_cap(64) == {"cpu_output_pool_mb": 64}
+    assert deeplab_fast.configure() == {"cpu_output_pool_mb": 64}
+    assert torch.ops.deeplab_fast.cpu_output_pool_mb() == 64
+
+
+def test_cap_zero_turns_the_pool_off(pool_cap):
+    pool_cap(0)
+    y = _dw_out(64)
+    del y
+    assert _cached() == 0
+
+
+def test_lowering_the_cap_frees_cached_blocks(pool_cap):
+    pool_cap(256)
+    y = _dw_out(64)  # 4.3 MB: pooled
+    del y
+    assert _cached() > 0
+    pool_cap(1)
+    assert _cached() == 0
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "lots", True, 2**43, 2**64])
+def test_bad_cap_is_a_clear_error(pool_cap, value):
+    """Values that are not whole MiB counts, or whose byte count overflows an int64, are refused."""
+    with pytest.raises(ValueError, match=r"cpu_output_pool_mb must be an int in \[0, 8796093022207\]"):
+        pool_cap(value)
+    assert deeplab_fast.configure()["cpu_output_pool_mb"] != value
+
+
+def test_cpp_rejects_an_overflowing_cap(pool_cap):
+    """The C++ setter checks too (it can be called through torch.ops): 2**62 MiB would overflow size_t."""
+    with pytest.raises(ValueError, match="cpu_output_pool_mb must be an int in"):
+        torch.ops.deeplab_fast.set_cpu_output_pool_mb(2**62)
+
+
+def test_environment_variable_is_not_read():
+    """The retired DEEPLAB_FAST_CPU_POOL_MB no longer configures anything (configure() does)."""
+    code = "import deeplab_fast; print(deeplab_fast.configure()['cpu_output_pool_mb'])"
+    env = dict(os.environ, PYTHONPATH=ROOT, DEEPLAB_FAST_CPU_POOL_MB="0")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "cached 0" in proc.stdout
+    assert proc.stdout.split() == ["256"]
 
 
-def test_bad_env_cap_is_a_clear_error():
-    proc = _run("lots")
-    assert proc.returncode != 0
-    assert "DEEPLAB_FAST_CPU_POOL_MB must be a whole number >= 0, got 'lots'" in proc.stderr
-
-
-def test_blocks_of_shapes_no_longer_used_make_room_for_new_ones():
+def test_blocks_of_shapes_no_longer_used_make_room_for_new_ones(pool_cap):
     # Cap 12 MiB; outputs of 8 MiB (A), then 3 MiB (B), then 9 MiB (C), none able to use another's block.
     # When C's block comes back, A (given back longest ago) is evicted to make room, and C's next call is
     # served from the pool; blocks of old shapes used to pin the cap, so C came fresh from the system on
     # every call (page faults included).
-    code = (
-        "import torch, deeplab_fast\n"
-        "from deeplab_fast.ops import dwconv_bn_act\n"
-        "def out(c):\n"
-        "    x = torch.randn(1, c, 128, 128).contiguous(memory_format=torch.channels_last)\n"
-        "    return dwconv_bn_act(x, torch.randn(c, 1, 3, 3), torch.ones(c), torch.zeros(c), backend='cpu')\n"
-        "mib = lambda: torch.ops.deeplab_fast.output_pool_cached_bytes() >> 20\n"
-        "for c in (128, 48, 144):\n"
-        "    y = out(c); del y\n"
-        "    after_first = mib()\n"
-        "    y = out(c)\n"
-        "    while_second = mib(); del y\n"
-        "    print(c, after_first, while_second)\n"
-    )
-    env = dict(os.environ, PYTHONPATH=ROOT, DEEPLAB_FAST_CPU_POOL_MB="12")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    pool_cap(12)
+    seen = []
+    for c in (128, 48, 144):
+        y = _dw_out(c, 128)
+        del y
+        after_first = _cached() >> 20
+        y = _dw_out(c, 128)
+        seen += [c, after_first, _cached() >> 20]
+        del y
     # (channels, MiB cached after the first call, MiB cached while the second call's output lives)
-    assert proc.stdout.split() == "128 8 0 48 11 8 144 12 3".split(), proc.stdout
+    assert seen == [128, 8, 0, 48, 11, 8, 144, 12, 3]

@@ -77,17 +77,21 @@ def test_opcheck():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"x": torch.randn(8, 5, 5)}, "x must be a 4-D tensor"),
+        ({"x": torch.randn(8, 5, 5)}, r"x must be a 4-D \(N, Cin, H, W\) tensor"),
         ({"x": torch.randn(1, 8, 5, 5).double()}, "x must be float32"),
         ({"u": torch.randn(16, 7, 4)}, r"u must have shape \(16 or 36, 8, Cout\)"),
         ({"u": torch.randn(25, 8, 4)}, r"u must have shape \(16 or 36, 8, Cout\)"),
-        ({"bias": torch.randn(5)}, r"bias must be a float32 CPU tensor of shape \(4\)"),
+        ({"bias": torch.randn(5)}, r"bias must have shape \(4,\)"),
+        ({"bias": torch.randn(4).double()}, "bias must have x's dtype float32, got float64"),
+        ({"residual": torch.randn(1, 4, 5, 5, device="meta")}, "residual must be on x's device cpu, got meta"),
         ({"residual": torch.randn(1, 4, 5, 6)}, r"residual must have shape \(1, 4, 5, 5\)"),
         ({"dilation": 0}, "dilation must be an int >= 1"),
         ({"activation": "gelu"}, "activation must be one of"),
     ],
 )
-def test_bad_input(kwargs, message):
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_bad_input(kwargs, message, backend):
+    """The C++ op and the reference backend's Python check raise the same ValueError."""
     args = {
         "x": torch.randn(1, 8, 5, 5),
         "u": winograd_weight(torch.randn(4, 8, 3, 3)),
@@ -97,7 +101,7 @@ def test_bad_input(kwargs, message):
         "activation": "none",
     }
     args.update(kwargs)
-    with pytest.raises((ValueError, RuntimeError), match=message):
+    with pytest.raises(ValueError, match=message):
         winograd_conv3x3(
             args["x"],
             args["u"],
@@ -105,6 +109,7 @@ def test_bad_input(kwargs, message):
             args["residual"],
             dilation=args["dilation"],
             activation=args["activation"],
+            backend=backend,
         )
 
 
@@ -113,6 +118,28 @@ def test_weight_bad_input():
         winograd_weight(torch.randn(4, 4, 5, 5))
     with pytest.raises(ValueError, match="tile must be 2 or 4"):
         winograd_weight(torch.randn(4, 4, 3, 3), tile=3)
+    with pytest.raises(ValueError, match=r"tile must be 2 or 4 \(an int\), got 4.0"):
+        winograd_weight(torch.randn(4, 4, 3, 3), tile=4.0)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("activation", ["none", "relu6"])
+def test_reference_backend_matches_cpu(tile, activation):
+    """backend="reference" computes the same function from the same arguments (u, not the weight)."""
+    x, weight, bias, residual = _inputs(2, 8, 5, 7, 6)
+    u = winograd_weight(weight, tile)
+    ref = winograd_conv3x3(x, u, bias, residual, dilation=2, activation=activation, backend="reference")
+    assert ref.is_contiguous(memory_format=torch.channels_last) and ref.shape == (2, 5, 7, 6)
+    _close(winograd_conv3x3(x, u, bias, residual, dilation=2, activation=activation, backend="cpu"), ref, 1e-4)
+    _close(ref, winograd_conv3x3_reference(x, weight, bias, residual, 2, activation))
+
+
+def test_weight_from_u_inverts_the_transform():
+    from deeplab_fast.ops.winograd import weight_from_u
+
+    weight = torch.randn(6, 5, 3, 3)
+    for tile in (2, 4):
+        torch.testing.assert_close(weight_from_u(winograd_weight(weight, tile)), weight, rtol=1e-6, atol=1e-6)
 
 
 def test_fused_conv_uses_it_for_wide_stride1_3x3(monkeypatch):
@@ -135,3 +162,16 @@ def test_fused_conv_uses_it_for_wide_stride1_3x3(monkeypatch):
         assert conv._use_winograd(x)
     with torch.enable_grad():
         assert not conv._use_winograd(x)  # inference only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_torch_compile_fullgraph(backend):
+    x, weight, bias, residual = _inputs(1, 8, 8, 6, 7)
+    u = winograd_weight(weight)
+
+    def block(x, residual):
+        return winograd_conv3x3(x, u, bias, residual, dilation=2, activation="relu", backend=backend) * 2
+
+    with torch.no_grad():
+        _close(torch.compile(block, fullgraph=True)(x, residual), block(x, residual))

@@ -26,10 +26,12 @@ DLF_HOST_DEVICE DLF_FORCEINLINE T dlf_min(T a, T b) { return a < b ? a : b; }
 template <typename T>
 DLF_HOST_DEVICE DLF_FORCEINLINE T dlf_max(T a, T b) { return a > b ? a : b; }
 
+// relu / relu6 as torch computes them: NaN stays NaN (each comparison is false for NaN, so it falls
+// through to v), at the cost of the same two selects as `v > 0 ? v : 0`.
 template <typename A>
 DLF_HOST_DEVICE DLF_FORCEINLINE A apply_activation(A v, int act) {
-  if (act == kActRelu) return v > A(0) ? v : A(0);
-  if (act == kActRelu6) return v > A(0) ? (v < A(6) ? v : A(6)) : A(0);
+  if (act == kActRelu) return v < A(0) ? A(0) : v;
+  if (act == kActRelu6) return v < A(0) ? A(0) : (v > A(6) ? A(6) : v);
   return v;
 }
 

@@ -119,8 +119,9 @@ struct AvxF32 {
   static DLF_FORCEINLINE void fma(P& acc, const P& x, const P& w) { acc.v = _mm256_fmadd_ps(x.v, w.v, acc.v); }
   static DLF_FORCEINLINE P epilogue(const P& acc, const P& s, const P& b, int act) {
     __m256 r = _mm256_fmadd_ps(acc.v, s.v, b.v);
-    if (act != kActNone) r = _mm256_max_ps(r, _mm256_setzero_ps());
-    if (act == kActRelu6) r = _mm256_min_ps(r, _mm256_set1_ps(6.f));
+    // max/min return their second operand when either is NaN: r goes second so NaN propagates (as torch).
+    if (act != kActNone) r = _mm256_max_ps(_mm256_setzero_ps(), r);
+    if (act == kActRelu6) r = _mm256_min_ps(_mm256_set1_ps(6.f), r);
     return P{r};
   }
 };

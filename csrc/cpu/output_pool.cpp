@@ -10,9 +10,9 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <mutex>
-#include <string>
 #include <vector>
 
 namespace dlf {
@@ -27,22 +27,15 @@ constexpr size_t kGranule = size_t{1} << 20;
 // A free block serves a request of at least 1/kSlack of its size, so a small map never pins a huge block.
 constexpr size_t kSlack = 2;
 
+// Default cap on the bytes the pool keeps, in MiB (deeplab_fast.configure(cpu_output_pool_mb=...)).
+constexpr size_t kDefaultCapMb = 256;
+
 // False once the pool is destroyed at exit: blocks freed later go straight back to the system.
 std::atomic<bool> g_pool_open{false};
 
-size_t cap_from_env() {
-  const char* v = std::getenv("DEEPLAB_FAST_CPU_POOL_MB");
-  if (v == nullptr || *v == '\0') return size_t{256} << 20;
-  char* end = nullptr;
-  const long long mb = std::strtoll(v, &end, 10);
-  TORCH_CHECK(end != v && *end == '\0' && mb >= 0, "DEEPLAB_FAST_CPU_POOL_MB must be a whole number >= 0, got '", v,
-              "'");
-  return static_cast<size_t>(mb) << 20;
-}
-
 class BlockPool {
  public:
-  BlockPool() : cap_(cap_from_env()) { g_pool_open.store(true); }
+  BlockPool() { g_pool_open.store(true); }
   ~BlockPool() {
     g_pool_open.store(false);
     release();
@@ -50,7 +43,18 @@ class BlockPool {
   BlockPool(const BlockPool&) = delete;
   BlockPool& operator=(const BlockPool&) = delete;
 
-  size_t cap() const { return cap_; }
+  size_t cap() const { return cap_.load(std::memory_order_relaxed); }
+
+  // A new cap; blocks given back longest ago are freed until the cached bytes fit under it.
+  void set_cap(size_t bytes) {
+    std::vector<void*> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cap_.store(bytes, std::memory_order_relaxed);
+      while (cached_ > bytes) evicted.push_back(evict_oldest());
+    }
+    for (void* d : evicted) std::free(base_of(d));
+  }
 
   // A block of at least `bytes` usable bytes (the header is already in front of the returned pointer).
   void* take(size_t bytes) {
@@ -79,15 +83,9 @@ class BlockPool {
     std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (bytes <= cap_) {
-        while (cached_ + bytes > cap_) {
-          auto oldest = free_.begin();
-          for (auto it = free_.begin(); it != free_.end(); ++it)
-            if (it->second.stamp < oldest->second.stamp) oldest = it;
-          cached_ -= oldest->first;
-          evicted.push_back(oldest->second.data);
-          free_.erase(oldest);
-        }
+      const size_t cap = cap_.load(std::memory_order_relaxed);
+      if (bytes <= cap) {
+        while (cached_ + bytes > cap) evicted.push_back(evict_oldest());
         free_.emplace(bytes, Entry{data, ++clock_});
         cached_ += bytes;
         data = nullptr;
@@ -113,6 +111,17 @@ class BlockPool {
   static void* base_of(void* data) { return static_cast<char*>(data) - kHeader; }
 
  private:
+  // Removes the block given back longest ago from the free list (mu_ held, free_ not empty); returns it.
+  void* evict_oldest() {
+    auto oldest = free_.begin();
+    for (auto it = free_.begin(); it != free_.end(); ++it)
+      if (it->second.stamp < oldest->second.stamp) oldest = it;
+    void* data = oldest->second.data;
+    cached_ -= oldest->first;
+    free_.erase(oldest);
+    return data;
+  }
+
   struct Entry {
     void* data;
     uint64_t stamp;  // when it was given back (a counter): the smallest is evicted first
@@ -121,7 +130,7 @@ class BlockPool {
   std::multimap<size_t, Entry> free_;
   size_t cached_ = 0;
   uint64_t clock_ = 0;
-  const size_t cap_;
+  std::atomic<size_t> cap_{kDefaultCapMb << 20};
 };
 
 BlockPool& pool() {
@@ -170,11 +179,20 @@ int64_t output_pool_cached_bytes() { return pool().cached(); }
 
 void output_pool_release() { pool().release(); }
 
+int64_t cpu_output_pool_mb() { return static_cast<int64_t>(pool().cap() >> 20); }
+
+void set_cpu_output_pool_mb(int64_t mb) {
+  TORCH_CHECK_VALUE(mb >= 0 && mb <= kMaxPoolMb, "cpu_output_pool_mb must be an int in [0, ", kMaxPoolMb,
+                    "] (MiB; 0 turns the pool off), got ", mb);
+  pool().set_cap(static_cast<size_t>(mb) << 20);
+}
+
 }  // namespace dlf
 
-// Introspection for tests and benchmarks: torch.ops.deeplab_fast.output_pool_cached_bytes() and
-// torch.ops.deeplab_fast.output_pool_release() (no tensor arguments: catch-all kernels).
-TORCH_LIBRARY_FRAGMENT(deeplab_fast, m) {
-  m.def("output_pool_cached_bytes() -> int", &dlf::output_pool_cached_bytes);
-  m.def("output_pool_release() -> ()", &dlf::output_pool_release);
+// Kernels of the pool's schemas (csrc/deeplab_fast.cpp); they take no tensor: catch-all.
+TORCH_LIBRARY_IMPL(deeplab_fast, CatchAll, m) {
+  m.impl("output_pool_cached_bytes", &dlf::output_pool_cached_bytes);
+  m.impl("output_pool_release", &dlf::output_pool_release);
+  m.impl("cpu_output_pool_mb", &dlf::cpu_output_pool_mb);
+  m.impl("set_cpu_output_pool_mb", &dlf::set_cpu_output_pool_mb);
 }

@@ -4,7 +4,8 @@
 // call that returns, say, a 2048 x 65 x 65 fp32 map (35 MB) first page-faults and zeroes every page of
 // it: on this class of VM that costs 5x the op itself. Blocks of at least kPoolMinBytes (1 MiB) freed by their
 // tensors are kept (up to a cap) and handed to the next output of a size they fit, as the CUDA caching
-// allocator and onnxruntime's arena do. Cap: DEEPLAB_FAST_CPU_POOL_MB (default 256; 0 turns it off).
+// allocator and onnxruntime's arena do. Cap: deeplab_fast.configure(cpu_output_pool_mb=...) (default 256 MiB;
+// 0 turns it off).
 #pragma once
 
 #include <ATen/ops/empty.h>
@@ -14,6 +15,7 @@
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
+#include <limits>
 
 namespace dlf {
 
@@ -32,5 +34,13 @@ int64_t output_pool_cached_bytes();
 
 // Frees every cached block.
 void output_pool_release();
+
+// The largest cap, in MiB, whose size in bytes fits an int64.
+constexpr int64_t kMaxPoolMb = std::numeric_limits<int64_t>::max() >> 20;
+
+// The cap on the bytes kept, in MiB, and a new one (0 <= mb <= kMaxPoolMb, else a ValueError); lowering it
+// frees the blocks given back longest ago until the rest fit.
+int64_t cpu_output_pool_mb();
+void set_cpu_output_pool_mb(int64_t mb);
 
 }  // namespace dlf

@@ -1,13 +1,14 @@
-// Winograd F(2x2, 3x3) input and output transforms (see winograd_cpu.h), vectorized over channels:
+// Winograd F(2x2, 3x3) input and output transforms (declared in cpu/launchers.h), vectorized over channels:
 // B^T d B and A^T m A are additions only, done on 8 channels at a time with AVX2 (plain loops
 // otherwise, which the compiler vectorizes the same way).
-#include "cpu/winograd_cpu.h"
+#include "cpu/launchers.h"
 
 #include "common/host_device.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -17,9 +18,29 @@ namespace dlf {
 
 std::vector<int64_t> winograd_tile_bases(int64_t size, int64_t d, int m) {
   std::vector<int64_t> bases;
+  const int64_t step = m * std::min(d, size);  // a step >= size ends each class after its first member
   for (int64_t r = 0; r < std::min(d, size); ++r)
-    for (int64_t b = r; b < size; b += m * d) bases.push_back(b);
+    for (int64_t b = r; b < size; b += step) bases.push_back(b);
   return bases;
+}
+
+bool all_finite_cpu(const float* x, int64_t n) {
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, n, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
+    // x * 0 is 0 for finite x and NaN for inf and NaN: one multiply-add per element, no branch.
+    float acc = 0.f;
+    int64_t i = begin;
+#ifdef __AVX2__
+    __m256 v = _mm256_setzero_ps();
+    for (; i + 8 <= end; i += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_setzero_ps(), v);
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, v);
+    for (float l : lanes) acc += l;
+#endif
+    for (; i < end; ++i) acc += x[i] * 0.f;
+    if (acc != 0.f) finite.store(false, std::memory_order_relaxed);
+  });
+  return finite.load();
 }
 
 namespace {
@@ -35,8 +56,9 @@ struct F8 {
   friend F8 operator-(F8 a, F8 b) { return {_mm256_sub_ps(a.v, b.v)}; }
   static F8 fma(float c, F8 a, F8 b) { return {_mm256_fmadd_ps(_mm256_set1_ps(c), a.v, b.v)}; }  // c * a + b
   static F8 mul(float c, F8 a) { return {_mm256_mul_ps(_mm256_set1_ps(c), a.v)}; }
-  static F8 relu(F8 a) { return {_mm256_max_ps(a.v, _mm256_setzero_ps())}; }
-  static F8 relu6(F8 a) { return {_mm256_min_ps(_mm256_max_ps(a.v, _mm256_setzero_ps()), _mm256_set1_ps(6.f))}; }
+  // max/min return their second operand when either is NaN: a goes second so NaN propagates (as torch).
+  static F8 relu(F8 a) { return {_mm256_max_ps(_mm256_setzero_ps(), a.v)}; }
+  static F8 relu6(F8 a) { return {_mm256_min_ps(_mm256_set1_ps(6.f), _mm256_max_ps(_mm256_setzero_ps(), a.v))}; }
 };
 #endif
 struct F1 {
@@ -48,8 +70,8 @@ struct F1 {
   friend F1 operator-(F1 a, F1 b) { return {a.v - b.v}; }
   static F1 fma(float c, F1 a, F1 b) { return {c * a.v + b.v}; }
   static F1 mul(float c, F1 a) { return {c * a.v}; }
-  static F1 relu(F1 a) { return {a.v > 0.f ? a.v : 0.f}; }
-  static F1 relu6(F1 a) { return {a.v > 0.f ? (a.v < 6.f ? a.v : 6.f) : 0.f}; }
+  static F1 relu(F1 a) { return {apply_activation(a.v, kActRelu)}; }
+  static F1 relu6(F1 a) { return {apply_activation(a.v, kActRelu6)}; }
 };
 
 // Transform matrices of F(M x M, 3 x 3) (Lavin & Gray): B^T (A x A) for the input, A^T (M x A) for the

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "common/checks.h"
@@ -19,39 +20,51 @@
 namespace dlf {
 namespace {
 
+// The checks of deeplab_fast.ops.dwconv's Python check (reference and Triton backends, fake impls), in the
+// same order and words.
 void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& shift,
                   int64_t stride, int64_t dilation, int64_t activation) {
-  DLF_CHECK_NDIM(x, 4, "x");
+  TORCH_CHECK_VALUE(x.dim() == 4, "x must be a 4-D (N, C, H, W) tensor, got ", x.dim(), "-D with shape ", x.sizes());
   DLF_CHECK_FLOATING(x, "x");
   const int64_t C = x.size(1);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1,
-              "weight must have shape (C, 1, k, k) with C = ", C, ", got ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1,
+                    "weight must have shape (C, 1, k, k) with C=", C, " (x's channels), got ", weight.sizes());
   const int64_t K = weight.size(2);
-  TORCH_CHECK(weight.size(3) == K && K % 2 == 1, "weight must be square with odd k, got ", weight.sizes());
-  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == C, "scale must have shape (", C, ",), got ", scale.sizes());
-  TORCH_CHECK(shift.dim() == 1 && shift.size(0) == C, "shift must have shape (", C, ",), got ", shift.sizes());
-  DLF_CHECK_SAME_DEVICE(x, weight, "x", "weight");
-  DLF_CHECK_SAME_DEVICE(x, scale, "x", "scale");
-  DLF_CHECK_SAME_DEVICE(x, shift, "x", "shift");
+  TORCH_CHECK_VALUE(weight.size(3) == K, "weight must be square (C, 1, k, k), got ", weight.sizes());
+  TORCH_CHECK_VALUE(K % 2 == 1, "weight's kernel size k must be odd (3, 5, 7, ...), got k=", K);
+  TORCH_CHECK_VALUE(scale.dim() == 1 && scale.size(0) == C, "scale must have shape (", C, ",) (x's channels), got ",
+                    scale.sizes());
+  TORCH_CHECK_VALUE(shift.dim() == 1 && shift.size(0) == C, "shift must have shape (", C, ",) (x's channels), got ",
+                    shift.sizes());
   DLF_CHECK_SAME_DTYPE(x, weight, "x", "weight");
+  DLF_CHECK_SAME_DEVICE(x, weight, "x", "weight");
   DLF_CHECK_SAME_DTYPE(x, scale, "x", "scale");
+  DLF_CHECK_SAME_DEVICE(x, scale, "x", "scale");
   DLF_CHECK_SAME_DTYPE(x, shift, "x", "shift");
-  TORCH_CHECK(stride == 1 || stride == 2, "stride must be 1 or 2, got ", stride);
-  TORCH_CHECK(dilation >= 1, "dilation must be >= 1, got ", dilation);
-  TORCH_CHECK(activation >= 0 && activation <= 2, "activation code must be 0 (none), 1 (relu) or 2 (relu6), got ",
-              activation);
-  TORCH_CHECK(!(x.is_cuda() && x.scalar_type() == at::kDouble),
-              "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
-              "bfloat16); use float32 or backend='reference'");
+  DLF_CHECK_SAME_DEVICE(x, shift, "x", "shift");
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, "stride must be 1 or 2, got ", stride);
+  TORCH_CHECK_VALUE(dilation >= 1, "dilation must be an int >= 1, got ", dilation);
+  TORCH_CHECK_VALUE(activation >= 0 && activation <= 2,
+                    "activation code must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
+  TORCH_CHECK_VALUE(!(x.is_cuda() && x.scalar_type() == at::kDouble),
+                    "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
+                    "bfloat16); use float32 or backend='reference'");
 }
 
 bool is_channels_last(const at::Tensor& x) {
   return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
 }
 
-int64_t out_size(int64_t size, int64_t K, int64_t stride, int64_t dilation) {
-  const int64_t pad = dilation * (K - 1) / 2;
-  return (size + 2 * pad - dilation * (K - 1) - 1) / stride + 1;
+// Output size of "same" padding (dilation * (k - 1) / 2 per side, k odd): ceil(size / stride), whatever the
+// dilation; 0 for an empty side. Written without the dilation, whose products can overflow.
+int64_t out_size(int64_t size, int64_t stride) { return size == 0 ? 0 : (size - 1) / stride + 1; }
+
+// The dilation the kernels run with: a dilation of at least max(H, W) leaves only the centre tap inside
+// the image (every other tap is at least max(H, W) away from any output), so max(H, W) gives the same
+// result and keeps dilation * (k - 1) and the tap offsets far from int64 overflow.
+int64_t effective_dilation(const at::Tensor& x, int64_t dilation) {
+  const int64_t extent = std::max<int64_t>(std::max(x.size(2), x.size(3)), 1);
+  return std::min(dilation, extent);
 }
 
 at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
@@ -100,7 +113,8 @@ at::Tensor dwconv_bn_act(const at::Tensor& x_in, const at::Tensor& weight, const
   const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_in.contiguous(fmt);
   const int64_t N = x.size(0), C = x.size(1), K = weight.size(2);
-  const int64_t Ho = out_size(x.size(2), K, stride, dilation), Wo = out_size(x.size(3), K, stride, dilation);
+  const int64_t Ho = out_size(x.size(2), stride), Wo = out_size(x.size(3), stride);
+  dilation = effective_dilation(x, dilation);
   at::Tensor y = new_output({N, C, Ho, Wo}, x, x.scalar_type(), fmt);
   if (y.numel() == 0) return y;
   const auto acc = acc_dtype(x);
@@ -140,10 +154,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_in.contiguous(fmt);
   const int64_t N = x.size(0), C = x.size(1), K = weight.size(2);
-  const int64_t Ho = out_size(x.size(2), K, stride, dilation), Wo = out_size(x.size(3), K, stride, dilation);
+  const int64_t Ho = out_size(x.size(2), stride), Wo = out_size(x.size(3), stride);
+  dilation = effective_dilation(x, dilation);
   DLF_CHECK_NDIM(grad_out, 4, "grad_out");
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({N, C, Ho, Wo}), "grad_out must have shape (", N, ", ", C, ", ",
-              Ho, ", ", Wo, "), got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({N, C, Ho, Wo}), "grad_out must have shape (", N, ", ", C,
+                    ", ", Ho, ", ", Wo, "), got ", grad_out.sizes());
   DLF_CHECK_SAME_DEVICE(x, grad_out, "x", "grad_out");
   const at::Tensor go = grad_out.to(x.scalar_type()).contiguous(fmt);
   at::Tensor gx = at::empty_like(x, x.options().memory_format(fmt));

@@ -1,10 +1,17 @@
-"""Backend choice shared by every fused op: "auto", "cuda", "cpu", "triton", "reference"."""
+"""The one dispatch path of every fused op: backend resolution and its cache, availability errors, the
+no-grad fast call, and registrations made on first use.
+
+Backends: "auto", "cuda", "cpu", "triton", "reference". `resolve_backend` answers from one cache and is
+evaluated once at trace time under torch.compile (it queries the dispatcher, which Dynamo cannot trace);
+`run_op` calls a compiled op below the Autograd key when there is nothing to record.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -12,67 +19,78 @@ from deeplab_fast import _ext
 
 BACKENDS = ("auto", "cuda", "cpu", "triton", "reference")
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def triton_available(device: torch.device) -> tuple[bool, str]:
-    """Whether Triton kernels can run on tensors of `device`, and why not if they cannot."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+
+def constant_result(fn: F) -> F:
+    """Mark `fn` as torch.compiler.assume_constant_result does: Dynamo calls it at trace time with constant
+    arguments and folds its result into the graph. The mark is set directly because the public decorator
+    imports torch._dynamo (about a second), which `import deeplab_fast` must not pay."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+def triton_available(device: torch.device | str) -> tuple[bool, str]:
+    """Whether Triton kernels can run on tensors of `device`, and why not if they cannot.
+
+    On a CPU they run only through the Triton interpreter, which TRITON_INTERPRET=1 selects when triton is
+    first imported; meta tensors need only the package (their fake implementations answer).
+    """
+    device_type = getattr(device, "type", device)
+    if importlib.util.find_spec("triton") is None:
         return False, "the triton package is not installed (pip install triton==3.8.0)"
-    if device.type == "cuda":
-        return True, ""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if device_type in ("cuda", "meta") or os.environ.get("TRITON_INTERPRET") == "1":
         return True, ""
     return False, (
-        f"Triton kernels need CUDA tensors (got a {device.type} tensor); on a CPU they run only "
+        f"Triton kernels need CUDA tensors (got a {device_type} tensor); on a CPU they run only "
         "through the interpreter, with TRITON_INTERPRET=1 set before deeplab_fast is imported"
     )
 
 
-# Successful resolutions, by (backend, device type, device index, op): every op call resolves its
-# backend, and the checks behind it (dispatcher queries, a triton import) cost as much as a small op's
-# kernel. Errors are not cached (they are raised anew each time), nor is backend="triton", whose answer
-# on a CPU depends on TRITON_INTERPRET at call time.
-_RESOLVED: dict[tuple, str] = {}
+# The single cache of successful resolutions, by (backend, device type, op). Errors are raised anew each
+# time, not cached.
+_RESOLVED: dict[tuple[str, str, str], str] = {}
 
 
-def resolve_backend(backend: str, device: torch.device, op: str) -> str:
-    """Map a user's `backend` argument to the concrete backend for tensors on `device`.
+@constant_result
+def resolve_backend(backend: str, device: torch.device | str, op: str) -> str:
+    """Map a user's `backend` argument to the concrete backend for `op` on tensors of `device`.
 
     Raises ValueError for an unknown name and RuntimeError for a backend this machine or build cannot
     run, naming the argument and what would work.
     """
-    key = (backend, device.type, device.index, op)
+    device_type = getattr(device, "type", device)
     try:
-        return _RESOLVED[key]
-    except (KeyError, TypeError):  # TypeError: an unhashable `backend`, which the checks below reject
+        return _RESOLVED[(backend, device_type, op)]
+    except (KeyError, TypeError):  # TypeError: an unhashable `backend`, which _resolve rejects
         pass
-    chosen = _resolve(backend, device, op)
-    if backend != "triton":
-        _RESOLVED[key] = chosen
+    chosen = _resolve(backend, device_type, op)
+    _RESOLVED[(backend, device_type, op)] = chosen
     return chosen
 
 
-def _resolve(backend: str, device: torch.device, op: str) -> str:
+def _resolve(backend: object, device_type: str, op: str) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     if backend == "auto":
-        if device.type in ("cpu", "cuda") and _ext.has_kernel(op, device.type):
-            return device.type
-        if device.type == "cuda" and triton_available(device)[0]:
+        if device_type in ("cpu", "cuda") and _ext.has_kernel(op, device_type):
+            return device_type
+        if device_type == "cuda" and triton_available(device_type)[0] and op != "winograd_conv3x3":
             return "triton"
         return "reference"
     if backend == "reference":
         return backend
     if backend == "triton":
-        ok, why = triton_available(device)
+        if op == "winograd_conv3x3":
+            raise RuntimeError("backend='triton' is unavailable for winograd_conv3x3: it has no Triton kernel")
+        ok, why = triton_available(device_type)
         if not ok:
             raise RuntimeError(f"backend='triton' is unavailable for {op}: {why}")
         return backend
     # cpu / cuda: compiled kernels
-    if device.type != backend:
+    if device_type != backend:
         raise RuntimeError(
-            f"backend={backend!r} runs on {backend} tensors, but the input of {op} is on {device}; "
+            f"backend={backend!r} runs on {backend} tensors, but the input of {op} is on {device_type}; "
             f"move the tensors or use backend='auto'"
         )
     _ext.require_ext(backend)
@@ -86,6 +104,13 @@ def _resolve(backend: str, device: torch.device, op: str) -> str:
     return backend
 
 
+def device_of(t: object, name: str) -> torch.device:
+    """The device of tensor argument `name` (a TypeError naming it if it is not a tensor)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t.device
+
+
 def run_op(op: Callable[..., Any], *args: Any) -> Any:
     """Call the custom op `op` (a torch.ops.deeplab_fast.* overload packet) on `args`.
 
@@ -97,3 +122,21 @@ def run_op(op: Callable[..., Any], *args: Any) -> Any:
         with torch._C._AutoDispatchBelowAutograd():
             return op(*args)
     return op(*args)
+
+
+def registered_on_first_use(register: Callable[[], None]) -> Callable[[], bool]:
+    """A function that runs `register` the first time it is called and returns True.
+
+    For the Triton ops: torch.library.triton_op imports triton (about 0.4 s) when it registers an op, so
+    they register when a Triton backend is first used, eagerly or at trace time under torch.compile.
+    """
+    done = []
+
+    @constant_result
+    def ensure() -> bool:
+        if not done:
+            register()
+            done.append(True)
+        return True
+
+    return ensure

@@ -5,11 +5,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
+from deeplab_fast.ops._common import ACTIVATIONS, effective_dilation, memory_format_of, same_out_size
+
+__all__ = [
+    "ACTIVATIONS",
+    "apply_activation",
+    "dwconv_bn_act_reference",
+    "upsample_concat_reference",
+    "upsample_argmax_reference",
+    "upsample_softmax_accumulate_reference",
+    "winograd_conv3x3_reference",
+]
 
 
 def apply_activation(x: torch.Tensor, activation: str) -> torch.Tensor:
-    """Apply "relu", "relu6" or "none" to `x`."""
+    """Apply "relu", "relu6" or "none" to `x` (NaN stays NaN, as in torch)."""
     if activation == "relu":
         return F.relu(x)
     if activation == "relu6":
@@ -28,10 +38,17 @@ def dwconv_bn_act_reference(
 ) -> torch.Tensor:
     """act(depthwise_conv2d(x, weight) * scale[c] + shift[c]), computed in fp32 (fp64 stays fp64).
 
-    x: (N, C, H, W) float; weight: (C, 1, k, k); scale, shift: (C,). Padding dilation*(k-1)//2.
-    Returns (N, C, Ho, Wo) in x's dtype and memory format.
+    x: (N, C, H, W) float; weight: (C, 1, k, k), k odd; scale, shift: (C,). Padding dilation*(k-1)//2,
+    with a dilation of at least max(H, W) taken as max(H, W) (the same result: only the centre tap is
+    inside the map). Returns (N, C, ceil(H / stride), ceil(W / stride)) in x's dtype and memory format;
+    empty when x is.
     """
+    n, c, h, w = x.shape
+    fmt = memory_format_of(x)
+    if x.numel() == 0:
+        return x.new_empty((n, c, same_out_size(h, stride), same_out_size(w, stride))).contiguous(memory_format=fmt)
     k = weight.shape[-1]
+    dilation = effective_dilation(dilation, h, w)
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = F.conv2d(
         x.to(compute),
@@ -39,16 +56,10 @@ def dwconv_bn_act_reference(
         stride=stride,
         padding=dilation * (k - 1) // 2,
         dilation=dilation,
-        groups=x.shape[1],
+        groups=c,
     )
     y = y * scale.to(compute).view(1, -1, 1, 1) + shift.to(compute).view(1, -1, 1, 1)
-    y = apply_activation(y, activation).to(x.dtype)
-    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-    return y.contiguous(memory_format=fmt)
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return apply_activation(y, activation).to(x.dtype).contiguous(memory_format=fmt)
 
 
 def upsample_concat_reference(
@@ -64,8 +75,7 @@ def upsample_concat_reference(
         F.interpolate(t.to(compute), size=tuple(size), mode="bilinear", align_corners=align_corners) for t in tensors
     ]
     out = torch.cat(parts, dim=1).to(tensors[0].dtype)
-    fmt = torch.channels_last if _is_channels_last(tensors[0]) else torch.contiguous_format
-    return out.contiguous(memory_format=fmt)
+    return out.contiguous(memory_format=memory_format_of(tensors[0]))
 
 
 def upsample_argmax_reference(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
@@ -105,7 +115,9 @@ def winograd_conv3x3_reference(
     activation: str = "none",
 ) -> torch.Tensor:
     """act(conv2d(x, weight, bias, padding=dilation, dilation=dilation) [+ residual]): what winograd_conv3x3
-    computes with u = winograd_weight(weight). x (N, Cin, H, W), weight (Cout, Cin, 3, 3) -> (N, Cout, H, W)."""
+    computes with u = winograd_weight(weight). x (N, Cin, H, W), weight (Cout, Cin, 3, 3) -> (N, Cout, H, W).
+    A dilation of at least max(H, W) is taken as max(H, W) (the same result: only the centre tap is inside)."""
+    dilation = effective_dilation(dilation, x.shape[2], x.shape[3])
     y = F.conv2d(x, weight, bias, 1, dilation, dilation)
     if residual is not None:
         y = y + residual

@@ -1,25 +1,19 @@
-"""Triton backend of dwconv_bn_act: fused depthwise conv + folded BatchNorm + activation.
+"""Triton kernel of dwconv_bn_act (fused depthwise conv + folded BatchNorm + activation) and its launcher.
 
-Exposed as the custom op `deeplab_fast::dwconv_bn_act_triton` (torch.library.triton_op + wrap_triton), so
-torch.compile sees the kernel itself. Each program computes a tile of BLOCK_P output pixels x BLOCK_C
-channels of one image; addresses come from strides, so one kernel serves NCHW and channels_last (the
-faster-moving tile axis follows the layout). Out-of-image taps are masked off and never loaded.
-Gradients use the compiled backward kernels when the extension has them for the device, else the
-reference's VJP (deeplab_fast.ops.dwconv_bn_act.kernel_backward).
+Each program computes a tile of BLOCK_P output pixels x BLOCK_C channels of one image; addresses come from
+strides, so one kernel serves NCHW and channels_last (the faster-moving tile axis follows the layout).
+Out-of-image taps are masked off and never loaded. The op around it (checks, output, fake, autograd) is
+deeplab_fast.ops.dwconv.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-# The module, not the function of the same name that deeplab_fast.ops re-exports.
-_api = importlib.import_module("deeplab_fast.ops.dwconv_bn_act")
+from deeplab_fast.kernels.triton import INTERPRET
 
 
 @triton.jit
@@ -75,10 +69,11 @@ def _dwconv_bn_act_kernel(
     s = tl.load(scale_ptr + ch, mask=c_ok, other=0.0).to(acc_ty)
     b = tl.load(shift_ptr + ch, mask=c_ok, other=0.0).to(acc_ty)
     out = acc * s[None, :] + b[None, :]
+    # Selects, not max/min: a comparison with NaN is false, so NaN passes through (as torch's relu).
     if ACT == 1:
-        out = tl.maximum(out, 0.0)
+        out = tl.where(out < 0.0, 0.0, out)
     if ACT == 2:
-        out = tl.minimum(tl.maximum(out, 0.0), 6.0)
+        out = tl.where(out < 0.0, 0.0, tl.where(out > 6.0, 6.0, out))
     y_offs = n.to(tl.int64) * ys_n + ch[None, :].to(tl.int64) * ys_c + (ho.to(tl.int64) * ys_h + wo * ys_w)[:, None]
     if OUT_BF16:
         # Round to nearest even explicitly: the CPU interpreter's fp32 -> bf16 cast truncates.
@@ -99,35 +94,27 @@ def _blocks(hw: int, c: int, channels_last: bool, interpret: bool) -> tuple[int,
     return 128, min(4, triton.next_power_of_2(max(c, 1)))  # pixels are contiguous: wide in P
 
 
-@triton_op("deeplab_fast::dwconv_bn_act_triton", mutates_args=())
-def dwconv_bn_act_triton(
+def launch_dwconv_bn_act(
     x: torch.Tensor,
-    weight: torch.Tensor,
+    w2: torch.Tensor,
     scale: torch.Tensor,
     shift: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
     stride: int,
     dilation: int,
     activation: int,
-) -> torch.Tensor:
-    """Triton dwconv_bn_act. x (N, C, H, W) float, weight (C, 1, k, k), scale/shift (C,); activation code
-    0 none / 1 relu / 2 relu6. Returns (N, C, Ho, Wo) in x's dtype and memory format (fp32 accumulation,
-    float64 for float64)."""
-    y = _api.fake_output(x, weight, stride, dilation)
+) -> None:
+    """Write act(dwconv(x) * scale + shift) into y (N, C, Ho, Wo), y non-empty. x (N, C, H, W) in any
+    strides; w2 (C, k * k) (k odd), scale and shift (C,) contiguous in the accumulation dtype (float64 for float64
+    x, else float32); dilation at most max(H, W) (deeplab_fast.ops._common.effective_dilation)."""
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
-    if y.numel() == 0:
-        return y
-    k = weight.shape[-1]
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    w2 = weight.to(acc).reshape(c, k * k).contiguous()
-    s = scale.to(acc).contiguous()
-    b = shift.to(acc).contiguous()
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     channels_last = y.stride(1) == 1 and c > 1
-    block_p, block_c = _blocks(ho * wo, c, channels_last, interpret)
+    block_p, block_c = _blocks(ho * wo, c, channels_last, INTERPRET)
     grid = (n, triton.cdiv(ho * wo, block_p), triton.cdiv(c, block_c))
     wrap_triton(_dwconv_bn_act_kernel)[grid](
-        x, w2, s, b, y,
+        x, w2, scale, shift, y,
         c, h, w, ho, wo,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
@@ -135,7 +122,3 @@ def dwconv_bn_act_triton(
         K=k, ACT=activation, ACC_F64=x.dtype == torch.float64, OUT_BF16=x.dtype == torch.bfloat16,
         BLOCK_P=block_p, BLOCK_C=block_c,
     )  # fmt: skip
-    return y
-
-
-dwconv_bn_act_triton.register_autograd(_api.backward, setup_context=_api.setup_context)

@@ -1,6 +1,6 @@
-"""Triton kernels of the three bilinear-resize ops, exposed as torch.library.triton_op so
-torch.compile sees into them: upsample_concat_triton, upsample_argmax_triton and
-upsample_softmax_accumulate_triton (mutates `accum`).
+"""Triton kernels of the three bilinear-resize ops and their launchers: launch_upsample_concat,
+launch_upsample_argmax and launch_upsample_softmax_accumulate write into outputs the caller allocates. The
+ops around them (checks, fake impls, autograd, triton_op registration) are in deeplab_fast.ops.upsample.
 
 `_tap` mirrors csrc/common/bilinear.h (PyTorch's area_pixel_compute_source_index with the scale from the
 sizes, clamping, the exact-copy case, fused multiply-adds in PyTorch's order). On a GPU `tl.fma` is a
@@ -10,17 +10,15 @@ results can differ from the C++ kernels in the last bit.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from deeplab_fast.ops.upsample_checks import is_channels_last
+from deeplab_fast.kernels.triton import INTERPRET
 
 # Few, large program instances under the interpreter (each instance costs tens of milliseconds there).
-_BLOCK = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
+_BLOCK = 4096 if INTERPRET else 1024
 
 
 def _scale(in_size: int, out_size: int, align_corners: bool) -> float:
@@ -206,14 +204,12 @@ def _softmax_accumulate_kernel(
         tl.store(acc + k * Ho * Wo, a + e * scale, mask=mask)
 
 
-@triton_op("deeplab_fast::upsample_concat_triton", mutates_args=())
-def upsample_concat_triton(tensors: list[torch.Tensor], size: list[int], align_corners: bool) -> torch.Tensor:
-    """Triton upsample_concat: tensors (N, C_i, H_i, W_i) -> (N, sum C_i, H, W) in tensors[0]'s format."""
-    first = tensors[0]
-    fmt = torch.channels_last if is_channels_last(first) else torch.contiguous_format
-    ho, wo = int(size[0]), int(size[1])
-    ctot = sum(t.shape[1] for t in tensors)
-    y = torch.empty((first.shape[0], ctot, ho, wo), dtype=first.dtype, device=first.device, memory_format=fmt)
+def launch_upsample_concat(
+    tensors: list[torch.Tensor], y: torch.Tensor, align_corners: bool, channels_last: bool
+) -> None:
+    """Resize each (N, C_i, H_i, W_i) input into its channel slice of y (N, sum C_i, H, W), enumerating y
+    in its memory order (channels_last or NCHW) so stores are coalesced."""
+    ho, wo = y.shape[2], y.shape[3]
     c_off = 0
     for t in tensors:
         total = t.shape[0] * t.shape[1] * ho * wo
@@ -233,85 +229,35 @@ def upsample_concat_triton(tensors: list[torch.Tensor], size: list[int], align_c
                 _scale(t.shape[2], ho, align_corners),
                 _scale(t.shape[3], wo, align_corners),
                 ALIGN=align_corners,
-                CL=fmt == torch.channels_last,
+                CL=channels_last,
                 BLOCK=_BLOCK,
             )
         c_off += t.shape[1]
-    return y
 
 
-@triton_op("deeplab_fast::upsample_argmax_triton", mutates_args=())
-def upsample_argmax_triton(logits: torch.Tensor, size: list[int], align_corners: bool) -> torch.Tensor:
-    """Triton upsample_argmax: logits (N, K, h, w) -> int64 labels (N, H, W)."""
+def _launch_per_pixel(
+    kernel, logits: torch.Tensor, out: torch.Tensor, ho: int, wo: int, align_corners: bool, *extra, **meta
+):
+    """Launch a class kernel (one lane per output pixel, a loop over the K classes) of logits (N, K, h, w)
+    resized to (ho, wo); `extra` follows the scales in the kernel's arguments, `meta` its constexprs."""
     n, k, h, w = logits.shape
-    ho, wo = int(size[0]), int(size[1])
-    out = torch.empty((n, ho, wo), dtype=torch.int64, device=logits.device)
     total = n * ho * wo
     if total > 0:
-        wrap_triton(_argmax_kernel)[(triton.cdiv(total, _BLOCK),)](
-            logits,
-            out,
-            total,
-            k,
-            h,
-            w,
-            ho,
-            wo,
-            *logits.stride(),
-            _scale(h, ho, align_corners),
-            _scale(w, wo, align_corners),
-            ALIGN=align_corners,
-            BLOCK=_BLOCK,
-        )
-    return out
+        wrap_triton(kernel)[(triton.cdiv(total, _BLOCK),)](
+            logits, out, total, k, h, w, ho, wo, *logits.stride(),
+            _scale(h, ho, align_corners), _scale(w, wo, align_corners), *extra,
+            ALIGN=align_corners, BLOCK=_BLOCK, **meta,
+        )  # fmt: skip
 
 
-@triton_op("deeplab_fast::upsample_softmax_accumulate_triton", mutates_args={"accum"})
-def upsample_softmax_accumulate_triton(
+def launch_upsample_argmax(logits: torch.Tensor, out: torch.Tensor, align_corners: bool) -> None:
+    """Labels (N, H, W) int64 into `out` of the bilinear resize of logits (N, K, h, w) to (H, W)."""
+    _launch_per_pixel(_argmax_kernel, logits, out, out.shape[1], out.shape[2], align_corners)
+
+
+def launch_upsample_softmax_accumulate(
     logits: torch.Tensor, accum: torch.Tensor, weight: float, flip: bool, align_corners: bool
 ) -> None:
-    """Triton upsample_softmax_accumulate: accum (N, K, H, W) fp32 += weight * softmax(resize(logits))."""
-    n, k, h, w = logits.shape
+    """accum (N, K, H, W) fp32 contiguous += weight * softmax(resize(logits (N, K, h, w)))."""
     ho, wo = accum.shape[2], accum.shape[3]
-    total = n * ho * wo
-    if total > 0:
-        wrap_triton(_softmax_accumulate_kernel)[(triton.cdiv(total, _BLOCK),)](
-            logits,
-            accum,
-            total,
-            k,
-            h,
-            w,
-            ho,
-            wo,
-            *logits.stride(),
-            _scale(h, ho, align_corners),
-            _scale(w, wo, align_corners),
-            float(weight),
-            ALIGN=align_corners,
-            FLIP=flip,
-            BLOCK=_BLOCK,
-        )
-
-
-def _register() -> None:
-    from deeplab_fast.ops.upsample_concat import fake_output, register_autograd
-
-    # Explicit fake impls: under TRITON_INTERPRET=1 tracing the bodies would run the interpreter on
-    # fake tensors.
-    @upsample_concat_triton.register_fake
-    def _(tensors, size, align_corners):
-        return fake_output(tensors, size)
-
-    @upsample_argmax_triton.register_fake
-    def _(logits, size, align_corners):
-        return logits.new_empty((logits.shape[0], size[0], size[1]), dtype=torch.int64)
-
-    @upsample_softmax_accumulate_triton.register_fake
-    def _(logits, accum, weight, flip, align_corners):
-        return None
-
-    register_autograd("deeplab_fast::upsample_concat_triton")
-
-
-_register()
+    _launch_per_pixel(_softmax_accumulate_kernel, logits, accum, ho, wo, align_corners, float(weight), FLIP=flip)

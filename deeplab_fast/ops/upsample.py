@@ -1,0 +1,315 @@
+"""The three fused bilinear-resize ops: Python API, checks, backends, fake impls, autograd.
+
+- upsample_concat: resize each input to one size and concatenate along channels (differentiable).
+- upsample_argmax: labels of the resized logits, never materialized (inference only).
+- upsample_softmax_accumulate: accum += weight * softmax of the resized (optionally flipped) logits, in
+  place (multi-scale and flip inference; inference only).
+
+Semantics: the *_reference functions of deeplab_fast.ops.reference. The compiled ops are in
+csrc/ops/upsample_ops.cpp (per-pixel math in csrc/kernels/upsample.h); the Triton ops
+(`deeplab_fast::upsample_*_triton`) are registered here on first use around the launchers of
+deeplab_fast/kernels/triton/upsample.py.
+
+Gradient of upsample_concat: the resize backward is a scatter (each input pixel receives from every output
+pixel whose taps touch it). It is computed per input by ATen's `upsample_bilinear2d_backward` on the
+matching channel slice of the output gradient, which is exactly the VJP of the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from deeplab_fast import _ext
+from deeplab_fast.ops._backend import registered_on_first_use, resolve_backend, run_op
+from deeplab_fast.ops._common import check_tensor, dtype_name, memory_format_of
+from deeplab_fast.ops.reference import (
+    upsample_argmax_reference,
+    upsample_concat_reference,
+    upsample_softmax_accumulate_reference,
+)
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_CONCAT_INPUTS = 8
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def check_size(size: object) -> tuple[int, int]:
+    """`size` as (H, W): a sequence of two positive Python ints (torch.Size is fine)."""
+    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise ValueError(f"size must be two positive ints (H, W), got {size!r}")
+    for s in size:
+        if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
+            raise ValueError(f"size must be two positive ints (H, W), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def check_float_4d(t: object, name: str) -> torch.Tensor:
+    """A 4-D (N, C, H, W) float32/float16/bfloat16 tensor with positive H and W."""
+    check_tensor(t, name)
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D (N, C, H, W) tensor, got {t.dim()}-D with shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {dtype_name(t.dtype)}")
+    if t.shape[2] <= 0 or t.shape[3] <= 0:
+        raise ValueError(f"{name} must have positive height and width, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_tensor_list(tensors: object) -> list[torch.Tensor]:
+    """1..8 tensors (N, C_i, H_i, W_i) with the same N, dtype and device."""
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
+        raise TypeError(f"tensors must be a list or tuple of tensors, got {type(tensors).__name__}")
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("tensors must hold at least one tensor, got an empty sequence")
+    if len(tensors) > MAX_CONCAT_INPUTS:
+        raise ValueError(f"tensors must hold at most {MAX_CONCAT_INPUTS} tensors, got {len(tensors)}")
+    first = tensors[0]
+    check_float_4d(first, "tensors[0]")
+    n, dtype, device = first.shape[0], first.dtype, first.device
+    for i in range(1, len(tensors)):
+        t = tensors[i]
+        # one pass over each tensor's attributes: these checks run on every call of a sub-millisecond op
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.dtype is not dtype:
+            check_float_4d(t, f"tensors[{i}]")
+            raise ValueError(f"tensors[{i}] has dtype {dtype_name(t.dtype)} but tensors[0] has {dtype_name(dtype)}")
+        shape = t.shape
+        if shape[2] <= 0 or shape[3] <= 0:
+            check_float_4d(t, f"tensors[{i}]")
+        if shape[0] != n:
+            raise ValueError(f"tensors[{i}] has batch size {shape[0]} but tensors[0] has {n}")
+        if t.device != device:
+            raise ValueError(f"tensors[{i}] is on {t.device} but tensors[0] is on {device}")
+    return tensors
+
+
+def check_align_corners(align_corners: object) -> bool:
+    """align_corners must be a bool."""
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"align_corners must be a bool, got {align_corners!r}")
+    return align_corners
+
+
+def _check_softmax_accumulate(logits: object, accum: object, weight: object, flip: object) -> None:
+    check_float_4d(logits, "logits")
+    check_tensor(accum, "accum")
+    if accum.dim() != 4:
+        raise ValueError(f"accum must be a 4-D (N, K, H, W) tensor, got shape {tuple(accum.shape)}")
+    if accum.dtype != torch.float32:
+        raise ValueError(f"accum must be float32, got {dtype_name(accum.dtype)}")
+    if not accum.is_contiguous():
+        raise ValueError(f"accum must be contiguous (NCHW), got strides {accum.stride()}")
+    if accum.device != logits.device:
+        raise ValueError(f"accum is on {accum.device} but logits is on {logits.device}")
+    if accum.shape[0] != logits.shape[0]:
+        raise ValueError(f"accum's batch size {accum.shape[0]} must equal logits' {logits.shape[0]}")
+    if accum.shape[1] != logits.shape[1]:
+        raise ValueError(f"accum's class count K={accum.shape[1]} must equal logits' K={logits.shape[1]}")
+    if accum.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("upsample_softmax_accumulate is inference only: accum must not require grad")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise TypeError(f"weight must be a float, got {weight!r}")
+    if not isinstance(flip, bool):
+        raise TypeError(f"flip must be a bool, got {flip!r}")
+
+
+# -------------------------------------------------------------------------------------------------- ops
+
+
+def upsample_concat(
+    tensors: Sequence[torch.Tensor], size: tuple[int, int], *, align_corners: bool = False, backend: str = "auto"
+) -> torch.Tensor:
+    """Resize each (N, C_i, H_i, W_i) input bilinearly to `size` and concatenate along channels.
+
+    Args:
+        tensors: 1 to 8 tensors with the same N, dtype (float32/float16/bfloat16) and device; each is
+            resized exactly as F.interpolate(mode="bilinear", align_corners=...) does (1x1 inputs are a
+            broadcast, inputs already at `size` a copy, smaller sizes a bilinear downsample).
+        size: (H, W) of the output, two positive ints.
+        align_corners: as in F.interpolate.
+        backend: "auto" (C++ kernels for CPU and CUDA tensors), "cuda", "cpu", "triton" or "reference".
+
+    Returns:
+        (N, sum C_i, H, W) tensor in the inputs' dtype, in the first input's memory format (NCHW or
+        channels_last). Differentiable with respect to every input.
+    """
+    tensors = check_tensor_list(tensors)
+    size = check_size(size)
+    align_corners = check_align_corners(align_corners)
+    chosen = resolve_backend(backend, tensors[0].device, "upsample_concat")
+    if chosen == "reference":
+        return upsample_concat_reference(tensors, size, align_corners)
+    if chosen == "triton":
+        _triton_registered()
+        return torch.ops.deeplab_fast.upsample_concat_triton(tensors, list(size), align_corners)
+    return run_op(torch.ops.deeplab_fast.upsample_concat, tensors, list(size), align_corners)
+
+
+def upsample_argmax(
+    logits: torch.Tensor, size: tuple[int, int], *, align_corners: bool = False, backend: str = "auto"
+) -> torch.Tensor:
+    """Labels of F.interpolate(logits, size, mode="bilinear", align_corners=...).argmax(1).
+
+    The full-resolution logits are never materialized: each output pixel computes its 4 source taps once
+    and runs over the classes with a running maximum. The interpolation rounds exactly as PyTorch's CPU
+    bilinear kernel (csrc/common/bilinear.h), so fp32 labels equal the reference's wherever there is no
+    exact tie. Logits that require grad are accepted; the result does not require grad (like torch.argmax).
+
+    Args:
+        logits: (N, K, h, w) float32/float16/bfloat16, any memory format; K >= 1.
+        size: (H, W) of the label map, two positive ints.
+        align_corners: as in F.interpolate.
+        backend: "auto", "cuda", "cpu", "triton" or "reference".
+
+    Returns:
+        (N, H, W) int64 labels; ties resolve to the lowest class index and NaN counts as the maximum,
+        as in torch.argmax. No gradient (inference only).
+    """
+    check_float_4d(logits, "logits")
+    if logits.shape[1] < 1:
+        raise ValueError(f"logits must have at least one class (K >= 1), got shape {tuple(logits.shape)}")
+    size = check_size(size)
+    align_corners = check_align_corners(align_corners)
+    chosen = resolve_backend(backend, logits.device, "upsample_argmax")
+    logits = logits.detach()
+    if chosen == "reference":
+        return upsample_argmax_reference(logits, size, align_corners)
+    if chosen == "triton":
+        _triton_registered()
+        return torch.ops.deeplab_fast.upsample_argmax_triton(logits, list(size), align_corners)
+    return run_op(torch.ops.deeplab_fast.upsample_argmax, logits, list(size), align_corners)
+
+
+def upsample_softmax_accumulate(
+    logits: torch.Tensor,
+    accum: torch.Tensor,
+    *,
+    weight: float = 1.0,
+    flip: bool = False,
+    align_corners: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """accum += weight * softmax_K(resize_bilinear(flip_W(logits) if flip else logits, accum's (H, W))).
+
+    One pass over the output: each pixel computes its 4 source taps once, then the max, the sum of
+    exponentials and the accumulation over the classes.
+
+    Args:
+        logits: (N, K, h, w) float32/float16/bfloat16, any memory format (read, never modified).
+        accum: (N, K, H, W) float32 contiguous, updated in place.
+        weight: scale of this contribution (e.g. 1 / number of scales and flips).
+        flip: mirror the logits along W first (undoes a horizontally flipped input).
+        align_corners: as in F.interpolate.
+        backend: "auto", "cuda", "cpu", "triton" or "reference".
+
+    Returns:
+        `accum` itself. Inference only: no gradient flows (logits are read detached).
+    """
+    _check_softmax_accumulate(logits, accum, weight, flip)
+    align_corners = check_align_corners(align_corners)
+    chosen = resolve_backend(backend, logits.device, "upsample_softmax_accumulate")
+    logits = logits.detach()
+    if chosen == "reference":
+        with torch.no_grad():
+            return upsample_softmax_accumulate_reference(logits, accum, float(weight), flip, align_corners)
+    if chosen == "triton":
+        _triton_registered()
+        torch.ops.deeplab_fast.upsample_softmax_accumulate_triton(logits, accum, float(weight), flip, align_corners)
+        return accum
+    run_op(torch.ops.deeplab_fast.upsample_softmax_accumulate, logits, accum, float(weight), flip, align_corners)
+    return accum
+
+
+# --------------------------------------------------------------------------- fake impls, autograd, Triton
+
+
+def _concat_fake(tensors: Sequence[torch.Tensor], size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    first = tensors[0]
+    channels = sum(t.shape[1] for t in tensors)
+    out = first.new_empty((first.shape[0], channels, size[0], size[1]))
+    return out.contiguous(memory_format=memory_format_of(first))
+
+
+def _argmax_fake(logits: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    return logits.new_empty((logits.shape[0], size[0], size[1]), dtype=torch.int64)
+
+
+def _softmax_accumulate_fake(logits, accum, weight, flip, align_corners) -> None:
+    return None
+
+
+def _concat_setup_context(ctx, inputs, output) -> None:
+    tensors, size, align_corners = inputs
+    ctx.shapes = [tuple(t.shape) for t in tensors]
+    ctx.size = list(size)
+    ctx.align_corners = align_corners
+
+
+def _resize_backward(g: torch.Tensor, in_shape: Sequence, size: list, align_corners: bool) -> torch.Tensor:
+    """Gradient of bilinear resize (in_shape -> size) for the output gradient `g`."""
+    if all(isinstance(s, int) for s in in_shape):
+        return torch.ops.aten.upsample_bilinear2d_backward.default(g, size, list(in_shape), align_corners, None, None)
+    # Symbolic shapes (tracing with dynamic sizes): the same VJP through F.interpolate's autograd formula,
+    # since the ATen op rejects lists that mix symbolic and plain ints.
+    x = g.new_zeros(in_shape)
+    _, vjp = torch.func.vjp(lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=align_corners), x)
+    return vjp(g.contiguous())[0]
+
+
+def _concat_backward(ctx, grad_out: torch.Tensor):
+    grads = []
+    offset = 0
+    for shape in ctx.shapes:
+        g = grad_out[:, offset : offset + shape[1]]
+        offset += shape[1]
+        grads.append(_resize_backward(g, shape, ctx.size, ctx.align_corners))
+    return grads, None, None
+
+
+def _register_triton() -> None:
+    from torch.library import triton_op
+
+    from deeplab_fast.kernels.triton import upsample as kernels
+
+    @triton_op("deeplab_fast::upsample_concat_triton", mutates_args=())
+    def upsample_concat_triton(tensors: list[torch.Tensor], size: list[int], align_corners: bool) -> torch.Tensor:
+        """Triton upsample_concat: tensors (N, C_i, H_i, W_i) -> (N, sum C_i, H, W) in tensors[0]'s format."""
+        y = _concat_fake(tensors, size, align_corners)
+        kernels.launch_upsample_concat(tensors, y, align_corners, memory_format_of(tensors[0]) == torch.channels_last)
+        return y
+
+    @triton_op("deeplab_fast::upsample_argmax_triton", mutates_args=())
+    def upsample_argmax_triton(logits: torch.Tensor, size: list[int], align_corners: bool) -> torch.Tensor:
+        """Triton upsample_argmax: logits (N, K, h, w) -> int64 labels (N, H, W)."""
+        out = _argmax_fake(logits, size, align_corners)
+        kernels.launch_upsample_argmax(logits, out, align_corners)
+        return out
+
+    @triton_op("deeplab_fast::upsample_softmax_accumulate_triton", mutates_args={"accum"})
+    def upsample_softmax_accumulate_triton(
+        logits: torch.Tensor, accum: torch.Tensor, weight: float, flip: bool, align_corners: bool
+    ) -> None:
+        """Triton upsample_softmax_accumulate: accum (N, K, H, W) fp32 += weight * softmax(resize(logits))."""
+        kernels.launch_upsample_softmax_accumulate(logits, accum, weight, flip, align_corners)
+
+    # Explicit fakes: tracing the bodies would run the interpreter on fake tensors.
+    upsample_concat_triton.register_fake(_concat_fake)
+    upsample_argmax_triton.register_fake(_argmax_fake)
+    upsample_softmax_accumulate_triton.register_fake(_softmax_accumulate_fake)
+    upsample_concat_triton.register_autograd(_concat_backward, setup_context=_concat_setup_context)
+
+
+_triton_registered = registered_on_first_use(_register_triton)
+
+
+if _ext.HAS_EXT:
+    torch.library.register_fake("deeplab_fast::upsample_concat")(_concat_fake)
+    torch.library.register_fake("deeplab_fast::upsample_argmax")(_argmax_fake)
+    torch.library.register_fake("deeplab_fast::upsample_softmax_accumulate")(_softmax_accumulate_fake)
+    torch.library.register_autograd(
+        "deeplab_fast::upsample_concat", _concat_backward, setup_context=_concat_setup_context
+    )
