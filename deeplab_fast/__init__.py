@@ -22,6 +22,8 @@ _LAZY = {
     "from_smp": "deeplab_fast.models.convert",
     "count_macs": "deeplab_fast.models.macs",
     "load_weights": "deeplab_fast.models.weights",
+    "load_model": "deeplab_fast.models.weights",
+    "save_weights": "deeplab_fast.models.weights",
     "Segmenter": "deeplab_fast.inference.segmenter",
     "colorize": "deeplab_fast.inference.palettes",
     "overlay": "deeplab_fast.inference.palettes",
@@ -29,6 +31,8 @@ _LAZY = {
     "data": "deeplab_fast.data",
     "metrics": "deeplab_fast.metrics",
     "training": "deeplab_fast.training",
+    "assets": "deeplab_fast.assets",
+    "testing": "deeplab_fast.testing",
 }
 
 __all__ = ["ops", "HAS_EXT", "built_with_cuda", "configure", "__version__", *_LAZY]

@@ -50,7 +50,7 @@ from deeplab_fast.inference.preprocess import (
     to_float_rgb,
 )
 from deeplab_fast.inference.sliding import check_stride, needs_sliding, sliding_probabilities
-from deeplab_fast.ops.upsample_checks import is_channels_last
+from deeplab_fast.ops._common import is_channels_last
 
 _DTYPES = {
     "float32": torch.float32,
