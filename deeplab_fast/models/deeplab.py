@@ -139,8 +139,8 @@ class DeepLab(nn.Module):
         """(logits at low resolution, the stride-16 features, which images are finite or None)."""
         self._check_batch(x)
         # oneDNN's fused activations turn NaN into 0, so an optimized model marks the logits of an image with a
-        # NaN or inf pixel as NaN itself (as the eager model's are, through the image-pool branch); one pass over
-        # the input, no synchronisation.
+        # NaN or inf pixel as NaN itself (the eager model's are non-finite too, through the image-pool branch,
+        # unless ReLU6 clamps an inf away); one pass over the input, no synchronisation.
         finite = None if self.optimized is None else torch.isfinite(x).flatten(1).all(dim=1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
