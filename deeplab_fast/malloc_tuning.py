@@ -71,9 +71,9 @@ def freed_memory_kept() -> int | None:
 def restore_malloc_defaults() -> bool:
     """Undo keep_freed_memory(): set glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD back to their defaults (128 KiB).
 
-    Process-wide, like keep_freed_memory. Large blocks are then mmapped and freed memory is trimmed again. One
-    difference from a fresh process remains: glibc stops adapting the mmap threshold to the program's frees once
-    any mallopt call has set it, and this is such a call.
+    Process-wide, like keep_freed_memory. Large blocks are then mmapped and freed memory is trimmed again; the free
+    memory the heap kept is given back to the OS now (malloc_trim). One difference from a fresh process remains:
+    glibc stops adapting the mmap threshold to the program's frees once any mallopt call has set it.
 
     Returns:
         True if glibc's defaults are in effect (without any call when keep_freed_memory had not taken effect);
@@ -89,4 +89,6 @@ def restore_malloc_defaults() -> bool:
     ok = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_GLIBC_DEFAULT_THRESHOLD)) == 1 and ok
     if ok:
         _applied = None
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(ctypes.c_size_t(0))
     return ok

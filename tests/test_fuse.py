@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 import deeplab_fast
-from deeplab_fast.models import DeepLab, list_backbones
-from deeplab_fast.models import fuse
+from deeplab_fast.models import DeepLab, fuse, list_backbones
 from deeplab_fast.models.backbones.mobilenetv2 import MobileNetV2
 from deeplab_fast.models.backbones.resnet import ResNet
 from deeplab_fast.models.backbones.xception import Xception
