@@ -152,12 +152,16 @@ def test_conv_engine_runs_what_it_says_and_reads_no_environment(monkeypatch):
 
 def test_reoptimizing_reconfigures_the_copy():
     m = small_model("resnet50", separable=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        used = deeplab_fast.optimize(m)
+        used(x)  # a used copy holds packed oneDNN weights, which cannot be deep-copied
+        assert rel_err(m(x), deeplab_fast.optimize(used)(x)) < 1e-4
     once = deeplab_fast.optimize(m, conv_engine="aten")
     twice = deeplab_fast.optimize(once, conv_engine="winograd", backend="cpu", channels_last=False)
     assert set(_engines(once).values()) == {"aten"} and "winograd" in set(_engines(twice).values())
     assert twice.optimized == {"backend": "cpu", "channels_last": False, "conv_engine": "winograd"}
     assert all(mod.backend == "cpu" for mod in twice.modules() if isinstance(mod, (FusedConv, FusedDWConv)))
-    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert rel_err(m(x), twice(x)) < 1e-4
 

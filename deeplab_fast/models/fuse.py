@@ -137,6 +137,13 @@ class FusedConv(nn.Module):
             engine=engine,
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles leave out the engine caches (an opaque oneDNN tensor cannot be copied); the next
+        # forward rebuilds them
+        state = dict(self.__dict__)
+        state["_packed"] = state["_wino"] = None
+        return state
+
     def _fast_path_ok(self, x: torch.Tensor) -> bool:
         return (
             self.backend in ("auto", "cpu")
@@ -500,25 +507,25 @@ def optimize(
             UserWarning,
             stacklevel=2,
         )
-    if tune_malloc and all(t.device.type == "cpu" for t in model.parameters()):
-        # Large activations are freshly page-faulted on every forward otherwise (see malloc_tuning).
-        keep_freed_memory()
     with torch.no_grad():
         out = copy.deepcopy(model).eval()
         if not isinstance(out, DeepLab):
-            return _fold_generic(out, channels_last).eval()
-        if out.optimized is None:
-            _fuse_deeplab(out, backend, conv_engine)
+            out = _fold_generic(out, channels_last)
         else:
-            _reconfigure(out, backend, conv_engine)
-        for p in out.parameters():
-            p.requires_grad_(False)
-        if channels_last:
-            out = out.to(memory_format=torch.channels_last)
-        out.channels_last = channels_last
-        settings: dict[str, Any] = {"backend": backend, "channels_last": channels_last, "conv_engine": conv_engine}
-        out.optimized = settings
-        return out.eval()
+            if out.optimized is None:
+                _fuse_deeplab(out, backend, conv_engine)
+            else:
+                _reconfigure(out, backend, conv_engine)
+            for p in out.parameters():
+                p.requires_grad_(False)
+            if channels_last:
+                out = out.to(memory_format=torch.channels_last)
+            out.channels_last = channels_last
+            out.optimized = {"backend": backend, "channels_last": channels_last, "conv_engine": conv_engine}
+    if tune_malloc and all(t.device.type == "cpu" for t in out.parameters()):
+        # Large activations are freshly page-faulted on every forward otherwise (see malloc_tuning).
+        keep_freed_memory()
+    return out.eval()
 
 
 def _fold_generic(model: nn.Module, channels_last: bool) -> nn.Module:
