@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -410,16 +411,21 @@ def _fuse_mobilenet(net: MobileNetV2, backend: str, engine: str) -> None:
 _BACKBONE_FUSERS = {ResNet: _fuse_resnet, Xception: _fuse_xception, MobileNetV2: _fuse_mobilenet}
 
 
-def _fuse_deeplab(model: DeepLab, backend: str, engine: str) -> None:
-    """Swap the fused leaves and blocks into `model` (an eval copy) in place."""
-    fuser = _BACKBONE_FUSERS.get(type(model.backbone))
+def _fuser_for(backbone: nn.Module) -> Callable[[Any, str, str], None]:
+    """The function that fuses this backbone in place; TypeError naming an unknown backbone."""
+    fuser = _BACKBONE_FUSERS.get(type(backbone))
     if fuser is None:
         known = ", ".join(t.__name__ for t in _BACKBONE_FUSERS)
         raise TypeError(
-            f"optimize() does not know the backbone {type(model.backbone).__name__}; it knows {known} "
+            f"optimize() does not know the backbone {type(backbone).__name__}; it knows {known} "
             "(deeplabv3plus() backbones)"
         )
-    fuser(model.backbone, backend, engine)
+    return fuser
+
+
+def _fuse_deeplab(model: DeepLab, backend: str, engine: str) -> None:
+    """Swap the fused leaves and blocks into `model` (an eval copy) in place."""
+    _fuser_for(model.backbone)(model.backbone, backend, engine)
     model.aspp = FusedASPP(model.aspp, backend, engine)
     if model.post_aspp is not None:
         model.post_aspp = _fuse_leaf(model.post_aspp, backend, engine)
@@ -467,7 +473,7 @@ def optimize(
         backend: "auto", "cpu", "cuda", "triton" or "reference": passed to every fused op; any backend but
             "auto"/"cpu" also runs every dense conv through F.conv2d.
         channels_last: convert the input to channels_last memory format first (the fast layout for oneDNN and
-            cuDNN); the weights are made channels_last too.
+            cuDNN); activations stay channels_last through the network.
         conv_engine: how dense convolutions run: "auto" (oneDNN's fused convolution for 1x1 convs, Winograd
             F(4x4, 3x3) for 3x3 stride-1 convs with >= 64 channels, F.conv2d for the rest), "onednn" (oneDNN for
             every dense conv), "winograd" (Winograd for every 3x3 stride-1 conv, oneDNN for 1x1) or "aten"
@@ -507,24 +513,23 @@ def optimize(
             UserWarning,
             stacklevel=2,
         )
+    if isinstance(model, DeepLab) and model.optimized is None:
+        _fuser_for(model.backbone)  # an unknown backbone fails here, before anything changes
+    if tune_malloc and all(t.device.type == "cpu" for t in model.parameters()):
+        # Large activations are freshly page-faulted on every forward otherwise (see malloc_tuning).
+        keep_freed_memory()
     with torch.no_grad():
         out = copy.deepcopy(model).eval()
         if not isinstance(out, DeepLab):
-            out = _fold_generic(out, channels_last)
+            return _fold_generic(out, channels_last).eval()
+        if out.optimized is None:
+            _fuse_deeplab(out, backend, conv_engine)
         else:
-            if out.optimized is None:
-                _fuse_deeplab(out, backend, conv_engine)
-            else:
-                _reconfigure(out, backend, conv_engine)
-            for p in out.parameters():
-                p.requires_grad_(False)
-            if channels_last:
-                out = out.to(memory_format=torch.channels_last)
-            out.channels_last = channels_last
-            out.optimized = {"backend": backend, "channels_last": channels_last, "conv_engine": conv_engine}
-    if tune_malloc and all(t.device.type == "cpu" for t in out.parameters()):
-        # Large activations are freshly page-faulted on every forward otherwise (see malloc_tuning).
-        keep_freed_memory()
+            _reconfigure(out, backend, conv_engine)
+        for p in out.parameters():
+            p.requires_grad_(False)
+    out.channels_last = channels_last
+    out.optimized = {"backend": backend, "channels_last": channels_last, "conv_engine": conv_engine}
     return out.eval()
 
 
