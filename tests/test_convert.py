@@ -2,8 +2,7 @@ import pytest
 import torch
 
 import deeplab_fast
-from deeplab_fast.models.convert import randomize_batchnorm
-from tests._model_helpers import rel_err
+from tests._model_helpers import randomize_batchnorm, rel_err
 
 torchvision = pytest.importorskip("torchvision")
 smp = pytest.importorskip("segmentation_models_pytorch")

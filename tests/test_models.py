@@ -138,3 +138,36 @@ def test_input_errors():
         m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     with pytest.raises(TypeError, match="torch.Tensor"):
         m([[1.0]])
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_config_records_every_builder_argument_and_rebuilds(backbone):
+    import json
+
+    from deeplab_fast.models import OPTIONS
+
+    m = deeplabv3plus(backbone, num_classes=4, output_stride=8, width_mult=0.25, aspp_rates=(2, 4, 6), aux_head=True)
+    config = m.config
+    assert json.loads(json.dumps(config)) == config  # JSON types only (tuples stored as lists)
+    assert set(config) == {"backbone", "num_classes", "output_stride", "separable", "decoder", "align_corners"} | set(
+        OPTIONS
+    )
+    assert config["backbone"] == backbone and config["num_classes"] == 4 and config["aspp_rates"] == [2, 4, 6]
+    rebuilt = deeplabv3plus(**json.loads(json.dumps(config)))
+    assert rebuilt.config == config
+    shapes = {k: v.shape for k, v in m.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+    assert rebuilt.aspp.rates == (2, 4, 6) and rebuilt.aux is not None
+    assert deeplab_fast.optimize(m.eval(), tune_malloc=False).config == config
+
+
+def test_randomize_batchnorm_in_convert_is_deprecated():
+    from deeplab_fast.models import convert
+    from tests._model_helpers import randomize_batchnorm
+
+    with pytest.warns(DeprecationWarning, match="deeplab_fast.testing.randomize_batchnorm"):
+        old = convert.randomize_batchnorm(deeplabv3plus("mobilenet_v2", width_mult=0.25), seed=3)
+    new = randomize_batchnorm(deeplabv3plus("mobilenet_v2", width_mult=0.25), seed=3)
+    for (k, a), b in zip(old.state_dict().items(), new.state_dict().values(), strict=True):
+        if "bn" in k or k.endswith(("running_mean", "running_var")):
+            assert torch.equal(a, b), k

@@ -7,6 +7,7 @@ the converted model's eval-mode output equals the source's (fp32, up to rounding
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -230,7 +231,17 @@ def from_smp(model: nn.Module) -> DeepLab:
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm random affine parameters and running statistics (for meaningful parity tests)."""
+    """Deprecated (removed in the next release): use deeplab_fast.testing.randomize_batchnorm.
+
+    Gives every BatchNorm of `model` random affine parameters and running statistics in place; returns `model`.
+    """
+    warnings.warn(
+        "deeplab_fast.models.convert.randomize_batchnorm is deprecated and will be removed in the next release; "
+        "use deeplab_fast.testing.randomize_batchnorm",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    # the body stays here for this release only (deeplab_fast.testing holds the supported one)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():

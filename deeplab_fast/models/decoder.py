@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from deeplab_fast.models.layers import ConvBNAct, conv_block
+from deeplab_fast.models.layers import ConvBNAct, ResizeConcat, conv_block
 
 
 class Decoder(nn.Module):
     """(high (N, C, h, w), low (N, Cl, H4, W4)) -> (N, channels, H4, W4).
 
     The low-level features go through 1x1 conv + BN + ReLU to `low_level_channels`; the encoder features
-    are bilinearly resized to the low-level size and concatenated first; then `num_convs` 3x3 conv + BN +
-    ReLU blocks (dense or separable) with `channels` filters.
+    are bilinearly resized to the low-level size and concatenated first (`merge`, a ResizeConcat); then
+    `num_convs` 3x3 conv + BN + ReLU blocks (dense or separable) with `channels` filters.
     """
 
     def __init__(
@@ -42,9 +41,9 @@ class Decoder(nn.Module):
             )
         )
         self.align_corners = align_corners
+        self.merge = ResizeConcat(align_corners)
         self.out_channels = channels
 
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         low = self.reduce(low)
-        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
-        return self.convs(torch.cat([high, low], dim=1))
+        return self.convs(self.merge([high, low], (low.shape[2], low.shape[3])))

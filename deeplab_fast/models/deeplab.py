@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from deeplab_fast.models.aspp import ASPP
 from deeplab_fast.models.backbones.mobilenetv2 import MobileNetV2
 from deeplab_fast.models.backbones.resnet import ResNet
 from deeplab_fast.models.backbones.xception import Xception
 from deeplab_fast.models.decoder import Decoder
-from deeplab_fast.models.layers import ConvBNAct, conv_block
+from deeplab_fast.models.layers import ConvBNAct, ResizeConcat, conv_block
 
 BACKBONES = ("resnet50", "resnet101", "xception65", "xception71", "mobilenet_v2")
 OUTPUT_STRIDES = (8, 16, 32)
@@ -76,52 +76,25 @@ class AuxHead(nn.Module):
         return self.classifier(self.dropout(self.conv(x)))
 
 
-class DeepLabForward(nn.Module):
-    """Forward contract shared by DeepLab and its optimize()d copy (deeplab_fast.models.fuse.FusedDeepLab).
-
-    Subclasses set backbone, aspp, post_aspp, decoder, classifier, aux, align_corners and output_dict;
-    `_prepare` may change the input's memory format.
-    """
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
-
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_image_batch(x)
-        x = self._prepare(x)
-        low, mid, high = self.backbone(x)
-        y = self.aspp(high)
-        if self.post_aspp is not None:
-            y = self.post_aspp(y)
-        if self.decoder is not None:
-            y = self.decoder(y, low)
-        return self.classifier(y), mid
-
-    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, num_classes, h, w) logits before the final upsampling (stride 4 with the
-        decoder, the output stride without). Used by deeplab_fast.Segmenter to resize once, fused."""
-        return self._heads(x)[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        size = (x.shape[2], x.shape[3]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
-        logits, mid = self._heads(x)
-        out = self._resize(logits, size)
-        if not self.output_dict:
-            return out
-        result = {"out": out}
-        if self.aux is not None:
-            result["aux"] = self._resize(self.aux(mid), size)
-        return result
+def _check_input_dtype(x: torch.Tensor, model: nn.Module) -> None:
+    """Raise before any conv runs when x's dtype differs from the model's (outside autocast)."""
+    param = next(model.parameters(), None)
+    if param is None or x.dtype == param.dtype or torch.is_autocast_enabled(x.device.type):
+        return
+    raise TypeError(
+        f"input dtype {x.dtype} does not match the model's dtype {param.dtype}; convert the input with "
+        f"x.to({param.dtype}) (or the model with model.to({x.dtype}))"
+    )
 
 
-class DeepLab(DeepLabForward):
+class DeepLab(nn.Module):
     """DeepLabV3+ (decoder=True) or DeepLabV3: (N, 3, H, W) float -> (N, num_classes, H, W) logits.
 
     Build it with deeplabv3plus(); attributes: backbone, aspp, post_aspp (or None), decoder (or None),
-    classifier (1x1 conv with bias), aux (AuxHead or None), align_corners, output_dict.
+    classifier (1x1 conv with bias), aux (AuxHead or None), resize (the final bilinear upsampling, a
+    ResizeConcat), align_corners, output_dict, config (the builder's keyword arguments: deeplabv3plus(**config)
+    rebuilds the architecture), channels_last (input converted to channels_last first) and optimized (None, or
+    the settings of the deeplab_fast.optimize() call that made this copy).
     """
 
     def __init__(
@@ -144,9 +117,129 @@ class DeepLab(DeepLabForward):
         self.decoder = decoder
         self.classifier = classifier
         self.aux = aux
+        self.resize = ResizeConcat(align_corners)
         self.align_corners = align_corners
         self.output_dict = output_dict
         self.config = config
+        self.channels_last = False
+        self.optimized: dict[str, Any] | None = None
+
+    def _check_batch(self, x: torch.Tensor) -> None:
+        check_image_batch(x)
+        _check_input_dtype(x, self)
+        pool = getattr(self.aspp, "pool", None)
+        if x.shape[0] == 1 and isinstance(pool, ConvBNAct) and pool.bn.training:
+            raise ValueError(
+                "a batch of 1 image in training mode: the BatchNorm of the ASPP image-pool branch sees one value "
+                "per channel and cannot normalize it; train with batch size >= 2, or call model.eval() (or freeze "
+                "the BatchNorm layers) for single images"
+            )
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits at low resolution, the stride-16 features, which images are finite or None)."""
+        self._check_batch(x)
+        # oneDNN's fused activations turn NaN into 0, so an optimized model marks the logits of an image with a
+        # NaN or inf pixel as NaN itself (the eager model's are non-finite too, through the image-pool branch,
+        # unless ReLU6 clamps an inf away); one pass over the input, no synchronisation.
+        finite = None if self.optimized is None else torch.isfinite(x).flatten(1).all(dim=1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        low, mid, high = self.backbone(x)
+        y = self.aspp(high)
+        if self.post_aspp is not None:
+            y = self.post_aspp(y)
+        if self.decoder is not None:
+            y = self.decoder(y, low)
+        return _mark_nonfinite(self.classifier(y), finite), mid, finite
+
+    def forward_lowres(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, num_classes, h, w) logits before the final upsampling (stride 4 with the
+        decoder, the output stride without). Used by deeplab_fast.Segmenter to resize once, fused."""
+        return self._heads(x)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        size = (x.shape[2], x.shape[3]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
+        logits, mid, finite = self._heads(x)
+        out = self.resize([logits], size)
+        if not self.output_dict:
+            return out
+        result = {"out": out}
+        if self.aux is not None:
+            result["aux"] = self.resize([_mark_nonfinite(self.aux(mid), finite)], size)
+        return result
+
+
+def _mark_nonfinite(logits: torch.Tensor, finite: torch.Tensor | None) -> torch.Tensor:
+    """NaN for every image whose input was not finite ((N,) bool `finite`); logits unchanged when None."""
+    if finite is None:
+        return logits
+    return torch.where(finite.view(-1, 1, 1, 1), logits, float("nan"))
+
+
+_BOOL_OPTIONS = ("separable_inner_bn", "dilate_first_block", "mobilenet_last_conv", "aux_head", "output_dict")
+_BOOL_OR_NONE_OPTIONS = ("aspp_separable", "decoder_separable")
+_POSITIVE_INT_OPTIONS = ("aspp_channels", "low_level_channels", "decoder_convs")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_arguments(
+    backbone: Any,
+    num_classes: Any,
+    output_stride: Any,
+    separable: Any,
+    decoder: Any,
+    align_corners: Any,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Validate deeplabv3plus()'s arguments (errors name the argument); return every option, defaults filled in."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; known backbones: {', '.join(BACKBONES)}")
+    if not _is_int(num_classes) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    if not _is_int(output_stride) or output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of the ints {OUTPUT_STRIDES}, got {output_stride!r}")
+    for name, value in (("separable", separable), ("decoder", decoder), ("align_corners", align_corners)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; known options: {', '.join(OPTIONS)}")
+    opt = {k: options.get(k, default) for k, (default, _) in OPTIONS.items()}
+    for name in _BOOL_OPTIONS:
+        if not isinstance(opt[name], bool):
+            raise TypeError(f"{name} must be True or False, got {opt[name]!r}")
+    for name in _BOOL_OR_NONE_OPTIONS:
+        if opt[name] is not None and not isinstance(opt[name], bool):
+            raise TypeError(f"{name} must be True, False or None (follow `separable`), got {opt[name]!r}")
+    for name in _POSITIVE_INT_OPTIONS:
+        if not _is_int(opt[name]) or opt[name] < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {opt[name]!r}")
+    if opt["post_aspp_conv"] not in ("none", "dense", "separable"):
+        raise ValueError(f"post_aspp_conv must be 'none', 'dense' or 'separable', got {opt['post_aspp_conv']!r}")
+    if not _is_number(opt["width_mult"]) or opt["width_mult"] <= 0:
+        raise ValueError(f"width_mult must be a finite number > 0, got {opt['width_mult']!r}")
+    if not _is_number(opt["aspp_dropout"]) or not 0 <= opt["aspp_dropout"] <= 1:
+        raise ValueError(f"aspp_dropout must be a number in [0, 1], got {opt['aspp_dropout']!r}")
+    if opt["bn_eps"] is not None and (not _is_number(opt["bn_eps"]) or opt["bn_eps"] <= 0):
+        raise ValueError(f"bn_eps must be a finite number > 0 or None, got {opt['bn_eps']!r}")
+    grid = opt["multi_grid"]
+    if grid is not None:
+        if not isinstance(grid, (list, tuple)) or not all(_is_int(g) and g >= 1 for g in grid):
+            raise ValueError(f"multi_grid must be a sequence of ints >= 1 (or None), got {grid!r}")
+        opt["multi_grid"] = tuple(grid)
+    rates = opt["aspp_rates"]
+    if rates is not None:
+        if not isinstance(rates, (list, tuple)) or len(rates) != 3 or not all(_is_int(r) and r >= 1 for r in rates):
+            raise ValueError(f"aspp_rates must be three ints >= 1 (or None), got {rates!r}")
+        opt["aspp_rates"] = tuple(rates)
+    return opt
 
 
 def deeplabv3plus(
@@ -173,18 +266,7 @@ def deeplabv3plus(
         DeepLab module; forward maps (N, 3, H, W) float (H, W >= 32) to (N, num_classes, H, W) logits
         (or a dict with output_dict=True).
     """
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; known backbones: {', '.join(BACKBONES)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-    if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown}; known options: {', '.join(OPTIONS)}")
-    opt = {k: options.get(k, default) for k, (default, _) in OPTIONS.items()}
-    if opt["post_aspp_conv"] not in ("none", "dense", "separable"):
-        raise ValueError(f"post_aspp_conv must be 'none', 'dense' or 'separable', got {opt['post_aspp_conv']!r}")
+    opt = _check_arguments(backbone, num_classes, output_stride, separable, decoder, align_corners, options)
     eps = opt["bn_eps"] if opt["bn_eps"] is not None else (1e-3 if backbone.startswith("xception") else 1e-5)
     width = opt["width_mult"]
     if backbone.startswith("resnet"):
@@ -235,6 +317,8 @@ def deeplabv3plus(
         )
         head_in = dec.out_channels
     aux = AuxHead(net.mid_channels, num_classes, eps) if opt["aux_head"] else None
+    # every keyword argument, defaults included, in JSON types (tuples as lists): deeplabv3plus(**config)
+    # rebuilds this architecture, and a checkpoint can store it as is
     config = {
         "backbone": backbone,
         "num_classes": num_classes,
@@ -242,7 +326,7 @@ def deeplabv3plus(
         "separable": separable,
         "decoder": decoder,
         "align_corners": align_corners,
-        **{k: options[k] for k in options},
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in opt.items()},
     }
     return DeepLab(
         net,

@@ -1,17 +1,27 @@
-"""optimize(): an inference copy of a DeepLab model with BatchNorm folded and fused ops swapped in.
+"""optimize(): an inference copy of a DeepLab model with BatchNorm folded and fused ops swapped in place.
 
-Every conv + BN pair becomes one conv with folded weights and bias; the activation (and in residual
-units the skip addition) rides on the conv through oneDNN's fused convolution when it can run
-(CPU fp32, eager mode). Each depthwise conv + BN (+ activation) becomes deeplab_fast.ops.dwconv_bn_act,
-each resize + concat deeplab_fast.ops.upsample_concat, and the ASPP image-pool branch is folded into
-a per-image bias of the projection (its broadcast map is never built). Activations are channels_last.
+The copy keeps the model's own structure (DeepLab, ResNet / Xception / MobileNetV2, Decoder, AuxHead and
+their forwards). Leaves are swapped where they are: every conv + BN (+ activation) becomes a FusedConv,
+every depthwise conv + BN (+ activation) a FusedDWConv (deeplab_fast.ops.dwconv_bn_act), every separable
+conv a FusedSeparable, every resize + concat (decoder, final upsampling) a FusedResizeConcat
+(deeplab_fast.ops.upsample_concat). A block is swapped only where a fusion spans its leaves:
+
+- ResNet Bottleneck -> FusedBottleneck: the skip addition and the last ReLU ride on conv3.
+- Xception XceptionBlock -> FusedXceptionBlock: the pre-activation ReLUs of sep2/sep3 move onto the previous
+  pointwise conv, and the skip addition rides on sep3's pointwise conv.
+- MobileNetV2 InvertedResidual with a skip -> FusedInvertedResidual: the skip addition rides on the projection.
+- ASPP -> FusedASPP: the image-pool branch becomes a per-image bias of the projection (its broadcast map is
+  never built) and the branches are concatenated by upsample_concat.
+
+How each dense convolution runs is the `conv_engine` argument of optimize() (see CONV_ENGINES).
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,29 +33,51 @@ from deeplab_fast.models.aspp import ASPP
 from deeplab_fast.models.backbones.mobilenetv2 import InvertedResidual, MobileNetV2
 from deeplab_fast.models.backbones.resnet import Bottleneck, ResNet
 from deeplab_fast.models.backbones.xception import Xception, XceptionBlock
-from deeplab_fast.models.decoder import Decoder
-from deeplab_fast.models.deeplab import AuxHead, DeepLab, DeepLabForward
+from deeplab_fast.models.deeplab import DeepLab
 from deeplab_fast.models.layers import ConvBNAct, SeparableConv, apply_act
 from deeplab_fast.ops import dwconv_bn_act, fold_bn, upsample_concat
 from deeplab_fast.ops._backend import BACKENDS
 from deeplab_fast.ops.winograd import winograd_conv3x3, winograd_weight
 
+# conv_engine values of optimize():
+#   "auto":     oneDNN's fused convolution for 1x1 convs (measured 4-5% faster per model than F.conv2d on a quiet
+#               2-core machine: resnet101 774 vs 812 ms, xception65 724 vs 753 ms), Winograd F(4x4, 3x3) for 3x3
+#               stride-1 convs with >= 64 input and output channels, ATen (F.conv2d) for the rest.
+#   "onednn":   oneDNN's fused convolution for every dense conv (3x3 ran slower than F.conv2d on channels_last:
+#               resnet101 1090 vs 859 ms).
+#   "winograd": Winograd for every 3x3 stride-1 dense conv whatever its width, oneDNN for 1x1, ATen for the rest.
+#   "aten":     F.conv2d + activation everywhere.
+# The oneDNN and Winograd engines run only on CPU fp32 inputs, with autograd off, outside torch.compile and with
+# backend "auto" or "cpu"; elsewhere every conv runs through F.conv2d.
+CONV_ENGINES = ("auto", "onednn", "winograd", "aten")
+
+# below 64 channels Winograd's GEMMs are too thin to beat oneDNN's direct convolution here
+_WINOGRAD_MIN_CHANNELS = 64
+
 # oneDNN post-op spelling of our activations
 _ONEDNN_ACT = {"relu": ("relu", [None]), "relu6": ("hardtanh", [0.0, 6.0]), "none": ("none", [None])}
 
 
-def _onednn_ok(kernel_size: int) -> bool:
-    """Whether a conv of this kernel size runs oneDNN's fused convolution (pre-packed weight, post-ops).
-
-    DEEPLAB_FAST_ONEDNN_FUSED: unset = 1x1 convolutions only (measured 4-5% faster per model on a quiet
-    2-core machine: resnet101 774 vs 812 ms, xception65 724 vs 753 ms, with the ReLU and the residual
-    addition as post-ops); "1" = every convolution, depthwise included (3x3 ran slower than F.conv2d on
-    channels_last: resnet101 1090 vs 859 ms); "0" = none.
-    """
-    mode = os.environ.get("DEEPLAB_FAST_ONEDNN_FUSED", "")
-    if mode == "0" or (mode != "1" and kernel_size != 1):
-        return False
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's fused convolution (torch.ops.mkldnn._convolution_pointwise)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def _conv_engine(engine: str, weight: torch.Tensor, stride: int, padding: int, dilation: int, groups: int) -> str:
+    """The engine ("onednn", "winograd" or "aten") one dense conv runs with under optimize()'s `engine`.
+
+    An engine this build lacks (checked by optimize() when asked for explicitly) falls back to "aten" under "auto".
+    """
+    k = tuple(weight.shape[2:])
+    if engine == "aten" or groups != 1:
+        return "aten"
+    if engine == "onednn":
+        return "onednn"
+    wide = min(weight.shape[0], weight.shape[1]) >= _WINOGRAD_MIN_CHANNELS
+    winograd_shape = k == (3, 3) and stride == 1 and padding == dilation
+    if winograd_shape and (engine == "winograd" or wide) and _ext.has_kernel("winograd_conv3x3", "cpu"):
+        return "winograd"
+    return "onednn" if k == (1, 1) and onednn_available() else "aten"
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -59,9 +91,10 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, tor
 class FusedConv(nn.Module):
     """act(conv(x) + bias [+ residual]) with BN already folded into weight/bias.
 
-    (N, Cin, H, W) float -> (N, Cout, Ho, Wo). On CPU fp32 in eager mode with backend "auto"/"cpu" it
-    runs oneDNN's fused convolution with a weight pre-packed once (re-packed if the weight changes);
-    otherwise (torch.compile, other devices/dtypes, backend "reference") F.conv2d + activation.
+    (N, Cin, H, W) float -> (N, Cout, Ho, Wo). `engine` ("auto", "onednn", "winograd" or "aten", see
+    CONV_ENGINES) picks the implementation; oneDNN (weight pre-packed for the input shape, activation and
+    residual as post-ops) and Winograd (weight transformed once) run on CPU fp32 inputs with autograd off,
+    outside torch.compile and with backend "auto"/"cpu"; otherwise F.conv2d + activation.
     """
 
     def __init__(
@@ -75,6 +108,7 @@ class FusedConv(nn.Module):
         groups: int = 1,
         act: str = "none",
         backend: str = "auto",
+        engine: str = "auto",
     ) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
@@ -82,11 +116,14 @@ class FusedConv(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.act = act
         self.backend = backend
+        self.engine = _conv_engine(engine, weight, stride, padding, dilation, groups)
         self._packed: tuple[torch.Tensor, tuple] | None = None
         self._wino: tuple[torch.Tensor, tuple] | None = None
 
     @classmethod
-    def from_modules(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: str, backend: str) -> FusedConv:
+    def from_modules(
+        cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: str, backend: str, engine: str = "auto"
+    ) -> FusedConv:
         """Fold `bn` (or nothing) into `conv`; the activation is applied after the folded conv."""
         weight, bias = _fold(conv, bn)
         return cls(
@@ -98,9 +135,17 @@ class FusedConv(nn.Module):
             groups=conv.groups,
             act=act,
             backend=backend,
+            engine=engine,
         )
 
-    def _use_onednn(self, x: torch.Tensor) -> bool:
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles leave out the engine caches (an opaque oneDNN tensor cannot be copied); the next
+        # forward rebuilds them
+        state = dict(self.__dict__)
+        state["_packed"] = state["_wino"] = None
+        return state
+
+    def _fast_path_ok(self, x: torch.Tensor) -> bool:
         return (
             self.backend in ("auto", "cpu")
             and x.device.type == "cpu"
@@ -108,8 +153,13 @@ class FusedConv(nn.Module):
             and self.weight.dtype == torch.float32
             and not torch.compiler.is_compiling()
             and not torch.is_grad_enabled()
-            and _onednn_ok(self.weight.shape[-1])
         )
+
+    def _use_onednn(self, x: torch.Tensor) -> bool:
+        return self.engine == "onednn" and self._fast_path_ok(x)
+
+    def _use_winograd(self, x: torch.Tensor) -> bool:
+        return self.engine == "winograd" and self._fast_path_ok(x)
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         # oneDNN picks the packed layout for an input shape: packed without one, a 3x3 conv measured 4x
@@ -127,25 +177,6 @@ class FusedConv(nn.Module):
             self._packed = (packed, key)
         return self._packed[0]
 
-    def _use_winograd(self, x: torch.Tensor) -> bool:
-        w = self.weight
-        return (
-            tuple(w.shape[2:]) == (3, 3)
-            and self.stride == 1
-            and self.groups == 1
-            and self.padding == self.dilation
-            # below 64 channels the GEMMs are too thin to beat oneDNN's direct convolution here
-            and min(w.shape[0], w.shape[1]) >= 64
-            and os.environ.get("DEEPLAB_FAST_WINOGRAD", "1") != "0"
-            and self.backend in ("auto", "cpu")
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and w.dtype == torch.float32
-            and not torch.compiler.is_compiling()
-            and not torch.is_grad_enabled()
-            and _ext.has_kernel("winograd_conv3x3", "cpu")
-        )
-
     def _winograd_weight(self) -> torch.Tensor:
         key = (self.weight.data_ptr(), self.weight._version)
         if self._wino is None or self._wino[1] != key:
@@ -156,12 +187,7 @@ class FusedConv(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self._use_winograd(x):
             return winograd_conv3x3(
-                x,
-                self._winograd_weight(),
-                self.bias,
-                residual,
-                dilation=self.dilation,
-                activation=self.act,
+                x, self._winograd_weight(), self.bias, residual, dilation=self.dilation, activation=self.act
             )
         if self._use_onednn(x):
             args = ([self.padding] * 2, [self.stride] * 2, [self.dilation] * 2, self.groups)
@@ -173,17 +199,9 @@ class FusedConv(nn.Module):
             if residual.shape == (x.shape[0], self.weight.shape[0], *residual.shape[2:]) and residual.dtype == x.dtype:
                 unary = None if self.act == "none" else attr
                 return torch.ops.mkldnn._convolution_pointwise.binary(
-                    x,
-                    residual,
-                    self._packed_weight(x),
-                    self.bias,
-                    *args,
-                    "add",
-                    None,
-                    unary,
-                    scalars if unary else [],
-                    None,
-                )
+                    x, residual, self._packed_weight(x), self.bias, *args, "add", None, unary,
+                    scalars if unary else [], None,
+                )  # fmt: skip
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:
             y = y + residual
@@ -198,7 +216,10 @@ class FusedConv(nn.Module):
 
 
 class FusedDWConv(nn.Module):
-    """Depthwise 3x3 conv + folded BN + activation through deeplab_fast.ops.dwconv_bn_act."""
+    """Depthwise 3x3 conv + folded BN + activation through deeplab_fast.ops.dwconv_bn_act.
+
+    (N, C, H, W) float -> (N, C, Ho, Wo); parameters: weight (C, 1, 3, 3), scale (C,), shift (C,).
+    """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: str, backend: str) -> None:
         super().__init__()
@@ -211,24 +232,8 @@ class FusedDWConv(nn.Module):
         self.scale = nn.Parameter(scale.clone(), requires_grad=False)
         self.shift = nn.Parameter(shift.clone(), requires_grad=False)
         self.stride, self.dilation, self.act, self.backend = conv.stride[0], conv.dilation[0], act, backend
-        # With DEEPLAB_FAST_ONEDNN_FUSED=1 and backend="auto" on a CPU, oneDNN's depthwise conv (BN folded,
-        # activation as a post-op) runs instead; every explicit backend always runs dwconv_bn_act.
-        self.onednn = None
-        if backend == "auto":
-            self.onednn = FusedConv(
-                self.weight.detach() * self.scale.detach().reshape(-1, 1, 1, 1),
-                self.shift.detach().clone(),
-                stride=self.stride,
-                padding=conv.padding[0],
-                dilation=self.dilation,
-                groups=conv.groups,
-                act=act,
-                backend="cpu",
-            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onednn is not None and self.onednn._use_onednn(x):
-            return self.onednn(x)
         return dwconv_bn_act(
             x,
             self.weight,
@@ -242,13 +247,16 @@ class FusedDWConv(nn.Module):
 
 
 class FusedSeparable(nn.Module):
-    """[ReLU] -> fused depthwise (+BN+act) -> pointwise conv with folded BN and activation."""
+    """SeparableConv fused: [ReLU] -> depthwise (+BN+act) -> pointwise conv with folded BN and activation.
 
-    def __init__(self, m: SeparableConv, backend: str, out_act: str | None = None) -> None:
+    (N, Cin, H, W) -> (N, Cout, Ho, Wo); forward takes an optional residual added before the output activation.
+    """
+
+    def __init__(self, m: SeparableConv, backend: str, engine: str, out_act: str | None = None) -> None:
         super().__init__()
         self.pre_act = m.pre_act
         self.dw = FusedDWConv(m.depthwise, m.dw_bn, m.inner_act, backend)
-        self.pw = FusedConv.from_modules(m.pointwise, m.pw_bn, out_act or m.out_act, backend)
+        self.pw = FusedConv.from_modules(m.pointwise, m.pw_bn, out_act or m.out_act, backend, engine)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.pre_act:
@@ -256,65 +264,60 @@ class FusedSeparable(nn.Module):
         return self.pw(self.dw(x), residual)
 
 
-def _fuse_block(m: nn.Module, backend: str) -> nn.Module:
+class FusedResizeConcat(nn.Module):
+    """ResizeConcat through deeplab_fast.ops.upsample_concat (each input read once, output written once)."""
+
+    def __init__(self, align_corners: bool, backend: str) -> None:
+        super().__init__()
+        self.align_corners = align_corners
+        self.backend = backend
+
+    def forward(self, tensors: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        # the final upsampling too (one input): 3x faster than F.interpolate on channels_last
+        return upsample_concat(tensors, size, align_corners=self.align_corners, backend=self.backend)
+
+
+def _fuse_leaf(m: nn.Module, backend: str, engine: str) -> nn.Module:
+    """ConvBNAct -> FusedConv, SeparableConv -> FusedSeparable."""
     if isinstance(m, ConvBNAct):
-        return FusedConv.from_modules(m.conv, m.bn, m.act, backend)
+        return FusedConv.from_modules(m.conv, m.bn, m.act, backend, engine)
     if isinstance(m, SeparableConv):
-        return FusedSeparable(m, backend)
-    raise TypeError(f"cannot fuse {type(m).__name__}")
+        return FusedSeparable(m, backend, engine)
+    raise TypeError(f"optimize() cannot fuse a {type(m).__name__} (expected ConvBNAct or SeparableConv)")
 
 
 class FusedBottleneck(nn.Module):
-    """ResNet bottleneck with BN folded; the skip addition and last ReLU ride on conv3."""
+    """ResNet Bottleneck with BN folded; the skip addition and the last ReLU ride on conv3 (same names)."""
 
-    def __init__(self, m: Bottleneck, backend: str) -> None:
+    def __init__(self, m: Bottleneck, backend: str, engine: str) -> None:
         super().__init__()
-        self.conv1 = FusedConv.from_modules(m.conv1, m.bn1, "relu", backend)
-        self.conv2 = FusedConv.from_modules(m.conv2, m.bn2, "relu", backend)
-        self.conv3 = FusedConv.from_modules(m.conv3, m.bn3, "relu", backend)
+        self.conv1 = FusedConv.from_modules(m.conv1, m.bn1, "relu", backend, engine)
+        self.conv2 = FusedConv.from_modules(m.conv2, m.bn2, "relu", backend, engine)
+        self.conv3 = FusedConv.from_modules(m.conv3, m.bn3, "relu", backend, engine)
         self.downsample = None
         if m.downsample is not None:
-            self.downsample = FusedConv.from_modules(m.downsample[0], m.downsample[1], "none", backend)
+            self.downsample = FusedConv.from_modules(m.downsample[0], m.downsample[1], "none", backend, engine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         return self.conv3(self.conv2(self.conv1(x)), identity)
 
 
-class FusedResNet(nn.Module):
-    """Fused ResNet backbone: (N, 3, H, W) -> (low, mid, out) like ResNet."""
-
-    def __init__(self, m: ResNet, backend: str) -> None:
-        super().__init__()
-        self.stem = FusedConv.from_modules(m.conv1, m.bn1, "relu", backend)
-        self.maxpool = m.maxpool
-        self.layers = nn.ModuleList(
-            nn.Sequential(*(FusedBottleneck(b, backend) for b in getattr(m, f"layer{i}"))) for i in range(1, 5)
-        )
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        low = self.layers[0](self.maxpool(self.stem(x)))
-        mid = self.layers[2](self.layers[1](low))
-        return low, mid, self.layers[3](mid)
-
-
 class FusedXceptionBlock(nn.Module):
-    """Xception block: the pre-activation ReLUs of sep2/sep3 move onto the previous pointwise conv (unless
-    sep2's raw output is the low-level tap) and the skip addition rides on sep3's pointwise conv."""
+    """XceptionBlock whose sep2/sep3 pre-activation ReLUs move onto the previous pointwise conv (unless sep2's
+    raw output is the low-level tap) and whose skip addition rides on sep3's pointwise conv (same names)."""
 
-    def __init__(self, m: XceptionBlock, backend: str) -> None:
+    def __init__(self, m: XceptionBlock, backend: str, engine: str) -> None:
         super().__init__()
         self.tap = m.tap
         move = m.sep2.pre_act and not m.tap
-        self.sep1 = FusedSeparable(m.sep1, backend, out_act="relu" if m.sep2.pre_act else None)
-        self.sep2 = FusedSeparable(m.sep2, backend, out_act="relu" if move else None)
+        self.sep1 = FusedSeparable(m.sep1, backend, engine, out_act="relu" if m.sep2.pre_act else None)
+        self.sep2 = FusedSeparable(m.sep2, backend, engine, out_act="relu" if move else None)
         self.sep2.pre_act = False
-        self.sep3 = FusedSeparable(m.sep3, backend)
+        self.sep3 = FusedSeparable(m.sep3, backend, engine)
         self.sep3.pre_act = m.sep3.pre_act and not move
         self.skip = m.skip
-        self.shortcut = None
-        if m.shortcut is not None:
-            self.shortcut = FusedConv.from_modules(m.shortcut.conv, m.shortcut.bn, "none", backend)
+        self.shortcut = None if m.shortcut is None else _fuse_leaf(m.shortcut, backend, engine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         mid = self.sep2(self.sep1(x))
@@ -323,64 +326,15 @@ class FusedXceptionBlock(nn.Module):
         return (out, mid) if self.tap else out
 
 
-class FusedXception(nn.Module):
-    """Fused Xception backbone: (N, 3, H, W) -> (low, mid, out) like Xception."""
-
-    def __init__(self, m: Xception, backend: str) -> None:
-        super().__init__()
-        self.conv1 = _fuse_block(m.conv1, backend)
-        self.conv2 = _fuse_block(m.conv2, backend)
-        self.entry_flow = nn.ModuleList(FusedXceptionBlock(b, backend) for b in m.entry_flow)
-        self.middle_flow = nn.Sequential(*(FusedXceptionBlock(b, backend) for b in m.middle_flow))
-        self.exit_flow = nn.Sequential(*(FusedXceptionBlock(b, backend) for b in m.exit_flow))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.conv2(self.conv1(x))
-        low = None
-        for block in self.entry_flow:
-            x = block(x)
-            if isinstance(x, tuple):
-                x, low = x
-        mid = self.middle_flow(x)
-        return low, mid, self.exit_flow(mid)
-
-
 class FusedInvertedResidual(nn.Module):
-    """MobileNetV2 unit: expand (ReLU6) -> fused depthwise (ReLU6) -> project with the skip added."""
+    """MobileNetV2 unit with a skip: its fused layers (`conv`), the skip addition riding on the projection."""
 
-    def __init__(self, m: InvertedResidual, backend: str) -> None:
+    def __init__(self, conv: nn.Sequential) -> None:
         super().__init__()
-        layers = list(m.conv)
-        self.expand = None
-        if len(layers) == 4:
-            self.expand = FusedConv.from_modules(layers[0][0], layers[0][1], "relu6", backend)
-            layers = layers[1:]
-        self.dw = FusedDWConv(layers[0][0], layers[0][1], "relu6", backend)
-        self.project = FusedConv.from_modules(layers[1], layers[2], "none", backend)
-        self.use_res_connect = m.use_res_connect
+        self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x if self.expand is None else self.expand(x)
-        return self.project(self.dw(y), x if self.use_res_connect else None)
-
-
-class FusedMobileNetV2(nn.Module):
-    """Fused MobileNetV2 backbone: (N, 3, H, W) -> (low, mid, out) like MobileNetV2."""
-
-    def __init__(self, m: MobileNetV2, backend: str) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for f in m.features:
-            if isinstance(f, InvertedResidual):
-                layers.append(FusedInvertedResidual(f, backend))
-            else:
-                layers.append(FusedConv.from_modules(f[0], f[1], "relu6", backend))
-        self.features = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        low = self.features[:4](x)
-        mid = self.features[4:14](low)
-        return low, mid, self.features[14:](mid)
+        return self.conv[-1](self.conv[:-1](x), x)
 
 
 class FusedASPP(nn.Module):
@@ -390,11 +344,11 @@ class FusedASPP(nn.Module):
     space, so W_pool * pool is an (N, C) vector added before the projection's ReLU.
     """
 
-    def __init__(self, m: ASPP, backend: str) -> None:
+    def __init__(self, m: ASPP, backend: str, engine: str) -> None:
         super().__init__()
-        self.branch1x1 = _fuse_block(m.branch1x1, backend)
-        self.branches = nn.ModuleList(_fuse_block(b, backend) for b in m.branches)
-        self.pool = _fuse_block(m.pool, backend)
+        self.branch1x1 = _fuse_leaf(m.branch1x1, backend, engine)
+        self.branches = nn.ModuleList(_fuse_leaf(b, backend, engine) for b in m.branches)
+        self.pool = _fuse_leaf(m.pool, backend, engine)
         weight, bias = _fold(m.project.conv, m.project.bn)
         c = weight.shape[0]
         if m.pool_position == "first":
@@ -403,102 +357,155 @@ class FusedASPP(nn.Module):
             rest_w, pool_w = weight[:, :-c], weight[:, -c:]
         self.pool_weight = nn.Parameter(pool_w[:, :, 0, 0].contiguous(), requires_grad=False)
         self.project = FusedConv(
-            rest_w.contiguous(), None, stride=1, padding=0, dilation=1, act="none", backend=backend
+            rest_w.contiguous(), None, stride=1, padding=0, dilation=1, act="none", backend=backend, engine=engine
         )
         self.project_bias = nn.Parameter(bias, requires_grad=False)
-        self.backend = backend
+        self.concat = FusedResizeConcat(False, backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.pool(x.mean(dim=(2, 3), keepdim=True)).flatten(1)
         bias = F.linear(pooled, self.pool_weight, self.project_bias)
         feats = [self.branch1x1(x), *(b(x) for b in self.branches)]
-        y = upsample_concat(feats, (x.shape[2], x.shape[3]), backend=self.backend)
+        y = self.concat(feats, (x.shape[2], x.shape[3]))
         return F.relu(self.project(y) + bias[:, :, None, None])
 
 
-class FusedDecoder(nn.Module):
-    """Decoder with upsample_concat for the resize + concatenation."""
-
-    def __init__(self, m: Decoder, backend: str) -> None:
-        super().__init__()
-        self.reduce = _fuse_block(m.reduce, backend)
-        self.convs = nn.Sequential(*(_fuse_block(c, backend) for c in m.convs))
-        self.align_corners = m.align_corners
-        self.backend = backend
-
-    def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        low = self.reduce(low)
-        y = upsample_concat(
-            [high, low], (low.shape[2], low.shape[3]), align_corners=self.align_corners, backend=self.backend
-        )
-        return self.convs(y)
+def _fuse_conv_bn_act_seq(seq: nn.Sequential, backend: str, engine: str) -> nn.Module:
+    """Sequential(Conv2d, BatchNorm2d, ReLU6) (MobileNetV2) -> FusedDWConv if depthwise, else FusedConv."""
+    conv, bn = seq[0], seq[1]
+    if conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels:
+        return FusedDWConv(conv, bn, "relu6", backend)
+    return FusedConv.from_modules(conv, bn, "relu6", backend, engine)
 
 
-class FusedAuxHead(nn.Module):
-    """AuxHead with BN folded (dropout is the identity in eval)."""
-
-    def __init__(self, m: AuxHead, backend: str) -> None:
-        super().__init__()
-        self.conv = _fuse_block(m.conv, backend)
-        self.classifier = FusedConv.from_modules(m.classifier, None, "none", backend)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.conv(x))
+def _fuse_resnet(net: ResNet, backend: str, engine: str) -> None:
+    net.conv1 = FusedConv.from_modules(net.conv1, net.bn1, "relu", backend, engine)
+    net.bn1, net.relu = nn.Identity(), nn.Identity()  # ResNet.forward keeps calling them
+    for i in range(1, 5):
+        layer = getattr(net, f"layer{i}")
+        for j, unit in enumerate(layer):
+            layer[j] = FusedBottleneck(unit, backend, engine)
 
 
-class FusedDeepLab(DeepLabForward):
-    """Inference-only DeepLab made by optimize(); same forward contract as DeepLab."""
+def _fuse_xception(net: Xception, backend: str, engine: str) -> None:
+    net.conv1 = _fuse_leaf(net.conv1, backend, engine)
+    net.conv2 = _fuse_leaf(net.conv2, backend, engine)
+    for flow in (net.entry_flow, net.middle_flow, net.exit_flow):
+        for j, block in enumerate(flow):
+            flow[j] = FusedXceptionBlock(block, backend, engine)
 
-    def __init__(self, m: DeepLab, backend: str, channels_last: bool) -> None:
-        super().__init__()
-        if isinstance(m.backbone, ResNet):
-            self.backbone: nn.Module = FusedResNet(m.backbone, backend)
-        elif isinstance(m.backbone, Xception):
-            self.backbone = FusedXception(m.backbone, backend)
+
+def _fuse_mobilenet(net: MobileNetV2, backend: str, engine: str) -> None:
+    for j, f in enumerate(net.features):
+        if not isinstance(f, InvertedResidual):
+            net.features[j] = _fuse_conv_bn_act_seq(f, backend, engine)
+            continue
+        layers = [_fuse_conv_bn_act_seq(s, backend, engine) for s in f.conv[:-2]]
+        layers.append(FusedConv.from_modules(f.conv[-2], f.conv[-1], "none", backend, engine))
+        if f.use_res_connect:
+            net.features[j] = FusedInvertedResidual(nn.Sequential(*layers))
         else:
-            self.backbone = FusedMobileNetV2(m.backbone, backend)
-        self.aspp = FusedASPP(m.aspp, backend)
-        self.post_aspp = None if m.post_aspp is None else _fuse_block(m.post_aspp, backend)
-        self.decoder = None if m.decoder is None else FusedDecoder(m.decoder, backend)
-        self.classifier = FusedConv.from_modules(m.classifier, None, "none", backend)
-        self.aux = None if m.aux is None else FusedAuxHead(m.aux, backend)
-        self.align_corners = m.align_corners
-        self.output_dict = m.output_dict
-        self.channels_last = channels_last
-        self.backend = backend
-        self.config = dict(m.config)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        # the final upsampling as the fused resize (one input): 3x faster than F.interpolate on channels_last
-        return upsample_concat([x], size, align_corners=self.align_corners, backend=self.backend)
+            f.conv = nn.Sequential(*layers)
 
 
-def optimize(model: nn.Module, *, backend: str = "auto", channels_last: bool = True) -> nn.Module:
+_BACKBONE_FUSERS = {ResNet: _fuse_resnet, Xception: _fuse_xception, MobileNetV2: _fuse_mobilenet}
+
+
+def _fuser_for(backbone: nn.Module) -> Callable[[Any, str, str], None]:
+    """The function that fuses this backbone in place; TypeError naming an unknown backbone."""
+    fuser = _BACKBONE_FUSERS.get(type(backbone))
+    if fuser is None:
+        known = ", ".join(t.__name__ for t in _BACKBONE_FUSERS)
+        raise TypeError(
+            f"optimize() does not know the backbone {type(backbone).__name__}; it knows {known} "
+            "(deeplabv3plus() backbones)"
+        )
+    return fuser
+
+
+def _fuse_deeplab(model: DeepLab, backend: str, engine: str) -> None:
+    """Swap the fused leaves and blocks into `model` (an eval copy) in place."""
+    _fuser_for(model.backbone)(model.backbone, backend, engine)
+    model.aspp = FusedASPP(model.aspp, backend, engine)
+    if model.post_aspp is not None:
+        model.post_aspp = _fuse_leaf(model.post_aspp, backend, engine)
+    if model.decoder is not None:
+        model.decoder.reduce = _fuse_leaf(model.decoder.reduce, backend, engine)
+        for j, conv in enumerate(model.decoder.convs):
+            model.decoder.convs[j] = _fuse_leaf(conv, backend, engine)
+        model.decoder.merge = FusedResizeConcat(model.decoder.align_corners, backend)
+    model.classifier = FusedConv.from_modules(model.classifier, None, "none", backend, engine)
+    if model.aux is not None:
+        model.aux.conv = _fuse_leaf(model.aux.conv, backend, engine)
+        model.aux.classifier = FusedConv.from_modules(model.aux.classifier, None, "none", backend, engine)
+    model.resize = FusedResizeConcat(model.align_corners, backend)
+
+
+def _reconfigure(model: DeepLab, backend: str, engine: str) -> None:
+    """An already optimized copy: set the backend and conv engine of every fused module."""
+    for m in model.modules():
+        if isinstance(m, FusedConv):
+            m.engine = _conv_engine(engine, m.weight, m.stride, m.padding, m.dilation, m.groups)
+            m._packed = m._wino = None
+        if isinstance(m, (FusedConv, FusedDWConv, FusedResizeConcat)):
+            m.backend = backend
+
+
+def optimize(
+    model: nn.Module,
+    *,
+    backend: str = "auto",
+    channels_last: bool = True,
+    conv_engine: str = "auto",
+    tune_malloc: bool = True,
+) -> nn.Module:
     """Return an inference copy of a DeepLab model with BN folded and fused ops; `model` is not changed.
 
-    Args:
-        model: a DeepLab from deeplabv3plus() or a converter. Any other nn.Module gets only the generic part:
-            each Conv2d directly followed by a BatchNorm2d in an nn.Sequential is folded. In training mode the
-            model is copied and the copy put in eval mode, with a warning (BN folding uses running statistics).
-        backend: "auto", "cpu", "cuda", "triton" or "reference": passed to every fused op; "reference"
-            also turns off oneDNN's fused convolutions.
-        channels_last: run in channels_last memory format (the fast layout for oneDNN and cuDNN).
+    The copy keeps the model's class and structure (see this module's docstring for what is swapped);
+    `model.config` is kept, and `copy.optimized` records the settings below.
 
-    A CPU model also makes glibc malloc recycle large freed blocks, process-wide
-    (deeplab_fast.malloc_tuning.keep_freed_memory; DEEPLAB_FAST_MALLOPT=0 turns that off).
+    Args:
+        model: a DeepLab from deeplabv3plus() or a converter (ResNet, Xception or MobileNetV2 backbone; any
+            other backbone is a TypeError naming it), or an already optimized one (re-configured with these
+            arguments). Any other nn.Module gets only the generic part: each Conv2d directly followed by a
+            BatchNorm2d in an nn.Sequential is folded. In training mode the model is copied and the copy put in
+            eval mode, with a warning (BN folding uses running statistics).
+        backend: "auto", "cpu", "cuda", "triton" or "reference": passed to every fused op; any backend but
+            "auto"/"cpu" also runs every dense conv through F.conv2d.
+        channels_last: convert the input to channels_last memory format first (the fast layout for oneDNN and
+            cuDNN); activations stay channels_last through the network.
+        conv_engine: how dense convolutions run: "auto" (oneDNN's fused convolution for 1x1 convs, Winograd
+            F(4x4, 3x3) for 3x3 stride-1 convs with >= 64 channels, F.conv2d for the rest), "onednn" (oneDNN for
+            every dense conv), "winograd" (Winograd for every 3x3 stride-1 conv, oneDNN for 1x1) or "aten"
+            (F.conv2d everywhere). oneDNN and Winograd run on CPU fp32 inputs with autograd off and outside
+            torch.compile; elsewhere every engine falls back to F.conv2d. Depthwise convs always run
+            deeplab_fast.ops.dwconv_bn_act.
+        tune_malloc: for a CPU model, make glibc malloc keep and recycle freed blocks up to 1 GiB
+            (deeplab_fast.malloc_tuning.keep_freed_memory). This changes the whole process (its resident
+            memory stays at its peak); deeplab_fast.restore_malloc_defaults() undoes it. No effect off glibc.
 
     Returns:
         nn.Module in eval mode with the same forward contract ((N, 3, H, W) float -> (N, K, H, W) logits or
-        the same dict); parameters do not require gradients.
+        the same dict); parameters do not require gradients. An image with a NaN or inf pixel gets NaN logits
+        (the fused activations could otherwise turn NaN into finite values).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module (a deeplab_fast DeepLab), got {type(model).__name__}")
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
-    inner = model
+    if not isinstance(conv_engine, str) or conv_engine not in CONV_ENGINES:
+        raise ValueError(f"conv_engine must be one of {', '.join(map(repr, CONV_ENGINES))}; got {conv_engine!r}")
+    for name, value in (("channels_last", channels_last), ("tune_malloc", tune_malloc)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if conv_engine in ("onednn", "winograd") and backend not in ("auto", "cpu"):
+        raise ValueError(
+            f"conv_engine={conv_engine!r} runs on the CPU: it needs backend 'auto' or 'cpu', got {backend!r}"
+        )
+    if conv_engine == "onednn" and not onednn_available():
+        raise RuntimeError("conv_engine='onednn': this torch build has no oneDNN fused convolution; use 'auto'")
+    if conv_engine == "winograd" and not _ext.has_kernel("winograd_conv3x3", "cpu"):
+        raise RuntimeError("conv_engine='winograd': the compiled extension has no CPU Winograd kernel; use 'auto'")
     if model.training:
         warnings.warn(
             "optimize() folds BatchNorm with its running statistics, so it needs eval mode; optimizing an "
@@ -506,14 +513,24 @@ def optimize(model: nn.Module, *, backend: str = "auto", channels_last: bool = T
             UserWarning,
             stacklevel=2,
         )
-    if all(t.device.type == "cpu" for t in model.parameters()):
+    if isinstance(model, DeepLab) and model.optimized is None:
+        _fuser_for(model.backbone)  # an unknown backbone fails here, before anything changes
+    if tune_malloc and all(t.device.type == "cpu" for t in model.parameters()):
         # Large activations are freshly page-faulted on every forward otherwise (see malloc_tuning).
         keep_freed_memory()
     with torch.no_grad():
-        source = copy.deepcopy(inner).eval()
-        if isinstance(source, DeepLab):
-            return FusedDeepLab(source, backend, channels_last).eval()
-        return _fold_generic(source, channels_last).eval()
+        out = copy.deepcopy(model).eval()
+        if not isinstance(out, DeepLab):
+            return _fold_generic(out, channels_last).eval()
+        if out.optimized is None:
+            _fuse_deeplab(out, backend, conv_engine)
+        else:
+            _reconfigure(out, backend, conv_engine)
+        for p in out.parameters():
+            p.requires_grad_(False)
+    out.channels_last = channels_last
+    out.optimized = {"backend": backend, "channels_last": channels_last, "conv_engine": conv_engine}
+    return out.eval()
 
 
 def _fold_generic(model: nn.Module, channels_last: bool) -> nn.Module:
@@ -534,3 +551,6 @@ def _fold_generic(model: nn.Module, channels_last: bool) -> nn.Module:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+__all__ = ["CONV_ENGINES", "FusedConv", "FusedDWConv", "FusedResizeConcat", "FusedSeparable", "optimize"]

@@ -111,6 +111,28 @@ class SeparableConv(nn.Module):
         return apply_act(x, self.out_act)
 
 
+class ResizeConcat(nn.Module):
+    """Bilinearly resize each input to `size` and concatenate them along channels (a module so that
+    optimize() can swap in deeplab_fast.ops.upsample_concat in place).
+
+    [(N, C_i, h_i, w_i)] float -> (N, sum C_i, H, W) of the same dtype; a single input is only resized.
+    """
+
+    def __init__(self, align_corners: bool) -> None:
+        super().__init__()
+        self.align_corners = align_corners
+
+    def forward(self, tensors: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        # an input already at `size` is taken as is (a same-size bilinear resize is the identity)
+        resized = [
+            t
+            if (t.shape[2], t.shape[3]) == tuple(size)
+            else F.interpolate(t, size, mode="bilinear", align_corners=self.align_corners)
+            for t in tensors
+        ]
+        return resized[0] if len(resized) == 1 else torch.cat(resized, dim=1)
+
+
 def conv_block(
     in_channels: int,
     out_channels: int,
