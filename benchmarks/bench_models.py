@@ -131,8 +131,12 @@ def build_provider(
     *,
     onnx_path: str | None = None,
     eager: torch.nn.Module | None = None,
+    tune_malloc: bool = True,
 ) -> Built:
-    """Build one provider and its input; raises with a reason if it cannot run here."""
+    """Build one provider and its input; raises with a reason if it cannot run here.
+
+    tune_malloc: passed to optimize() (the memory worker turns the process-wide glibc tuning off).
+    """
     side = peer_size(provider, size)
     x = torch.randn(batch, 3, side, side, device=device, dtype=dtype)
     if provider in OURS:
@@ -143,7 +147,7 @@ def build_provider(
         layout = "NCHW"
         note = ""
         if provider in ("optimize", "compile_optimize"):
-            model = api.optimize(copy.deepcopy(model))
+            model = api.optimize(copy.deepcopy(model), tune_malloc=tune_malloc)
             layout = "channels_last"
         macs_model = eager if eager is not None else model
         params = _params_mb(model)
@@ -284,8 +288,6 @@ def memory_in_subprocess(
     # recycling allocators hide a forward's peak from the RSS growth: onnxruntime's arena, and for ours
     # optimize()'s glibc tuning and the op output pool, are all off in the memory worker
     env["DEEPLAB_FAST_BENCH_ORT_NO_ARENA"] = "1"
-    env["DEEPLAB_FAST_MALLOPT"] = "0"
-    env["DEEPLAB_FAST_CPU_POOL_MB"] = "0"
     try:
         proc = subprocess.run(
             [sys.executable, str(Path(__file__)), "--memory-worker", json.dumps(spec)],
@@ -306,6 +308,9 @@ def memory_in_subprocess(
 
 def _memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(int(spec["threads"]))
+    api, _ = our_api()
+    if api is not None:
+        api.configure(cpu_output_pool_mb=0)
     dtype = getattr(torch, spec["dtype"])
     device = torch.device("cpu")
     with torch.no_grad():
@@ -317,6 +322,7 @@ def _memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
             int(spec["size"]),
             int(spec["batch"]),
             onnx_path=spec.get("onnx_path"),
+            tune_malloc=False,
         )
         built.fn()  # warm-up: lazy initialisation, compilation, oneDNN primitive caches
         if not harness.reset_peak_rss():

@@ -33,6 +33,7 @@ _LAZY = {
     "training": "deeplab_fast.training",
     "assets": "deeplab_fast.assets",
     "testing": "deeplab_fast.testing",
+    "restore_malloc_defaults": "deeplab_fast.malloc_tuning",
 }
 
 __all__ = ["ops", "HAS_EXT", "built_with_cuda", "configure", "__version__", *_LAZY]

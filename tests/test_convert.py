@@ -8,12 +8,7 @@ torchvision = pytest.importorskip("torchvision")
 smp = pytest.importorskip("segmentation_models_pytorch")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check(src, x, converted):

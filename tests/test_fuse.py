@@ -14,13 +14,7 @@ from deeplab_fast.models.backbones.xception import Xception
 from deeplab_fast.models.fuse import CONV_ENGINES, FusedConv, FusedDWConv, FusedResizeConcat
 from tests._model_helpers import randomize_batchnorm, rel_err, small_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # every backbone x output stride x decoder on/off, each conv engine, the fused ops' cpu and reference backends

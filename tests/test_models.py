@@ -8,13 +8,7 @@ from tests._model_helpers import small_model
 BACKBONES = ["resnet50", "resnet101", "xception65", "xception71", "mobilenet_v2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the CI machine is shared; one thread avoids oversubscription on tiny convs
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_list_backbones():

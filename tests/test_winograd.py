@@ -142,24 +142,21 @@ def test_weight_from_u_inverts_the_transform():
         torch.testing.assert_close(weight_from_u(winograd_weight(weight, tile)), weight, rtol=1e-6, atol=1e-6)
 
 
-def test_fused_conv_uses_it_for_wide_stride1_3x3(monkeypatch):
-    """optimize()'s FusedConv runs 3x3 stride-1 convs of >= 64 channels through Winograd, with the residual
-    and the activation fused, and falls back to conv2d when DEEPLAB_FAST_WINOGRAD=0."""
+def test_fused_conv_uses_it_for_wide_stride1_3x3():
+    """optimize()'s FusedConv runs 3x3 stride-1 convs of >= 64 channels through Winograd (engine "auto"), with the
+    residual and the activation fused, and conv2d with engine="aten"."""
     x, weight, bias, residual = _inputs(1, 128, 128, 9, 9)
     conv = FusedConv(weight, bias, stride=1, padding=2, dilation=2, act="relu")
     ref = winograd_conv3x3_reference(x, weight, bias, residual, 2, "relu")
     with torch.no_grad():
-        assert conv._use_winograd(x)
+        assert conv.engine == "winograd" and conv._use_winograd(x)
         _close(conv(x, residual), ref, 1e-4)
         assert conv._wino is not None and conv._wino[0].shape[0] == 36  # F(4x4, 3x3), cached
-        monkeypatch.setenv("DEEPLAB_FAST_WINOGRAD", "0")
-        assert not conv._use_winograd(x)
-        _close(conv(x, residual), ref)
+        aten = FusedConv(weight, bias, stride=1, padding=2, dilation=2, act="relu", engine="aten")
+        assert not aten._use_winograd(x)
+        _close(aten(x, residual), ref)
     narrow = FusedConv(weight[:32, :32], bias[:32], stride=1, padding=1, dilation=1)
     assert not narrow._use_winograd(x[:, :32])  # too thin to pay off
-    monkeypatch.delenv("DEEPLAB_FAST_WINOGRAD")
-    with torch.no_grad():
-        assert conv._use_winograd(x)
     with torch.enable_grad():
         assert not conv._use_winograd(x)  # inference only
 

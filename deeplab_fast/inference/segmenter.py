@@ -359,7 +359,9 @@ def _try_optimize(model: nn.Module) -> tuple[nn.Module, bool]:
     from deeplab_fast.models.fuse import optimize
 
     if not isinstance(getattr(model, "model", model), DeepLab):
-        return model, False  # other models (and ones optimize() already made) run as they are
+        return model, False  # other models run as they are
+    if getattr(model, "optimized", None) is not None:
+        return model, False  # already optimized, with the caller's settings (backend, conv engine)
     return optimize(model), True
 
 

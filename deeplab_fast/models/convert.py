@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import torch
 from torch import nn
 
 from deeplab_fast.models.deeplab import DeepLab, deeplabv3plus
@@ -241,14 +240,6 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
         DeprecationWarning,
         stacklevel=2,
     )
-    # the body stays here for this release only (deeplab_fast.testing holds the supported one)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                if m.weight is not None:
-                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                    m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model
+    from deeplab_fast.testing import randomize_batchnorm as supported
+
+    return supported(model, seed)
