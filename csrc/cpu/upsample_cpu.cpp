@@ -110,29 +110,49 @@ constexpr uint32_t kInfBits<c10::BFloat16> = 0x7f80u;
 template <>
 constexpr uint32_t kInfBits<c10::Half> = 0x7c00u;
 
-#ifdef __AVX2__
-// Lane-wise unsigned maximum of the magnitude bits (sign cleared) of 32 bytes of T.
+// Whether any value copied by copy_tracking (below) was inf or NaN. The copies keep the lane-wise unsigned
+// maximum of the magnitude bits (sign cleared): an and and a max per 32 bytes, free beside the loads and
+// stores; the maximum is compared once per output row.
 template <typename T>
-DLF_FORCEINLINE __m256i max_magnitude(__m256i acc, __m256i v) {
-  if constexpr (sizeof(T) == 4) return _mm256_max_epu32(acc, _mm256_and_si256(v, _mm256_set1_epi32(0x7fffffff)));
-  return _mm256_max_epu16(acc, _mm256_and_si256(v, _mm256_set1_epi16(0x7fff)));
-}
-#endif
-
-// A same-size input's channel vector, as F.interpolate computes it (bilinear_same_size_value): a copy of
-// finite values and NaN, NaN for +-inf. The copy tracks the largest magnitude as it goes (an and and a max
-// per 32 bytes, free beside the loads and stores); a vector holding a non-finite value is redone through
-// the shared body.
-template <typename T>
-DLF_FORCEINLINE void copy_same_size(T* __restrict y, const T* __restrict x, int64_t C) {
+struct CopiedMagnitude {
   static_assert(sizeof(T) == 4 || sizeof(T) == 2);
+#ifdef __AVX2__
+  __m256i lanes = _mm256_setzero_si256();
+  DLF_FORCEINLINE void add(__m256i v) {
+    if constexpr (sizeof(T) == 4) {
+      lanes = _mm256_max_epu32(lanes, _mm256_and_si256(v, _mm256_set1_epi32(0x7fffffff)));
+    } else {
+      lanes = _mm256_max_epu16(lanes, _mm256_and_si256(v, _mm256_set1_epi16(0x7fff)));
+    }
+  }
+#endif
+  bool scalar_non_finite = false;  // elements copied outside the 32-byte blocks
+
+  bool non_finite() const {
+    bool any = scalar_non_finite;
+#ifdef __AVX2__
+    __m256i at_least_inf;  // lanes whose maximum is >= inf's bits
+    if constexpr (sizeof(T) == 4) {
+      const __m256i inf = _mm256_set1_epi32(static_cast<int32_t>(kInfBits<T>));
+      at_least_inf = _mm256_cmpeq_epi32(_mm256_max_epu32(lanes, inf), lanes);
+    } else {
+      const __m256i inf = _mm256_set1_epi16(static_cast<int16_t>(kInfBits<T>));
+      at_least_inf = _mm256_cmpeq_epi16(_mm256_max_epu16(lanes, inf), lanes);
+    }
+    any |= _mm256_movemask_epi8(at_least_inf) != 0;
+#endif
+    return any;
+  }
+};
+
+// copy_bytes of C values of T that also records their magnitudes in `m`.
+template <typename T>
+DLF_FORCEINLINE void copy_tracking(T* __restrict y, const T* __restrict x, int64_t C, CopiedMagnitude<T>& m) {
   const auto* s = reinterpret_cast<const char*>(x);
   auto* d = reinterpret_cast<char*>(y);
   const int64_t n = C * static_cast<int64_t>(sizeof(T));
   int64_t i = 0;
-  bool wild = false;
 #ifdef __AVX2__
-  __m256i mag = _mm256_setzero_si256();
   for (; i + 128 <= n; i += 128) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
@@ -142,27 +162,19 @@ DLF_FORCEINLINE void copy_same_size(T* __restrict y, const T* __restrict x, int6
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 64), c);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 96), e);
-    mag = max_magnitude<T>(max_magnitude<T>(max_magnitude<T>(max_magnitude<T>(mag, a), b), c), e);
+    m.add(a), m.add(b), m.add(c), m.add(e);
   }
   for (; i + 32 <= n; i += 32) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
-    mag = max_magnitude<T>(mag, a);
-  }
-  if constexpr (sizeof(T) == 4) {  // lanes with magnitude >= inf's
-    const __m256i inf = _mm256_set1_epi32(static_cast<int32_t>(kInfBits<T>));
-    wild = _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(mag, inf), mag)) != 0;
-  } else {
-    const __m256i inf = _mm256_set1_epi16(static_cast<int16_t>(kInfBits<T>));
-    wild = _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(mag, inf), mag)) != 0;
+    m.add(a);
   }
 #endif
   if (i < n) {
     std::memcpy(d + i, s + i, n - i);
-    for (int64_t e = i / static_cast<int64_t>(sizeof(T)); e < C; ++e) wild |= !(fabsf(ld(x + e)) < INFINITY);
+    for (int64_t e = i / static_cast<int64_t>(sizeof(T)); e < C; ++e)
+      m.scalar_non_finite |= !(fabsf(ld(x + e)) < INFINITY);
   }
-  if (wild)
-    for (int64_t e = 0; e < C; ++e) y[e] = static_cast<T>(bilinear_same_size_value(ld(x + e)));
 }
 
 template <typename T>
@@ -192,6 +204,7 @@ void concat_channels_last(const UpsampleConcatParams& p) {
       const int64_t n = row / p.Ho, ho = row % p.Ho;
       T* yrow = static_cast<T*>(p.y) + n * p.ys_n + ho * p.ys_h;
       T* b = bcast.data();
+      CopiedMagnitude<T> copied;
       for (int j = 0; j < p.num_inputs; ++j) {
         const T* x = static_cast<const T*>(p.x[j]) + n * p.xs_n[j];
         h[j] = th[j].at(ho);
@@ -210,13 +223,25 @@ void concat_channels_last(const UpsampleConcatParams& p) {
           const int64_t C = p.C[j], sw = p.xs_w[j];
           T* y = yp + p.c_begin[j];
           if (kind[j] == Kind::kCopy) {
-            copy_same_size<T>(y, r0[j] + wo * sw, C);
+            copy_tracking<T>(y, r0[j] + wo * sw, C, copied);
           } else if (kind[j] == Kind::kBroadcast) {
             copy_bytes(y, r0[j], C * sizeof(T));
           } else {
             const LinearTap w = tw[j].at(wo);
             blend_channels<T>(r0[j] + w.i0 * sw, r0[j] + w.i1 * sw, r1[j] + w.i0 * sw, r1[j] + w.i1 * sw, y, C, h[j],
                               w);
+          }
+        }
+      }
+      // Inputs at the output size are resized by F.interpolate too, with the taps (i, i, 1, 0): a copy of finite
+      // values and NaN, but NaN for +-inf. A row whose copies met inf or NaN is redone through the shared body.
+      if (copied.non_finite()) {
+        for (int j = 0; j < p.num_inputs; ++j) {
+          if (kind[j] != Kind::kCopy) continue;
+          for (int64_t wo = 0; wo < p.Wo; ++wo) {
+            const T* x = r0[j] + wo * p.xs_w[j];
+            T* y = yrow + wo * p.ys_w + p.c_begin[j];
+            for (int64_t c = 0; c < p.C[j]; ++c) y[c] = static_cast<T>(bilinear_same_size_value(ld(x + c)));
           }
         }
       }
