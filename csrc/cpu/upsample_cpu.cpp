@@ -612,7 +612,8 @@ void argmax_run_avx2(const float* r0, const float* r1, int64_t rs, int64_t Wo, i
 }
 #endif
 
-// The vector argmax carries class indices as floats, exact up to 2^24; more classes take the scalar walk.
+// The vector argmax carries class indices as floats, exact up to 2^24 (more classes exceed kMaxRowStagingBytes
+// anyway and take the per-pixel body).
 constexpr int64_t kMaxVectorClasses = int64_t{1} << 24;
 
 // Longest run of output rows computed together.
@@ -715,7 +716,8 @@ void softmax_accumulate_rows(const UpsampleClassParams& p) {
           softmax_accumulate_pixel(RowPairValue{r0 + wo, r1 + wo, rs, h}, K, p.weight, acc + wo, p.Ho * Wo);
         return;
       }
-      // Tame rows: every resized logit is finite, so the plain max, the exponentials and weight / sum are exact.
+      // Tame rows: every resized logit is finite, so the plain max and weight / sum give torch.softmax's results
+      // without the NaN rules.
       float* __restrict v = val.data();
       float* __restrict m = mx.data();
       float* __restrict s = scale.data();
