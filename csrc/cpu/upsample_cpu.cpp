@@ -269,7 +269,8 @@ void concat_nchw(const UpsampleConcatParams& p) {
       const TapTable& w = tw[j];
       for (int64_t wo = 0; wo < p.Wo; ++wo) {
         const int64_t q0 = w.i0[wo] * sw, q1 = w.i1[wo] * sw;
-        y[wo * p.ys_w] = static_cast<T>(bilinear_value(h, w.at(wo), ld(r0 + q0), ld(r0 + q1), ld(r1 + q0), ld(r1 + q1)));
+        const float v = bilinear_value(h, w.at(wo), ld(r0 + q0), ld(r0 + q1), ld(r1 + q0), ld(r1 + q1));
+        y[wo * p.ys_w] = static_cast<T>(v);
       }
     }
   });
