@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import upsample_argmax
 from deeplab_fast.ops.reference import upsample_argmax_reference
@@ -129,7 +130,7 @@ def test_opcheck_cpu_op():
 
 
 def test_opcheck_triton_op():
-    from deeplab_fast.kernels.triton import upsample  # noqa: F401  (registers the op)
+    deeplab_fast.ops.register_triton_ops()
 
     torch.library.opcheck(
         torch.ops.deeplab_fast.upsample_argmax_triton.default,
@@ -170,3 +171,101 @@ def test_backend_unavailable_or_unknown():
         upsample_argmax(torch.randn(1, 2, 3, 3), (4, 4), backend="cuda")
     with pytest.raises(ValueError, match="backend must be one of"):
         upsample_argmax(torch.randn(1, 2, 3, 3), (4, 4), backend="gpu")
+
+
+NAN, INF = float("nan"), float("inf")
+# One axis resized, the other kept: (logits shape, output size). Output rows of 8 columns or more take the CPU's
+# AVX2 walk (the W blend of the staged rows: in-lane permutes for x2.6, 8-wide permutes for x1.3, scalar chunks
+# for the downscale), narrower rows the shared per-pixel walk (kernels/upsample.h's argmax_pixel).
+ONE_AXIS_CASES = {
+    "w_up": ((2, 11, 5, 11), (5, 29)),
+    "w_mild": ((1, 11, 4, 40), (4, 52)),
+    "w_down": ((1, 11, 3, 40), (3, 17)),
+    "h_up": ((2, 11, 3, 12), (7, 12)),
+    "h_down": ((1, 11, 13, 9), (5, 9)),
+}
+
+
+@needs_ext
+@pytest.mark.parametrize("align_corners", [False, True], ids=["ac0", "ac1"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["float32", "float16", "bfloat16"]
+)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(ONE_AXIS_CASES))
+def test_vector_walk_matches_shared_pixel_walk(case, channels_last, dtype, align_corners):
+    """The AVX2 walk gives the labels of the shared per-pixel walk, bit for bit, on tame rows and on rows holding
+    NaN, infinities and values beyond 1e30. A kept axis has the taps (i, i, 1, 0), an exact identity whatever the
+    order of the blends, so resizing x along W to >= 8 columns gives, transposed, what resizing x transposed
+    along H gives; there the rows are narrower than 8 columns and take the per-pixel walk."""
+    shape, size = ONE_AXIS_CASES[case]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g)
+    x[0, 1, 0, 2] = NAN
+    x[0, 2, shape[2] - 1, 3] = INF
+    x[-1, 3, shape[2] - 1, shape[3] - 1] = -INF
+    x[-1, 4, 1, 0] = 1e35
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.to(dtype).contiguous(memory_format=fmt)
+    xt = x.transpose(2, 3).contiguous(memory_format=fmt)
+    wide = upsample_argmax(x, size, align_corners=align_corners, backend="cpu")
+    narrow = upsample_argmax(xt, size[::-1], align_corners=align_corners, backend="cpu")
+    assert min(size) < 8 <= max(size)
+    assert torch.equal(wide, narrow.transpose(1, 2)), f"{(wide != narrow.transpose(1, 2)).sum().item()} labels differ"
+    assert (wide == 1).any() and (wide == 2).any()  # the NaN and the inf won somewhere
+
+
+@needs_ext
+def test_huge_class_count_takes_the_per_pixel_body():
+    """Beyond the row-buffer bound (16 MiB per thread) the kernel runs the shared body per pixel on the logits."""
+    x = torch.randn(1, 40000, 3, 4, generator=torch.Generator().manual_seed(2))
+    x[0, 7, 1, 1] = NAN
+    x[0, 9, 2, 3] = INF
+    x[0, 12345, 0, 0] = 1e35
+    out = upsample_argmax(x, (3, 40), backend="cpu")
+    ref = upsample_argmax_reference(x, (3, 40))
+    assert torch.equal(out, ref), f"{(out != ref).sum().item()} labels differ"
+    assert (ref == 7).any() and (ref == 12345).any()
+
+
+_PEAK_MEMORY_SCRIPT = """
+import resource, sys, torch
+from deeplab_fast.ops import upsample_argmax, upsample_softmax_accumulate
+op, k = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(1)
+logits = torch.randn(1, k, 1, 1)
+accum = torch.zeros(1, k, 1, 8)
+small = torch.randn(1, 3, 1, 1)
+upsample_argmax(small, (1, 8), backend="cpu")  # warm-up: lazy initialisation is not the op's staging
+upsample_softmax_accumulate(small, torch.zeros(1, 3, 1, 8), backend="cpu")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if op == "argmax":
+    labels = upsample_argmax(logits, (1, 8), backend="cpu")
+else:
+    upsample_softmax_accumulate(logits, accum, backend="cpu")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+if op == "argmax":
+    assert (labels == logits.flatten().argmax()).all()
+else:
+    assert torch.allclose(accum, torch.softmax(logits, 1).expand(1, k, 1, 8), rtol=1e-5, atol=1e-12)
+"""
+
+
+@needs_ext
+@pytest.mark.parametrize("op", ["argmax", "softmax_accumulate"])
+def test_class_op_staging_is_bounded(op):
+    """Both class ops stage W-blended source rows per thread; with 2^21 classes and a 1x8 output they used to
+    take about 330 MB (argmax) / 400 MB (softmax_accumulate) for rows padded to 16 columns (2^24 classes: 2.6 GB).
+    The staging now stays under 16 MiB per thread: beyond it the ops run the per-pixel body with no staging.
+    Measured as the growth of the peak RSS of a fresh process during one call (the logits: 8 MiB, made before)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY_SCRIPT, op, str(2**21)], cwd=root, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    growth_mib = int(run.stdout.split()[-1])
+    assert growth_mib < 40, f"the call grew the peak RSS by {growth_mib} MiB"

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import upsample_concat
 from deeplab_fast.ops.reference import upsample_concat_reference
@@ -126,7 +127,7 @@ def test_opcheck_cpu_op():
 
 
 def test_opcheck_triton_op():
-    from deeplab_fast.kernels.triton import upsample  # noqa: F401  (registers the op)
+    deeplab_fast.ops.register_triton_ops()
 
     tensors = [torch.randn(2, 3, 4, 5, requires_grad=True), torch.randn(2, 2, 1, 1, requires_grad=True)]
     torch.library.opcheck(
@@ -194,3 +195,55 @@ def test_cpp_op_checks_its_arguments():
         torch.ops.deeplab_fast.upsample_concat([t, t.half()], [4, 4], False)
     with pytest.raises(RuntimeError, match="size must be two positive ints"):
         torch.ops.deeplab_fast.upsample_concat([torch.randn(1, 1, 2, 2)], [4], False)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _planted_inputs(dtype, channels_last):
+    """Decoder-like inputs with NaN and infinities: one already at the output size (the CPU's copy path; 40
+    channels, so its 128- and 32-byte blocks and, in 16-bit types, a scalar tail all hold one), one upsampled,
+    one downsampled, one 1x1 (a broadcast)."""
+    g = torch.Generator().manual_seed(3)
+    same, up, down, one = (
+        torch.randn(2, 40, 6, 9, generator=g),
+        torch.randn(2, 3, 3, 4, generator=g),
+        torch.randn(2, 2, 11, 13, generator=g),
+        torch.randn(2, 2, 1, 1, generator=g),
+    )
+    same[0, 5, 1, 1], same[0, 35, 2, 2], same[1, 39, 3, 3], same[1, 0, 5, 8] = INF, -INF, INF, NAN
+    up[0, 1, 1, 2], up[1, 2, 0, 0], up[1, 0, 2, 3] = INF, NAN, -INF
+    down[0, 0, 4, 4], down[1, 1, 10, 12] = -INF, INF
+    one[0, 1, 0, 0], one[1, 0, 0, 0] = INF, NAN
+    ts = [t.to(dtype) for t in (same, up, down, one)]
+    return [t.contiguous(memory_format=torch.channels_last) for t in ts] if channels_last else ts
+
+
+@needs_ext
+@pytest.mark.parametrize("align_corners", [False, True], ids=["ac0", "ac1"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_non_finite_values_follow_reference(channels_last, dtype, align_corners):
+    """NaN and infinities come out where F.interpolate + cat puts them. A zero weight times inf is NaN there, so
+    even an input already at the output size turns inf into NaN; the channels_last copy path kept inf."""
+    tensors = _planted_inputs(dtype, channels_last)
+    out = upsample_concat(tensors, (6, 9), align_corners=align_corners, backend="cpu")
+    ref = upsample_concat_reference(tensors, (6, 9), align_corners)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol, equal_nan=True)
+    assert ref.isnan().any() and ref.isinf().any()
+
+
+@needs_ext
+@pytest.mark.parametrize("align_corners", [False, True], ids=["ac0", "ac1"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float16", "bfloat16"])
+def test_channels_last_paths_match_shared_body(dtype, align_corners):
+    """channels_last runs vectorized channel blends, inline copies and broadcast rows; NCHW runs the shared
+    per-element value of kernels/upsample.h. Both round alike: the outputs are equal bit for bit (NaN aside)."""
+    nchw = _planted_inputs(dtype, channels_last=False)
+    nhwc = [t.contiguous(memory_format=torch.channels_last) for t in nchw]
+    for size in [(6, 9), (13, 17), (4, 5)]:
+        a = upsample_concat(nchw, size, align_corners=align_corners, backend="cpu")
+        b = upsample_concat(nhwc, size, align_corners=align_corners, backend="cpu")
+        assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)

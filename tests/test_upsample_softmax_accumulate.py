@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import upsample_softmax_accumulate
 from deeplab_fast.ops.reference import upsample_softmax_accumulate_reference
@@ -88,7 +89,7 @@ def test_opcheck_cpu_op():
 
 
 def test_opcheck_triton_op():
-    from deeplab_fast.kernels.triton import upsample  # noqa: F401  (registers the op)
+    deeplab_fast.ops.register_triton_ops()
 
     torch.library.opcheck(
         torch.ops.deeplab_fast.upsample_softmax_accumulate_triton.default,
@@ -143,3 +144,115 @@ def test_bad_scalars_and_grad():
         upsample_softmax_accumulate(x, acc.clone().requires_grad_())
     with pytest.raises(RuntimeError, match="backend='cuda'"):
         upsample_softmax_accumulate(x, acc, backend="cuda")
+
+
+NAN, INF = float("nan"), float("inf")
+# (logits shape, output size): equal sizes, wide upsampled rows (the CPU's vector path), rows narrower than 8
+# columns, a downscale.
+NON_FINITE_CASES = {
+    "same_size": ((1, 5, 6, 11), (6, 11)),
+    "x2_wide": ((1, 5, 6, 11), (12, 22)),
+    "narrow": ((1, 5, 6, 3), (12, 5)),
+    "downscale": ((1, 5, 6, 11), (4, 9)),
+}
+
+
+@needs_ext
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(NON_FINITE_CASES))
+def test_non_finite_logits_follow_reference(case, channels_last):
+    """torch.softmax gives NaN for every class of a pixel whose resized logits hold a NaN or +inf, or are all
+    -inf; a -inf class beside finite ones gets 0. The CPU kernel used to turn a NaN logit into finite
+    probabilities and a +inf logit into a uniform 1/K."""
+    shape, size = NON_FINITE_CASES[case]
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(shape, generator=g)
+    logits[0, 1, 1, 2] = NAN
+    logits[0, 2, 3, 1] = INF
+    logits[0, 3, 5, 0] = -INF
+    logits[0, :, 4, shape[3] - 1] = -INF  # every class -inf at one source pixel
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    accum = torch.rand((shape[0], shape[1], *size), generator=g)
+    expected = upsample_softmax_accumulate_reference(logits, accum.clone(), 0.5)
+    upsample_softmax_accumulate(logits, accum, weight=0.5, backend="cpu")
+    torch.testing.assert_close(accum, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert expected.isnan().any() and expected.isfinite().any()
+
+
+@needs_ext
+def test_inf_logit_gives_nan_not_uniform():
+    """The case from the fuzzing report: one class +inf, 5 classes, upsampled to 8-column rows. torch.softmax
+    gives NaN (inf - inf); the CPU kernel gave a uniform 0.2."""
+    logits = torch.zeros(1, 5, 2, 4)
+    logits[0, 2] = INF
+    accum = torch.zeros(1, 5, 4, 8)
+    upsample_softmax_accumulate(logits, accum, backend="cpu")
+    assert accum.isnan().all(), accum[0, :, 1, 1].tolist()
+
+
+# One axis resized, the other kept: (logits shape, output size, resized axis). Output rows of 8 columns or more
+# take the CPU's AVX2 row path, narrower rows the shared per-pixel walk (kernels/upsample.h).
+ONE_AXIS_CASES = {
+    "w_up": ((2, 11, 5, 11), (5, 29)),
+    "w_mild": ((1, 11, 4, 40), (4, 52)),
+    "w_down": ((1, 11, 3, 40), (3, 17)),
+    "h_up": ((2, 11, 3, 12), (7, 12)),
+    "h_down": ((1, 11, 13, 9), (5, 9)),
+}
+
+
+def _planted_logits(shape, dtype, channels_last):
+    """Random logits with NaN, infinities and a huge finite value in a few source rows (the other rows stay
+    finite and small, so both the vector path and the per-pixel walk of non-finite rows run)."""
+    g = torch.Generator().manual_seed(1)
+    x = 3 * torch.randn(shape, generator=g)
+    x[0, 1, 0, 2] = NAN
+    x[0, 2, shape[2] - 1, 3] = INF
+    x[-1, 3, shape[2] - 1, shape[3] - 1] = -INF
+    x[-1, 4, 1, 0] = 1e35
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _transposed(x, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.transpose(2, 3).contiguous(memory_format=fmt)
+
+
+@needs_ext
+@pytest.mark.parametrize("flip", [False, True], ids=["f0", "f1"])
+@pytest.mark.parametrize("align_corners", [False, True], ids=["ac0", "ac1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(ONE_AXIS_CASES))
+def test_vector_rows_match_shared_pixel_walk(case, channels_last, dtype, align_corners, flip):
+    """The AVX2 rows agree with the shared per-pixel walk within fp32 rounding (its exp is a polynomial within
+    2 ulp of expf). A kept axis has the taps (i, i, 1, 0), an exact identity whatever the order of the blends,
+    so resizing x along W to >= 8 columns gives, transposed, what resizing x transposed along H gives; there the
+    rows are narrower than 8 columns and take the per-pixel walk. flip=True mirrors x along W first, which
+    the transposed problem sees as a plain input."""
+    shape, size = ONE_AXIS_CASES[case]
+    x = _planted_logits(shape, dtype, channels_last)
+    wide = torch.zeros(shape[0], shape[1], *size)
+    upsample_softmax_accumulate(x, wide, weight=0.5, flip=flip, align_corners=align_corners, backend="cpu")
+    narrow = torch.zeros(shape[0], shape[1], size[1], size[0])
+    xt = _transposed(x.flip(-1) if flip else x, channels_last)
+    upsample_softmax_accumulate(xt, narrow, weight=0.5, align_corners=align_corners, backend="cpu")
+    assert min(size) < 8 <= max(size)
+    torch.testing.assert_close(wide, narrow.transpose(2, 3), rtol=2e-6, atol=1e-7, equal_nan=True)
+    assert wide.isnan().any() and wide.isfinite().any()
+
+
+@needs_ext
+def test_huge_class_count_takes_the_per_pixel_body():
+    """Beyond the row-buffer bound (16 MiB per thread) the kernel runs the shared body per pixel on the logits."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, 40000, 3, 4, generator=g)
+    logits[0, 7, 1, 1] = NAN
+    logits[0, 9, 2, 3] = INF
+    accum = torch.rand(1, 40000, 3, 40, generator=g)
+    expected = upsample_softmax_accumulate_reference(logits, accum.clone(), 0.5)
+    upsample_softmax_accumulate(logits, accum, weight=0.5, backend="cpu")
+    torch.testing.assert_close(accum, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert expected.isnan().any() and expected.isfinite().any()

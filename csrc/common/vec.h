@@ -117,9 +117,10 @@ struct AvxF32 {
   static DLF_FORCEINLINE P zero() { return P{_mm256_setzero_ps()}; }
   static DLF_FORCEINLINE P load_acc(const float* p) { return P{_mm256_loadu_ps(p)}; }
   static DLF_FORCEINLINE void fma(P& acc, const P& x, const P& w) { acc.v = _mm256_fmadd_ps(x.v, w.v, acc.v); }
+  // max_ps / min_ps return their second operand when either is NaN: with the activation's bound first, a NaN
+  // passes through as F.relu / F.relu6 let it (the bound second would turn NaN into 0 or 6).
   static DLF_FORCEINLINE P epilogue(const P& acc, const P& s, const P& b, int act) {
     __m256 r = _mm256_fmadd_ps(acc.v, s.v, b.v);
-    // max/min return their second operand when either is NaN: r goes second so NaN propagates (as torch).
     if (act != kActNone) r = _mm256_max_ps(_mm256_setzero_ps(), r);
     if (act == kActRelu6) r = _mm256_min_ps(_mm256_set1_ps(6.f), r);
     return P{r};

@@ -46,3 +46,14 @@ void winograd_output_transform_cpu(const WinogradParams& p, int64_t Cout, const 
                                    const float* residual, int act, float* y);
 
 }  // namespace dlf
+
+// ---------------------------------------------------------------------------------------------------
+// Upsample ops (csrc/cpu/upsample_cpu.cpp): the shared bodies and parameter structs are in
+// csrc/kernels/upsample.h.
+#include "kernels/upsample.h"
+
+namespace dlf {
+void upsample_concat_cpu(const UpsampleConcatParams& p, c10::ScalarType dtype);
+void upsample_argmax_cpu(const UpsampleClassParams& p, c10::ScalarType dtype);
+void upsample_softmax_accumulate_cpu(const UpsampleClassParams& p, c10::ScalarType dtype);
+}  // namespace dlf

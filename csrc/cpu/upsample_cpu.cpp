@@ -1,11 +1,14 @@
 // CPU launchers of the upsample ops. They run over output rows with at::parallel_for and call the
-// shared tap/blend helpers (csrc/common/bilinear.h, csrc/kernels/upsample.h) in the same order as
-// the CUDA bodies. Two CPU-specific arrangements make them fast, neither changes the arithmetic:
+// shared bodies and tap/blend functions of csrc/kernels/upsample.h, so every path rounds as the CUDA
+// kernels do. Two CPU-specific arrangements make them fast, neither changes the arithmetic:
 //  * the source taps of every output row and column are computed once into small tables;
 //  * channels_last concat blends whole channel vectors (unit stride, the compiler vectorizes the
 //    loops for AVX2/FMA), and the class ops blend each needed source row along W once into a
 //    (K, Wo) row buffer, then blend two such rows along H for all classes with a running
-//    max / softmax that is vectorized over output columns.
+//    max / softmax that is vectorized over output columns (AVX2).
+// The class ops take the per-pixel shared functions (argmax_pixel, softmax_accumulate_pixel) on the row
+// buffers for narrow rows and for rows whose source values are not all finite (detected while the rows
+// are staged), and the per-pixel bodies straight on the logits when the row buffers would be too large.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
@@ -22,7 +25,7 @@
 #include <immintrin.h>
 #endif
 
-#include "kernels/upsample_launchers.h"
+#include "cpu/launchers.h"
 
 namespace dlf {
 namespace {
@@ -36,8 +39,8 @@ struct TapTable {
     const float scale = bilinear_scale(in_size, out_size, align_corners);
     for (int64_t o = 0; o < out_size; ++o) {
       const LinearTap t = bilinear_tap(scale, o, in_size, out_size, align_corners);
-      i0[o] = flip ? in_size - 1 - t.i0 : t.i0;
-      i1[o] = flip ? in_size - 1 - t.i1 : t.i1;
+      i0[o] = mirrored_index(t.i0, in_size, flip);
+      i1[o] = mirrored_index(t.i1, in_size, flip);
       l0[o] = t.l0;
       l1[o] = t.l1;
     }
@@ -98,6 +101,82 @@ DLF_FORCEINLINE void copy_bytes(void* __restrict dst, const void* __restrict src
   if (i < n) std::memcpy(d + i, s + i, n - i);
 }
 
+// Bit pattern of +inf in each storage type: a value is inf or NaN exactly when its bits without the sign are
+// at least this.
+template <typename T>
+constexpr uint32_t kInfBits = 0x7f800000u;
+template <>
+constexpr uint32_t kInfBits<c10::BFloat16> = 0x7f80u;
+template <>
+constexpr uint32_t kInfBits<c10::Half> = 0x7c00u;
+
+// Whether any value copied by copy_tracking (below) was inf or NaN. The copies keep the lane-wise unsigned
+// maximum of the magnitude bits (sign cleared): an and and a max per 32 bytes, free beside the loads and
+// stores; the maximum is compared once per output row.
+template <typename T>
+struct CopiedMagnitude {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 2);
+#ifdef __AVX2__
+  __m256i lanes = _mm256_setzero_si256();
+  DLF_FORCEINLINE void add(__m256i v) {
+    if constexpr (sizeof(T) == 4) {
+      lanes = _mm256_max_epu32(lanes, _mm256_and_si256(v, _mm256_set1_epi32(0x7fffffff)));
+    } else {
+      lanes = _mm256_max_epu16(lanes, _mm256_and_si256(v, _mm256_set1_epi16(0x7fff)));
+    }
+  }
+#endif
+  bool scalar_non_finite = false;  // elements copied outside the 32-byte blocks
+
+  bool non_finite() const {
+    bool any = scalar_non_finite;
+#ifdef __AVX2__
+    __m256i at_least_inf;  // lanes whose maximum is >= inf's bits
+    if constexpr (sizeof(T) == 4) {
+      const __m256i inf = _mm256_set1_epi32(static_cast<int32_t>(kInfBits<T>));
+      at_least_inf = _mm256_cmpeq_epi32(_mm256_max_epu32(lanes, inf), lanes);
+    } else {
+      const __m256i inf = _mm256_set1_epi16(static_cast<int16_t>(kInfBits<T>));
+      at_least_inf = _mm256_cmpeq_epi16(_mm256_max_epu16(lanes, inf), lanes);
+    }
+    any |= _mm256_movemask_epi8(at_least_inf) != 0;
+#endif
+    return any;
+  }
+};
+
+// copy_bytes of C values of T that also records their magnitudes in `m`.
+template <typename T>
+DLF_FORCEINLINE void copy_tracking(T* __restrict y, const T* __restrict x, int64_t C, CopiedMagnitude<T>& m) {
+  const auto* s = reinterpret_cast<const char*>(x);
+  auto* d = reinterpret_cast<char*>(y);
+  const int64_t n = C * static_cast<int64_t>(sizeof(T));
+  int64_t i = 0;
+#ifdef __AVX2__
+  for (; i + 128 <= n; i += 128) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 64));
+    const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 96));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 64), c);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 96), e);
+    m.add(a), m.add(b), m.add(c), m.add(e);
+  }
+  for (; i + 32 <= n; i += 32) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
+    m.add(a);
+  }
+#endif
+  if (i < n) {
+    std::memcpy(d + i, s + i, n - i);
+    for (int64_t e = i / static_cast<int64_t>(sizeof(T)); e < C; ++e)
+      m.scalar_non_finite |= !(fabsf(ld(x + e)) < INFINITY);
+  }
+}
+
 template <typename T>
 void concat_channels_last(const UpsampleConcatParams& p) {
   std::vector<TapTable> th, tw;
@@ -125,6 +204,7 @@ void concat_channels_last(const UpsampleConcatParams& p) {
       const int64_t n = row / p.Ho, ho = row % p.Ho;
       T* yrow = static_cast<T*>(p.y) + n * p.ys_n + ho * p.ys_h;
       T* b = bcast.data();
+      CopiedMagnitude<T> copied;
       for (int j = 0; j < p.num_inputs; ++j) {
         const T* x = static_cast<const T*>(p.x[j]) + n * p.xs_n[j];
         h[j] = th[j].at(ho);
@@ -143,13 +223,25 @@ void concat_channels_last(const UpsampleConcatParams& p) {
           const int64_t C = p.C[j], sw = p.xs_w[j];
           T* y = yp + p.c_begin[j];
           if (kind[j] == Kind::kCopy) {
-            copy_bytes(y, r0[j] + wo * sw, C * sizeof(T));
+            copy_tracking<T>(y, r0[j] + wo * sw, C, copied);
           } else if (kind[j] == Kind::kBroadcast) {
             copy_bytes(y, r0[j], C * sizeof(T));
           } else {
             const LinearTap w = tw[j].at(wo);
             blend_channels<T>(r0[j] + w.i0 * sw, r0[j] + w.i1 * sw, r1[j] + w.i0 * sw, r1[j] + w.i1 * sw, y, C, h[j],
                               w);
+          }
+        }
+      }
+      // Inputs at the output size are resized by F.interpolate too, with the taps (i, i, 1, 0): a copy of finite
+      // values and NaN, but NaN for +-inf. A row whose copies met inf or NaN is redone through the shared body.
+      if (copied.non_finite()) {
+        for (int j = 0; j < p.num_inputs; ++j) {
+          if (kind[j] != Kind::kCopy) continue;
+          for (int64_t wo = 0; wo < p.Wo; ++wo) {
+            const T* x = r0[j] + wo * p.xs_w[j];
+            T* y = yrow + wo * p.ys_w + p.c_begin[j];
+            for (int64_t c = 0; c < p.C[j]; ++c) y[c] = static_cast<T>(bilinear_same_size_value(ld(x + c)));
           }
         }
       }
@@ -167,8 +259,7 @@ void concat_nchw(const UpsampleConcatParams& p) {
   at::parallel_for(0, p.N * p.Ctot * p.Ho, rows_grain(p.Wo), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t ho = row % p.Ho, c = (row / p.Ho) % p.Ctot, n = row / (p.Ho * p.Ctot);
-      int j = 0;
-      while (j + 1 < p.num_inputs && c >= p.c_begin[j + 1]) ++j;
+      const int j = concat_input_of(p, c);
       const T* x = static_cast<const T*>(p.x[j]) + n * p.xs_n[j] + (c - p.c_begin[j]) * p.xs_c[j];
       const LinearTap h = th[j].at(ho);
       const T* __restrict r0 = x + h.i0 * p.xs_h[j];
@@ -178,9 +269,8 @@ void concat_nchw(const UpsampleConcatParams& p) {
       const TapTable& w = tw[j];
       for (int64_t wo = 0; wo < p.Wo; ++wo) {
         const int64_t q0 = w.i0[wo] * sw, q1 = w.i1[wo] * sw;
-        const float top = bilinear_blend(w.l0[wo], ld(r0 + q0), w.l1[wo], ld(r0 + q1));
-        const float bot = bilinear_blend(w.l0[wo], ld(r1 + q0), w.l1[wo], ld(r1 + q1));
-        y[wo * p.ys_w] = static_cast<T>(bilinear_blend(h.l0, top, h.l1, bot));
+        const float v = bilinear_value(h, w.at(wo), ld(r0 + q0), ld(r0 + q1), ld(r1 + q0), ld(r1 + q1));
+        y[wo * p.ys_w] = static_cast<T>(v);
       }
     }
   });
@@ -257,6 +347,9 @@ class RowCache {
       }
     }
   }
+
+  // fp32 elements a cache holds per class: two W-blended rows and the staged source row.
+  static int64_t floats_per_class(const UpsampleClassParams& p) { return 2 * row_stride(p.Wo) + p.W + kWin; }
 
   const float* get(int64_t n, int64_t ih) { return buf() + slot(n, ih) * p_.K * rs_; }
   void touch(int64_t n, int64_t ih) { last_used_ = n * p_.H + ih; }
@@ -391,7 +484,27 @@ class RowCache {
   int64_t last_used_ = -1;
 };
 
-// Calls fn(n, ho, th, r0, r1) for each output row in [begin, end), r0/r1 being the W-blended rows.
+// Row buffers above this size per thread (the RowCache, plus softmax's exponentials) buy nothing: the class
+// ops then run the per-pixel bodies straight on the logits, with no staging. Realistic shapes stay far below
+// (21 classes at 513 columns: about 100 KB; 150 classes at 2048 columns: about 4 MB); 2^24 classes at 8
+// columns took 2.6 GB before this bound.
+constexpr int64_t kMaxRowStagingBytes = int64_t{16} << 20;
+
+// Whether the row buffers of the class ops fit kMaxRowStagingBytes (64-bit safe for any K).
+template <typename T>
+bool rows_fit(const UpsampleClassParams& p, int64_t extra_floats_per_class) {
+  const int64_t per_class = RowCache<T>::floats_per_class(p) + extra_floats_per_class;
+  return p.K <= kMaxRowStagingBytes / (static_cast<int64_t>(sizeof(float)) * per_class);
+}
+
+// Output pixels per parallel chunk of the per-pixel bodies (each walks all K classes).
+int64_t pixels_grain(int64_t K) {
+  constexpr int64_t kMinClassValuesPerChunk = 1 << 16;
+  return dlf_max<int64_t>(1, kMinClassValuesPerChunk / dlf_max<int64_t>(1, K));
+}
+
+// Calls fn(n, ho, th, r0, r1, tame) for each output row in [begin, end), r0/r1 being the W-blended rows and
+// tame whether both hold only finite values of magnitude <= 1e30 (RowCache::tame).
 template <typename T, typename Fn>
 void for_rows(const UpsampleClassParams& p, const TapTable& th, const TapTable& tw, int64_t begin, int64_t end, Fn fn) {
   RowCache<T> cache(p, tw);
@@ -402,9 +515,18 @@ void for_rows(const UpsampleClassParams& p, const TapTable& th, const TapTable& 
     cache.touch(n, h.i0);
     const float* r1 = cache.get(n, h.i1);
     cache.touch(n, h.i1);
-    fn(n, ho, h, r0, r1);
+    fn(n, ho, h, r0, r1, cache.tame(n, h.i0) && cache.tame(n, h.i1));
   }
 }
+
+// Resized logit of class k at column wo, from the W-blended rows r0/r1 (class stride rs) and the H taps.
+struct RowPairValue {
+  const float* r0;
+  const float* r1;
+  int64_t rs;
+  LinearTap h;
+  DLF_FORCEINLINE float operator()(int64_t k) const { return bilinear_blend(h.l0, r0[k * rs], h.l1, r1[k * rs]); }
+};
 
 #ifdef __AVX2__
 // Running argmax over K classes for NC x 8 output columns, kept in registers: NC independent chains
@@ -491,24 +613,8 @@ void argmax_run_avx2(const float* r0, const float* r1, int64_t rs, int64_t Wo, i
 }
 #endif
 
-// Scalar argmax of columns [w_begin, Wo) of one output row (rows narrower than 8 columns, or no AVX2).
-void argmax_tail(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64_t K, const LinearTap& h,
-                 int64_t w_begin, float* __restrict b, int32_t* __restrict a) {
-  for (int64_t wo = w_begin; wo < Wo; ++wo) b[wo] = bilinear_blend(h.l0, r0[wo], h.l1, r1[wo]), a[wo] = 0;
-  for (int64_t k = 1; k < K; ++k) {
-    const float* __restrict s0 = r0 + k * rs;
-    const float* __restrict s1 = r1 + k * rs;
-    const int32_t kk = static_cast<int32_t>(k);
-    for (int64_t wo = w_begin; wo < Wo; ++wo) {
-      const float v = bilinear_blend(h.l0, s0[wo], h.l1, s1[wo]);
-      const bool t = argmax_takes(v, b[wo]);
-      b[wo] = t ? v : b[wo];
-      a[wo] = t ? kk : a[wo];
-    }
-  }
-}
-
-// The vector argmax carries class indices as floats, exact up to 2^24; more classes take the scalar walk.
+// The vector argmax carries class indices as floats, exact up to 2^24 (more classes exceed kMaxRowStagingBytes
+// anyway and take the per-pixel body).
 constexpr int64_t kMaxVectorClasses = int64_t{1} << 24;
 
 // Longest run of output rows computed together.
@@ -516,11 +622,15 @@ constexpr int64_t kMaxRunRows = 8;
 
 template <typename T>
 void argmax_rows(const UpsampleClassParams& p) {
+  if (!rows_fit<T>(p, 0)) {  // huge class counts: the shared body per pixel, no staging
+    at::parallel_for(0, p.N * p.Ho * p.Wo, pixels_grain(p.K), [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) upsample_argmax_body<T>(p, idx);
+    });
+    return;
+  }
   const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
   at::parallel_for(0, p.N * p.Ho, rows_grain(p.K * p.Wo), [&](int64_t begin, int64_t end) {
     const int64_t Wo = p.Wo, rs = row_stride(Wo);
-    std::vector<float> best(Wo);
-    std::vector<int32_t> lab(Wo);  // labels of one row of the scalar walk
     RowCache<T> cache(p, tw);
     // Runs of consecutive output rows of one image that blend the same two source rows.
     for (int64_t row = begin; row < end;) {
@@ -552,11 +662,9 @@ void argmax_rows(const UpsampleClassParams& p) {
         continue;
       }
 #endif
-      for (int64_t r = 0; r < rows; ++r) {  // narrow rows (or no AVX2): the scalar walk
-        int32_t* lr = lab.data();
-        argmax_tail(r0, r1, rs, Wo, p.K, th.at(ho0 + r), 0, best.data(), lr);
-        for (int64_t wo = 0; wo < Wo; ++wo) out[r * Wo + wo] = lr[wo];
-      }
+      for (int64_t r = 0; r < rows; ++r)  // narrow rows (or no AVX2): the shared per-pixel walk
+        for (int64_t wo = 0; wo < Wo; ++wo)
+          out[r * Wo + wo] = argmax_pixel(RowPairValue{r0 + wo, r1 + wo, rs, th.at(ho0 + r)}, p.K);
       row += rows;
     }
   });
@@ -584,13 +692,33 @@ DLF_FORCEINLINE __m256 exp_avx2(__m256 x) {
 }
 #endif
 
+// Narrowest output row the vectorized softmax takes (one AVX2 register of columns).
+constexpr int64_t kMinVectorColumns = 8;
+
 template <typename T>
 void softmax_accumulate_rows(const UpsampleClassParams& p) {
+  if (!rows_fit<T>(p, p.Wo)) {  // huge class counts: the shared body per pixel, no staging
+    at::parallel_for(0, p.N * p.Ho * p.Wo, pixels_grain(p.K), [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) upsample_softmax_accumulate_body<T>(p, idx);
+    });
+    return;
+  }
   const TapTable th(p.H, p.Ho, p.align_corners), tw(p.W, p.Wo, p.align_corners, p.flip);
   at::parallel_for(0, p.N * p.Ho, rows_grain(p.K * p.Wo), [&](int64_t begin, int64_t end) {
     const int64_t Wo = p.Wo, K = p.K, rs = row_stride(Wo);
     std::vector<float> val(K * Wo), mx(Wo), scale(Wo);
-    for_rows<T>(p, th, tw, begin, end, [&](int64_t n, int64_t ho, const LinearTap& h, const float* r0, const float* r1) {
+    for_rows<T>(p, th, tw, begin, end,
+                [&](int64_t n, int64_t ho, const LinearTap& h, const float* r0, const float* r1, bool tame) {
+      float* acc = p.accum + n * K * p.Ho * Wo + ho * Wo;
+      if (!tame || Wo < kMinVectorColumns) {
+        // Narrow rows, and rows blended from source rows holding NaN, inf or |x| > 1e30: the shared per-pixel
+        // walk, whose max keeps NaN and whose scale is NaN for a non-finite max (torch.softmax's results).
+        for (int64_t wo = 0; wo < Wo; ++wo)
+          softmax_accumulate_pixel(RowPairValue{r0 + wo, r1 + wo, rs, h}, K, p.weight, acc + wo, p.Ho * Wo);
+        return;
+      }
+      // Tame rows: every resized logit is finite, so the plain max and weight / sum give torch.softmax's results
+      // without the NaN rules.
       float* __restrict v = val.data();
       float* __restrict m = mx.data();
       float* __restrict s = scale.data();
@@ -618,7 +746,6 @@ void softmax_accumulate_rows(const UpsampleClassParams& p) {
         }
       }
       for (int64_t wo = 0; wo < Wo; ++wo) s[wo] = p.weight / s[wo];
-      float* acc = p.accum + n * K * p.Ho * Wo + ho * Wo;
       for (int64_t k = 0; k < K; ++k) {
         float* __restrict a = acc + k * p.Ho * Wo;
         for (int64_t wo = 0; wo < Wo; ++wo) a[wo] += v[k * Wo + wo] * s[wo];

@@ -13,3 +13,14 @@ int64_t dwconv_bn_act_cuda_weight_block(c10::ScalarType dtype, int64_t C, const 
 void dwconv_bn_act_cuda(const DwconvParams& p, c10::ScalarType dtype, cudaStream_t stream);
 void dwconv_bn_act_backward_cuda(const DwconvBwdParams& q, c10::ScalarType dtype, cudaStream_t stream);
 }  // namespace dlf
+
+// ---------------------------------------------------------------------------------------------------
+// Upsample ops (csrc/cuda/upsample_cuda.cu): the shared bodies and parameter structs are in
+// csrc/kernels/upsample.h.
+#include "kernels/upsample.h"
+
+namespace dlf {
+void upsample_concat_cuda(const UpsampleConcatParams& p, c10::ScalarType dtype, cudaStream_t stream);
+void upsample_argmax_cuda(const UpsampleClassParams& p, c10::ScalarType dtype, cudaStream_t stream);
+void upsample_softmax_accumulate_cuda(const UpsampleClassParams& p, c10::ScalarType dtype, cudaStream_t stream);
+}  // namespace dlf

@@ -5,7 +5,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
-#include "kernels/upsample_launchers.h"
+#include "cuda/launchers.h"
 
 namespace dlf {
 namespace {

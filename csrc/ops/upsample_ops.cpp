@@ -5,7 +5,10 @@
 
 #include "common/checks.h"
 #include "cpu/output_pool.h"
-#include "kernels/upsample_launchers.h"
+#include "cpu/launchers.h"
+#ifdef DLF_WITH_CUDA
+#include "cuda/launchers.h"
+#endif
 #ifdef DLF_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -156,7 +156,7 @@ def upsample_argmax(
 
     The full-resolution logits are never materialized: each output pixel computes its 4 source taps once
     and runs over the classes with a running maximum. The interpolation rounds exactly as PyTorch's CPU
-    bilinear kernel (csrc/common/bilinear.h), so fp32 labels equal the reference's wherever there is no
+    bilinear kernel (csrc/kernels/upsample.h), so fp32 labels equal the reference's wherever there is no
     exact tie. Logits that require grad are accepted; the result does not require grad (like torch.argmax).
 
     Args:

@@ -2,7 +2,7 @@
 launch_upsample_argmax and launch_upsample_softmax_accumulate write into outputs the caller allocates. The
 ops around them (checks, fake impls, autograd, triton_op registration) are in deeplab_fast.ops.upsample.
 
-`_tap` mirrors csrc/common/bilinear.h (PyTorch's area_pixel_compute_source_index with the scale from the
+`_tap` mirrors csrc/kernels/upsample.h (PyTorch's area_pixel_compute_source_index with the scale from the
 sizes, clamping, the exact-copy case, fused multiply-adds in PyTorch's order). On a GPU `tl.fma` is a
 true fused multiply-add; the Triton interpreter evaluates it as a multiply then an add, so there the
 results can differ from the C++ kernels in the last bit.
@@ -22,7 +22,7 @@ _BLOCK = 4096 if INTERPRET else 1024
 
 
 def _scale(in_size: int, out_size: int, align_corners: bool) -> float:
-    """fp32 input/output size ratio, as bilinear_scale in csrc/common/bilinear.h."""
+    """fp32 input/output size ratio, as bilinear_scale in csrc/kernels/upsample.h."""
     if align_corners:
         if out_size <= 1:
             return 0.0
@@ -192,7 +192,11 @@ def _softmax_accumulate_kernel(
     base = x_ptr + n * sxn
     m = tl.full((BLOCK,), float("-inf"), tl.float32)
     for k in range(0, K):
-        m = tl.maximum(m, _value(base + k * sxk, sxh, sxw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask))
+        m = tl.maximum(
+            m,
+            _value(base + k * sxk, sxh, sxw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask),
+            propagate_nan=tl.PropagateNan.ALL,
+        )
     s = tl.zeros((BLOCK,), tl.float32)
     for k in range(0, K):
         s += tl.exp(_value(base + k * sxk, sxh, sxw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask) - m)
