@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_fast import _ext
-from deeplab_fast.ops import dwconv_bn_act, winograd_conv3x3, winograd_weight
+from deeplab_fast.ops import (
+    dwconv_bn_act,
+    upsample_argmax,
+    upsample_concat,
+    upsample_softmax_accumulate,
+    winograd_conv3x3,
+    winograd_weight,
+)
 from deeplab_fast.ops.reference import dwconv_bn_act_reference, winograd_conv3x3_reference
 
 pytestmark = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
@@ -283,3 +290,51 @@ def test_winograd_triton_backend_is_unavailable():
     x, _, u, _, _ = _wino_inputs()
     with pytest.raises(RuntimeError, match="backend='triton' is unavailable for winograd_conv3x3"):
         winograd_conv3x3(x, u, backend="triton")
+
+
+# ------------------------------------------------------------------- upsample ops: one check, one message
+
+
+def _bad_upsample_cases():
+    t = torch.randn(2, 3, 4, 5)
+    acc = torch.zeros(2, 3, 8, 8)
+    concat, argmax, softmax = upsample_concat, upsample_argmax, upsample_softmax_accumulate
+    return [
+        ("concat 9 inputs", concat, ([t] * 9, (8, 8)), {}),
+        ("concat 3-D", concat, ([t, t[0]], (8, 8)), {}),
+        ("concat int", concat, ([t.long()], (8, 8)), {}),
+        ("concat batch", concat, ([t, t[:1]], (8, 8)), {}),
+        ("concat dtype", concat, ([t, t.half()], (8, 8)), {}),
+        ("concat empty side", concat, ([t, t[:, :, :0]], (8, 8)), {}),
+        ("concat size 0", concat, ([t], (0, 8)), {}),
+        ("argmax 3-D", argmax, (t[0], (8, 8)), {}),
+        ("argmax float64", argmax, (t.double(), (8, 8)), {}),
+        ("argmax K = 0", argmax, (t[:, :0], (8, 8)), {}),
+        ("argmax empty side", argmax, (t[:, :, :, :0], (8, 8)), {}),
+        ("argmax size negative", argmax, (t, (8, -1)), {}),
+        ("softmax accum 3-D", softmax, (t, acc[0]), {}),
+        ("softmax accum fp16", softmax, (t, acc.half()), {}),
+        ("softmax accum strided", softmax, (t, acc.transpose(2, 3)), {}),
+        ("softmax accum batch", softmax, (t, acc[:1]), {}),
+        ("softmax accum classes", softmax, (t, torch.zeros(2, 2, 8, 8)), {}),
+        ("softmax logits int", softmax, (t.int(), acc), {}),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_upsample_cases(), ids=lambda c: c[0])
+def test_upsample_backends_raise_the_same_error(case):
+    """The compiled ops check values in C++; the reference and Triton backends and the fake impls (meta
+    tensors) run the one Python mirror of those checks: same exception type, same message."""
+    _, op, args, kwargs = case
+    errors = []
+    for backend in ("cpu", "reference", "triton", "meta"):
+        call_args = args
+        if backend == "meta":  # the fake impl answers for meta tensors
+            call_args = tuple(
+                [a.to("meta") for a in x] if isinstance(x, list) else x.to("meta") if isinstance(x, torch.Tensor) else x
+                for x in args
+            )
+        with pytest.raises((ValueError, TypeError)) as info:
+            op(*call_args, **kwargs, backend="auto" if backend == "meta" else backend)
+        errors.append((backend, type(info.value), str(info.value).split("\n")[0].replace("meta", "cpu")))
+    assert len({e[1:] for e in errors}) == 1, errors

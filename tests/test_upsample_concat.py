@@ -187,13 +187,13 @@ def test_backend_unavailable_or_unknown():
 
 @needs_ext
 def test_cpp_op_checks_its_arguments():
-    """The C++ entry point has its own checks (direct torch.ops callers skip the Python ones)."""
+    """The C++ entry point checks the values (ValueError, as the Python API raised before)."""
     t = torch.randn(1, 1, 2, 2)
-    with pytest.raises(RuntimeError, match="at most 8"):
+    with pytest.raises(ValueError, match="at most 8"):
         torch.ops.deeplab_fast.upsample_concat([t] * 9, [4, 4], False)
-    with pytest.raises(RuntimeError, match=r"tensors\[1\] has dtype"):
+    with pytest.raises(ValueError, match=r"tensors\[1\] has dtype"):
         torch.ops.deeplab_fast.upsample_concat([t, t.half()], [4, 4], False)
-    with pytest.raises(RuntimeError, match="size must be two positive ints"):
+    with pytest.raises(ValueError, match="size must be two positive ints"):
         torch.ops.deeplab_fast.upsample_concat([torch.randn(1, 1, 2, 2)], [4], False)
 
 

@@ -122,7 +122,7 @@ BAD = [
     ("accum_noncontig", lambda x, a: (x, a.contiguous(memory_format=torch.channels_last)), ValueError, "contiguous"),
     ("k_mismatch", lambda x, a: (x[:, :2], a), ValueError, "class count"),
     ("n_mismatch", lambda x, a: (x[:1], a), ValueError, "batch size"),
-    ("accum_device", lambda x, a: (x, a.to("meta")), ValueError, "accum is on meta"),
+    ("accum_device", lambda x, a: (x, a.to("meta")), ValueError, "accum must be on logits's device cpu, got meta"),
     ("accum_not_tensor", lambda x, a: (x, a.tolist()), TypeError, "accum must be a torch.Tensor"),
 ]
 

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <string>
+
 #include "common/checks.h"
 #include "cpu/output_pool.h"
 #include "cpu/launchers.h"
@@ -21,14 +23,23 @@ bool is_channels_last(const at::Tensor& t) {
   return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
 }
 
-void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
-              name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+// The checks below are mirrored, in the same order and words, by the Python checks of the reference and
+// Triton backends and the fake implementations (deeplab_fast/ops/upsample.py).
+void check_float(const at::Tensor& t, const std::string& name) {
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
+                    name, " must be float32, float16 or bfloat16, got ", dtype_name(t.scalar_type()));
 }
 
 std::pair<int64_t, int64_t> check_size(at::IntArrayRef size) {
-  TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0, "size must be two positive ints (H, W), got ", size);
+  TORCH_CHECK_VALUE(size.size() == 2 && size[0] > 0 && size[1] > 0, "size must be two positive ints (H, W), got ",
+                    size);
   return {size[0], size[1]};
+}
+
+// An input without pixels has nothing to resize from (F.interpolate refuses it too), even in an empty batch.
+void check_positive_hw(const at::Tensor& t, const std::string& name) {
+  TORCH_CHECK_VALUE(t.size(2) > 0 && t.size(3) > 0, name, " must have positive height and width, got shape ",
+                    t.sizes());
 }
 
 #ifdef DLF_WITH_CUDA
@@ -47,24 +58,23 @@ void fill_class_params(UpsampleClassParams& p, const at::Tensor& x, int64_t Ho, 
 }  // namespace
 
 at::Tensor upsample_concat(at::TensorList tensors, at::IntArrayRef size, bool align_corners) {
-  TORCH_CHECK(!tensors.empty(), "tensors must hold at least one tensor, got an empty sequence");
-  TORCH_CHECK(static_cast<int>(tensors.size()) <= kMaxConcatInputs, "tensors must hold at most ", kMaxConcatInputs,
-              " tensors, got ", tensors.size());
+  TORCH_CHECK_VALUE(!tensors.empty(), "tensors must hold at least one tensor, got an empty sequence");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(tensors.size()) <= kMaxConcatInputs, "tensors must hold at most ",
+                    kMaxConcatInputs, " tensors, got ", tensors.size());
   const auto [Ho, Wo] = check_size(size);
   const at::Tensor& first = tensors[0];
   for (size_t j = 0; j < tensors.size(); ++j) {
     const at::Tensor& t = tensors[j];
-    TORCH_CHECK(t.dim() == 4, "tensors[", j, "] must be a 4-D (N, C, H, W) tensor, got shape ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
-                "tensors[", j, "] must be float32, float16 or bfloat16, got ", t.scalar_type());
-    TORCH_CHECK(t.size(0) == first.size(0), "tensors[", j, "] has batch size ", t.size(0), " but tensors[0] has ",
-                first.size(0));
-    TORCH_CHECK(t.scalar_type() == first.scalar_type(), "tensors[", j, "] has dtype ", t.scalar_type(),
-                " but tensors[0] has ", first.scalar_type());
-    TORCH_CHECK(t.device() == first.device(), "tensors[", j, "] is on ", t.device(), " but tensors[0] is on ",
-                first.device());
-    TORCH_CHECK(t.numel() == 0 || (t.size(2) > 0 && t.size(3) > 0), "tensors[", j,
-                "] must have positive height and width, got ", t.sizes());
+    const std::string name = "tensors[" + std::to_string(j) + "]";
+    TORCH_CHECK_VALUE(t.dim() == 4, name, " must be a 4-D (N, C, H, W) tensor, got shape ", t.sizes());
+    check_float(t, name);
+    TORCH_CHECK_VALUE(t.size(0) == first.size(0), name, " has batch size ", t.size(0), " but tensors[0] has ",
+                      first.size(0));
+    TORCH_CHECK_VALUE(t.scalar_type() == first.scalar_type(), name, " has dtype ", dtype_name(t.scalar_type()),
+                      " but tensors[0] has ", dtype_name(first.scalar_type()));
+    TORCH_CHECK_VALUE(t.device() == first.device(), name, " is on ", device_name(t), " but tensors[0] is on ",
+                      device_name(first));
+    check_positive_hw(t, name);
   }
   const bool cl = is_channels_last(first);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -113,9 +123,8 @@ at::Tensor upsample_argmax(const at::Tensor& logits, at::IntArrayRef size, bool 
   DLF_CHECK_NDIM(logits, 4, "logits");
   check_float(logits, "logits");
   const auto [Ho, Wo] = check_size(size);
-  TORCH_CHECK(logits.size(1) > 0, "logits must have at least one class (K > 0), got shape ", logits.sizes());
-  TORCH_CHECK(logits.numel() == 0 || (logits.size(2) > 0 && logits.size(3) > 0),
-              "logits must have positive height and width, got ", logits.sizes());
+  TORCH_CHECK_VALUE(logits.size(1) > 0, "logits must have at least one class (K > 0), got shape ", logits.sizes());
+  check_positive_hw(logits, "logits");
   at::Tensor labels = new_output({logits.size(0), Ho, Wo}, logits, at::kLong, at::MemoryFormat::Contiguous);
   if (labels.numel() == 0) return labels;
   UpsampleClassParams p{};
@@ -139,15 +148,15 @@ void upsample_softmax_accumulate(const at::Tensor& logits, const at::Tensor& acc
   DLF_CHECK_NDIM(logits, 4, "logits");
   DLF_CHECK_NDIM(accum, 4, "accum");
   check_float(logits, "logits");
-  TORCH_CHECK(accum.scalar_type() == at::kFloat, "accum must be float32, got ", accum.scalar_type());
-  TORCH_CHECK(accum.is_contiguous(), "accum must be contiguous (NCHW), got strides ", accum.strides());
+  TORCH_CHECK_VALUE(accum.scalar_type() == at::kFloat, "accum must be float32, got ",
+                    dtype_name(accum.scalar_type()));
+  TORCH_CHECK_VALUE(accum.is_contiguous(), "accum must be contiguous (NCHW), got strides ", accum.strides());
   DLF_CHECK_SAME_DEVICE(logits, accum, "logits", "accum");
-  TORCH_CHECK(accum.size(0) == logits.size(0), "accum's batch size ", accum.size(0), " must equal logits' ",
-              logits.size(0));
-  TORCH_CHECK(accum.size(1) == logits.size(1), "accum's class count ", accum.size(1), " must equal logits' ",
-              logits.size(1));
-  TORCH_CHECK(accum.numel() == 0 || (logits.size(2) > 0 && logits.size(3) > 0),
-              "logits must have positive height and width, got ", logits.sizes());
+  TORCH_CHECK_VALUE(accum.size(0) == logits.size(0), "accum's batch size ", accum.size(0), " must equal logits' ",
+                    logits.size(0));
+  TORCH_CHECK_VALUE(accum.size(1) == logits.size(1), "accum's class count ", accum.size(1), " must equal logits' ",
+                    logits.size(1));
+  check_positive_hw(logits, "logits");
   if (accum.numel() == 0) return;
   UpsampleClassParams p{};
   fill_class_params(p, logits, accum.size(2), accum.size(3), align_corners);

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from deeplab_fast import _ext
 from deeplab_fast.ops._backend import registered_on_first_use, resolve_backend, run_op
-from deeplab_fast.ops._common import check_tensor, dtype_name, memory_format_of
+from deeplab_fast.ops._common import check_tensor, dtype_name, memory_format_of, sizes
 from deeplab_fast.ops.reference import (
     upsample_argmax_reference,
     upsample_concat_reference,
@@ -35,55 +35,30 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_CONCAT_INPUTS = 8
 
 # ----------------------------------------------------------------------------------------------- checks
+# Arguments are checked once. The Python API checks what the op schemas cannot say (argument types); the
+# compiled ops check values in C++ (csrc/ops/upsample_ops.cpp), and the check_*_values functions below say
+# the same, in the same order and words, for the reference and Triton backends and the fake impls.
 
 
 def check_size(size: object) -> tuple[int, int]:
-    """`size` as (H, W): a sequence of two positive Python ints (torch.Size is fine)."""
+    """`size` as (H, W): a sequence of two Python ints (torch.Size is fine); positivity is a value check."""
     if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
         raise ValueError(f"size must be two positive ints (H, W), got {size!r}")
     for s in size:
-        if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
+        if isinstance(s, bool) or not isinstance(s, int):
             raise ValueError(f"size must be two positive ints (H, W), got {size!r}")
     return int(size[0]), int(size[1])
 
 
-def check_float_4d(t: object, name: str) -> torch.Tensor:
-    """A 4-D (N, C, H, W) float32/float16/bfloat16 tensor with positive H and W."""
-    check_tensor(t, name)
-    if t.dim() != 4:
-        raise ValueError(f"{name} must be a 4-D (N, C, H, W) tensor, got {t.dim()}-D with shape {tuple(t.shape)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {dtype_name(t.dtype)}")
-    if t.shape[2] <= 0 or t.shape[3] <= 0:
-        raise ValueError(f"{name} must have positive height and width, got shape {tuple(t.shape)}")
-    return t
-
-
 def check_tensor_list(tensors: object) -> list[torch.Tensor]:
-    """1..8 tensors (N, C_i, H_i, W_i) with the same N, dtype and device."""
+    """`tensors` as a list: a non-empty list or tuple whose items are all tensors (the dispatcher needs one)."""
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
         raise TypeError(f"tensors must be a list or tuple of tensors, got {type(tensors).__name__}")
     tensors = list(tensors)
     if not tensors:
         raise ValueError("tensors must hold at least one tensor, got an empty sequence")
-    if len(tensors) > MAX_CONCAT_INPUTS:
-        raise ValueError(f"tensors must hold at most {MAX_CONCAT_INPUTS} tensors, got {len(tensors)}")
-    first = tensors[0]
-    check_float_4d(first, "tensors[0]")
-    n, dtype, device = first.shape[0], first.dtype, first.device
-    for i in range(1, len(tensors)):
-        t = tensors[i]
-        # one pass over each tensor's attributes: these checks run on every call of a sub-millisecond op
-        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.dtype is not dtype:
-            check_float_4d(t, f"tensors[{i}]")
-            raise ValueError(f"tensors[{i}] has dtype {dtype_name(t.dtype)} but tensors[0] has {dtype_name(dtype)}")
-        shape = t.shape
-        if shape[2] <= 0 or shape[3] <= 0:
-            check_float_4d(t, f"tensors[{i}]")
-        if shape[0] != n:
-            raise ValueError(f"tensors[{i}] has batch size {shape[0]} but tensors[0] has {n}")
-        if t.device != device:
-            raise ValueError(f"tensors[{i}] is on {t.device} but tensors[0] is on {device}")
+    for i, t in enumerate(tensors):
+        check_tensor(t, f"tensors[{i}]")
     return tensors
 
 
@@ -94,21 +69,79 @@ def check_align_corners(align_corners: object) -> bool:
     return align_corners
 
 
-def _check_softmax_accumulate(logits: object, accum: object, weight: object, flip: object) -> None:
-    check_float_4d(logits, "logits")
-    check_tensor(accum, "accum")
-    if accum.dim() != 4:
-        raise ValueError(f"accum must be a 4-D (N, K, H, W) tensor, got shape {tuple(accum.shape)}")
+def _check_size_values(size: Sequence[int]) -> None:
+    if size[0] <= 0 or size[1] <= 0:
+        raise ValueError(f"size must be two positive ints (H, W), got {list(size)}")
+
+
+def _check_float(t: torch.Tensor, name: str) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {dtype_name(t.dtype)}")
+
+
+def _check_4d(t: torch.Tensor, name: str) -> None:
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D tensor, got {t.dim()}-D with shape {sizes(t)}")
+
+
+def _check_positive_hw(t: torch.Tensor, name: str) -> None:
+    if t.shape[2] <= 0 or t.shape[3] <= 0:
+        raise ValueError(f"{name} must have positive height and width, got shape {sizes(t)}")
+
+
+def check_concat_values(tensors: Sequence[torch.Tensor], size: Sequence[int]) -> None:
+    """The C++ check of upsample_concat's tensors and size."""
+    if not tensors:
+        raise ValueError("tensors must hold at least one tensor, got an empty sequence")
+    if len(tensors) > MAX_CONCAT_INPUTS:
+        raise ValueError(f"tensors must hold at most {MAX_CONCAT_INPUTS} tensors, got {len(tensors)}")
+    _check_size_values(size)
+    first = tensors[0]
+    for i, t in enumerate(tensors):
+        name = f"tensors[{i}]"
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D (N, C, H, W) tensor, got shape {sizes(t)}")
+        _check_float(t, name)
+        if t.shape[0] != first.shape[0]:
+            raise ValueError(f"{name} has batch size {t.shape[0]} but tensors[0] has {first.shape[0]}")
+        if t.dtype != first.dtype:
+            raise ValueError(f"{name} has dtype {dtype_name(t.dtype)} but tensors[0] has {dtype_name(first.dtype)}")
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but tensors[0] is on {first.device}")
+        _check_positive_hw(t, name)
+
+
+def check_argmax_values(logits: torch.Tensor, size: Sequence[int]) -> None:
+    """The C++ check of upsample_argmax's logits and size."""
+    _check_4d(logits, "logits")
+    _check_float(logits, "logits")
+    _check_size_values(size)
+    if logits.shape[1] <= 0:
+        raise ValueError(f"logits must have at least one class (K > 0), got shape {sizes(logits)}")
+    _check_positive_hw(logits, "logits")
+
+
+def check_softmax_accumulate_values(logits: torch.Tensor, accum: torch.Tensor) -> None:
+    """The C++ check of upsample_softmax_accumulate's logits and accum."""
+    _check_4d(logits, "logits")
+    _check_4d(accum, "accum")
+    _check_float(logits, "logits")
     if accum.dtype != torch.float32:
         raise ValueError(f"accum must be float32, got {dtype_name(accum.dtype)}")
     if not accum.is_contiguous():
-        raise ValueError(f"accum must be contiguous (NCHW), got strides {accum.stride()}")
+        raise ValueError(f"accum must be contiguous (NCHW), got strides {list(accum.stride())}")
     if accum.device != logits.device:
-        raise ValueError(f"accum is on {accum.device} but logits is on {logits.device}")
+        raise ValueError(f"accum must be on logits's device {logits.device}, got {accum.device}")
     if accum.shape[0] != logits.shape[0]:
         raise ValueError(f"accum's batch size {accum.shape[0]} must equal logits' {logits.shape[0]}")
     if accum.shape[1] != logits.shape[1]:
-        raise ValueError(f"accum's class count K={accum.shape[1]} must equal logits' K={logits.shape[1]}")
+        raise ValueError(f"accum's class count {accum.shape[1]} must equal logits' {logits.shape[1]}")
+    _check_positive_hw(logits, "logits")
+
+
+def _check_softmax_accumulate_types(logits: object, accum: object, weight: object, flip: object) -> None:
+    check_tensor(logits, "logits")
+    check_tensor(accum, "accum")
     if accum.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("upsample_softmax_accumulate is inference only: accum must not require grad")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
@@ -141,12 +174,13 @@ def upsample_concat(
     size = check_size(size)
     align_corners = check_align_corners(align_corners)
     chosen = resolve_backend(backend, tensors[0].device, "upsample_concat")
+    if chosen in ("cpu", "cuda"):  # the C++ op checks the values
+        return run_op(torch.ops.deeplab_fast.upsample_concat, tensors, list(size), align_corners)
+    check_concat_values(tensors, size)
     if chosen == "reference":
         return upsample_concat_reference(tensors, size, align_corners)
-    if chosen == "triton":
-        _triton_registered()
-        return torch.ops.deeplab_fast.upsample_concat_triton(tensors, list(size), align_corners)
-    return run_op(torch.ops.deeplab_fast.upsample_concat, tensors, list(size), align_corners)
+    _triton_registered()
+    return torch.ops.deeplab_fast.upsample_concat_triton(tensors, list(size), align_corners)
 
 
 def upsample_argmax(
@@ -169,19 +203,18 @@ def upsample_argmax(
         (N, H, W) int64 labels; ties resolve to the lowest class index and NaN counts as the maximum,
         as in torch.argmax. No gradient (inference only).
     """
-    check_float_4d(logits, "logits")
-    if logits.shape[1] < 1:
-        raise ValueError(f"logits must have at least one class (K >= 1), got shape {tuple(logits.shape)}")
+    check_tensor(logits, "logits")
     size = check_size(size)
     align_corners = check_align_corners(align_corners)
     chosen = resolve_backend(backend, logits.device, "upsample_argmax")
     logits = logits.detach()
+    if chosen in ("cpu", "cuda"):  # the C++ op checks the values
+        return run_op(torch.ops.deeplab_fast.upsample_argmax, logits, list(size), align_corners)
+    check_argmax_values(logits, size)
     if chosen == "reference":
         return upsample_argmax_reference(logits, size, align_corners)
-    if chosen == "triton":
-        _triton_registered()
-        return torch.ops.deeplab_fast.upsample_argmax_triton(logits, list(size), align_corners)
-    return run_op(torch.ops.deeplab_fast.upsample_argmax, logits, list(size), align_corners)
+    _triton_registered()
+    return torch.ops.deeplab_fast.upsample_argmax_triton(logits, list(size), align_corners)
 
 
 def upsample_softmax_accumulate(
@@ -209,18 +242,19 @@ def upsample_softmax_accumulate(
     Returns:
         `accum` itself. Inference only: no gradient flows (logits are read detached).
     """
-    _check_softmax_accumulate(logits, accum, weight, flip)
+    _check_softmax_accumulate_types(logits, accum, weight, flip)
     align_corners = check_align_corners(align_corners)
     chosen = resolve_backend(backend, logits.device, "upsample_softmax_accumulate")
     logits = logits.detach()
+    if chosen in ("cpu", "cuda"):  # the C++ op checks the values
+        run_op(torch.ops.deeplab_fast.upsample_softmax_accumulate, logits, accum, float(weight), flip, align_corners)
+        return accum
+    check_softmax_accumulate_values(logits, accum)
     if chosen == "reference":
         with torch.no_grad():
             return upsample_softmax_accumulate_reference(logits, accum, float(weight), flip, align_corners)
-    if chosen == "triton":
-        _triton_registered()
-        torch.ops.deeplab_fast.upsample_softmax_accumulate_triton(logits, accum, float(weight), flip, align_corners)
-        return accum
-    run_op(torch.ops.deeplab_fast.upsample_softmax_accumulate, logits, accum, float(weight), flip, align_corners)
+    _triton_registered()
+    torch.ops.deeplab_fast.upsample_softmax_accumulate_triton(logits, accum, float(weight), flip, align_corners)
     return accum
 
 
@@ -228,6 +262,7 @@ def upsample_softmax_accumulate(
 
 
 def _concat_fake(tensors: Sequence[torch.Tensor], size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    check_concat_values(tensors, size)
     first = tensors[0]
     channels = sum(t.shape[1] for t in tensors)
     out = first.new_empty((first.shape[0], channels, size[0], size[1]))
@@ -235,10 +270,12 @@ def _concat_fake(tensors: Sequence[torch.Tensor], size: Sequence[int], align_cor
 
 
 def _argmax_fake(logits: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    check_argmax_values(logits, size)
     return logits.new_empty((logits.shape[0], size[0], size[1]), dtype=torch.int64)
 
 
 def _softmax_accumulate_fake(logits, accum, weight, flip, align_corners) -> None:
+    check_softmax_accumulate_values(logits, accum)
     return None
 
 
