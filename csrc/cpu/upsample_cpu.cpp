@@ -78,9 +78,20 @@ void blend_channels(const T* __restrict a, const T* __restrict b, const T* __res
   }
 }
 
+// What a copy records about the bytes it moves: nothing (a plain copy), or see CopiedMagnitude below.
+struct NoTracking {
+#ifdef __AVX2__
+  DLF_FORCEINLINE void add(__m256i) {}
+#endif
+  DLF_FORCEINLINE void tail(const void*, int64_t) {}
+};
+
 // Copy of a channel vector (a few hundred bytes to a few KiB) inline: a libc memcpy call per pixel and
-// input cost as much as the copy itself at these sizes.
-DLF_FORCEINLINE void copy_bytes(void* __restrict dst, const void* __restrict src, int64_t n) {
+// input cost as much as the copy itself at these sizes. `track` sees every 32-byte block the vector loop
+// moves (add) and the bytes copied after it (tail).
+template <typename Tracker = NoTracking>
+DLF_FORCEINLINE void copy_bytes(void* __restrict dst, const void* __restrict src, int64_t n,
+                                Tracker&& track = Tracker{}) {
   auto* d = static_cast<char*>(dst);
   const auto* s = static_cast<const char*>(src);
   int64_t i = 0;
@@ -94,11 +105,18 @@ DLF_FORCEINLINE void copy_bytes(void* __restrict dst, const void* __restrict src
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 64), c);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 96), e);
+    track.add(a), track.add(b), track.add(c), track.add(e);
   }
-  for (; i + 32 <= n; i += 32)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+  for (; i + 32 <= n; i += 32) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
+    track.add(a);
+  }
 #endif
-  if (i < n) std::memcpy(d + i, s + i, n - i);
+  if (i < n) {
+    std::memcpy(d + i, s + i, n - i);
+    track.tail(s + i, n - i);
+  }
 }
 
 // Bit pattern of +inf in each storage type: a value is inf or NaN exactly when its bits without the sign are
@@ -110,7 +128,7 @@ constexpr uint32_t kInfBits<c10::BFloat16> = 0x7f80u;
 template <>
 constexpr uint32_t kInfBits<c10::Half> = 0x7c00u;
 
-// Whether any value copied by copy_tracking (below) was inf or NaN. The copies keep the lane-wise unsigned
+// Whether any value copied by copy_bytes with this tracker was inf or NaN. The copies keep the lane-wise unsigned
 // maximum of the magnitude bits (sign cleared): an and and a max per 32 bytes, free beside the loads and
 // stores; the maximum is compared once per output row.
 template <typename T>
@@ -128,6 +146,12 @@ struct CopiedMagnitude {
 #endif
   bool scalar_non_finite = false;  // elements copied outside the 32-byte blocks
 
+  DLF_FORCEINLINE void tail(const void* p, int64_t bytes) {
+    const T* x = static_cast<const T*>(p);
+    for (int64_t e = 0; e < bytes / static_cast<int64_t>(sizeof(T)); ++e)
+      scalar_non_finite |= !(fabsf(ld(x + e)) < INFINITY);
+  }
+
   bool non_finite() const {
     bool any = scalar_non_finite;
 #ifdef __AVX2__
@@ -144,38 +168,6 @@ struct CopiedMagnitude {
     return any;
   }
 };
-
-// copy_bytes of C values of T that also records their magnitudes in `m`.
-template <typename T>
-DLF_FORCEINLINE void copy_tracking(T* __restrict y, const T* __restrict x, int64_t C, CopiedMagnitude<T>& m) {
-  const auto* s = reinterpret_cast<const char*>(x);
-  auto* d = reinterpret_cast<char*>(y);
-  const int64_t n = C * static_cast<int64_t>(sizeof(T));
-  int64_t i = 0;
-#ifdef __AVX2__
-  for (; i + 128 <= n; i += 128) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
-    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
-    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 64));
-    const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 96));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 64), c);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 96), e);
-    m.add(a), m.add(b), m.add(c), m.add(e);
-  }
-  for (; i + 32 <= n; i += 32) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
-    m.add(a);
-  }
-#endif
-  if (i < n) {
-    std::memcpy(d + i, s + i, n - i);
-    for (int64_t e = i / static_cast<int64_t>(sizeof(T)); e < C; ++e)
-      m.scalar_non_finite |= !(fabsf(ld(x + e)) < INFINITY);
-  }
-}
 
 template <typename T>
 void concat_channels_last(const UpsampleConcatParams& p) {
@@ -223,7 +215,7 @@ void concat_channels_last(const UpsampleConcatParams& p) {
           const int64_t C = p.C[j], sw = p.xs_w[j];
           T* y = yp + p.c_begin[j];
           if (kind[j] == Kind::kCopy) {
-            copy_tracking<T>(y, r0[j] + wo * sw, C, copied);
+            copy_bytes(y, r0[j] + wo * sw, C * static_cast<int64_t>(sizeof(T)), copied);
           } else if (kind[j] == Kind::kBroadcast) {
             copy_bytes(y, r0[j], C * sizeof(T));
           } else {
