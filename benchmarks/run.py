@@ -28,16 +28,6 @@ KERNEL_FAMILIES = {
     "dwconv": "dwconv_bn_act (atrous depthwise conv + folded BN + activation)",
     "upsample": "upsample_concat / upsample_argmax (bilinear resize fused with concat / argmax)",
 }
-DTYPE_NAMES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "float": "float32",
-    "fp16": "float16",
-    "float16": "float16",
-    "half": "float16",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-}
 MODEL_SIZE = 513
 TINY_SIZE = 65
 # Repetitions (see docs/benchmarks.md, "How many repetitions"): without --reps every (shape, provider) gets at most the
@@ -66,6 +56,10 @@ def _positive_int(text: str) -> int:
 
 
 def _dtypes(text: str) -> list[str]:
+    _setup_paths()
+    from deeplab_fast.dtypes import DTYPE_NAMES
+    from deeplab_fast.ops._common import dtype_name
+
     names = []
     for part in text.split(","):
         key = part.strip().lower()
@@ -73,8 +67,8 @@ def _dtypes(text: str) -> list[str]:
             raise argparse.ArgumentTypeError(
                 f"unknown dtype {part.strip()!r}; expected fp32, fp16 or bf16 (comma-separated)"
             )
-        if DTYPE_NAMES[key] not in names:
-            names.append(DTYPE_NAMES[key])
+        if dtype_name(DTYPE_NAMES[key]) not in names:
+            names.append(dtype_name(DTYPE_NAMES[key]))
     return names
 
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from deeplab_fast import ops
 from deeplab_fast.data._checks import check_bool, float_tuple, positive_int, positive_pair
+from deeplab_fast.dtypes import parse_dtype
 from deeplab_fast.inference.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -51,17 +52,6 @@ from deeplab_fast.inference.preprocess import (
 )
 from deeplab_fast.inference.sliding import check_stride, needs_sliding, sliding_probabilities
 from deeplab_fast.ops._common import is_channels_last
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 
 
 class Segmenter:
@@ -333,13 +323,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """torch.float32 / float16 / bfloat16, or one of their names ("float32", "fp16", "bf16", ...)."""
-    if isinstance(dtype, str):
-        if dtype.lower() not in _DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(sorted(_DTYPES))}; got {dtype!r}")
-        return _DTYPES[dtype.lower()]
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16; got {dtype!r}")
-    return dtype
+    return parse_dtype(dtype)
 
 
 def check_finite_logits(logits: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from deeplab_fast.dtypes import amp_dtype
 from deeplab_fast.training.checkpoint import CheckpointError
 from deeplab_fast.training.config import ConfigError, check_device_available
 
@@ -138,7 +139,7 @@ def _eval(args: argparse.Namespace) -> int:
             num_workers=config.data.num_workers,
             collate_fn=pad_collate,
         )
-        amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.train.amp]
+        amp = amp_dtype(config.train.amp)
         cm = evaluate(
             model,
             loader,

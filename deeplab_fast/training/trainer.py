@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from deeplab_fast._files import atomic_write_text
 from deeplab_fast.data import ResumableDistributedSampler, ShardSampler, pad_collate
+from deeplab_fast.dtypes import amp_dtype
 from deeplab_fast.metrics import format_table
 from deeplab_fast.models.weights import model_info
 from deeplab_fast.training import checkpoint as ckpt
@@ -38,7 +39,6 @@ from deeplab_fast.training.logging import RunLogger
 from deeplab_fast.training.schedule import PolyLR
 
 IGNORE_INDEX = 255
-_AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -88,7 +88,7 @@ class Trainer:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"train.output_dir={t.output_dir!r} is a file; it must be a folder (new or existing)")
         self.progress = progress and self.dist.is_main
-        self.amp_dtype = _AMP[t.amp]
+        self.amp_dtype = amp_dtype(t.amp)
         per_step = self.dist.world_size * t.grad_accum
         if t.batch_size % per_step:
             raise ConfigError(
