@@ -9,6 +9,23 @@ if not torch.cuda.is_available():
 
 torch.manual_seed(0)
 
+# Set to 1 to run the suite against a checkout without the compiled extension on purpose (the reference and
+# Triton backends only); the tests that need deeplab_fast._C then skip, naming it.
+WITHOUT_EXT = os.environ.get("DEEPLAB_FAST_TEST_WITHOUT_EXT") == "1"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail the run at once when deeplab_fast._C does not import: the install builds it, so a missing
+    extension is a broken build, not hundreds of skipped tests."""
+    from deeplab_fast import _ext
+
+    if not _ext.HAS_EXT and not WITHOUT_EXT:
+        pytest.exit(
+            f"deeplab_fast._C does not import ({_ext.EXT_ERROR}); build it (pip install --no-build-isolation -e .), "
+            "or set DEEPLAB_FAST_TEST_WITHOUT_EXT=1 to test the reference and Triton backends alone",
+            returncode=1,
+        )
+
 
 @pytest.fixture(scope="module")
 def one_thread():
