@@ -6,9 +6,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deeplab_fast.ops._common import ACTIVATIONS
 from deeplab_fast.ops.reference import apply_activation as apply_act  # one definition of the activations
 
-ACTS = ("relu", "relu6", "none")
+ACTS = tuple(ACTIVATIONS)  # "none", "relu", "relu6": the names the fused ops take
 
 
 class ConvBNAct(nn.Module):
