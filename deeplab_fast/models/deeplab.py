@@ -35,6 +35,9 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "decoder_separable": (None, "separable decoder convs; default: `separable`"),
     "low_level_channels": (48, "channels the stride-4 features are reduced to in the decoder"),
     "bn_eps": (None, "BatchNorm eps; default 1e-3 for Xception (TensorFlow), 1e-5 otherwise (MobileNetV2: 1e-5)"),
+    "head_bn_eps": (None, "BatchNorm eps of ASPP, decoder and aux head; default: the backbone's (TensorFlow: 1e-5)"),
+    "input_mean": (None, "per-channel mean of the input normalisation, of pixels in [0, 1]; default ImageNet's"),
+    "input_std": (None, "per-channel std of the input normalisation; default ImageNet's (TensorFlow: 0.5 and 0.5)"),
     "multi_grid": (None, "ResNet: dilation multipliers of layer4's units, e.g. (1, 2, 4)"),
     "dilate_first_block": (True, "ResNet: first unit of a dilated stage uses the new dilation (False: torchvision)"),
     "width_mult": (1.0, "scales every backbone width (small models for tests)"),
@@ -227,8 +230,18 @@ def _check_arguments(
         raise ValueError(f"width_mult must be a finite number > 0, got {opt['width_mult']!r}")
     if not _is_number(opt["aspp_dropout"]) or not 0 <= opt["aspp_dropout"] <= 1:
         raise ValueError(f"aspp_dropout must be a number in [0, 1], got {opt['aspp_dropout']!r}")
-    if opt["bn_eps"] is not None and (not _is_number(opt["bn_eps"]) or opt["bn_eps"] <= 0):
-        raise ValueError(f"bn_eps must be a finite number > 0 or None, got {opt['bn_eps']!r}")
+    for name in ("bn_eps", "head_bn_eps"):
+        if opt[name] is not None and (not _is_number(opt[name]) or opt[name] <= 0):
+            raise ValueError(f"{name} must be a finite number > 0 or None, got {opt[name]!r}")
+    for name in ("input_mean", "input_std"):
+        value = opt[name]
+        if value is None:
+            continue
+        if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_is_number(v) for v in value):
+            raise ValueError(f"{name} must be three finite numbers (R, G, B) or None, got {value!r}")
+        if name == "input_std" and any(v <= 0 for v in value):
+            raise ValueError(f"input_std must be three numbers > 0, got {value!r}")
+        opt[name] = tuple(float(v) for v in value)
     grid = opt["multi_grid"]
     if grid is not None:
         if not isinstance(grid, (list, tuple)) or not all(_is_int(g) and g >= 1 for g in grid):
@@ -268,6 +281,7 @@ def deeplabv3plus(
     """
     opt = _check_arguments(backbone, num_classes, output_stride, separable, decoder, align_corners, options)
     eps = opt["bn_eps"] if opt["bn_eps"] is not None else (1e-3 if backbone.startswith("xception") else 1e-5)
+    head_eps = opt["head_bn_eps"] if opt["head_bn_eps"] is not None else eps
     width = opt["width_mult"]
     if backbone.startswith("resnet"):
         net: nn.Module = ResNet(
@@ -296,11 +310,11 @@ def deeplabv3plus(
         separable_inner_bn=inner_bn,
         pool_position=opt["aspp_pool_position"],
         dropout=opt["aspp_dropout"],
-        eps=eps,
+        eps=head_eps,
     )
     post = None
     if opt["post_aspp_conv"] != "none":
-        post = conv_block(ch, ch, separable=opt["post_aspp_conv"] == "separable", inner_bn=inner_bn, eps=eps)
+        post = conv_block(ch, ch, separable=opt["post_aspp_conv"] == "separable", inner_bn=inner_bn, eps=head_eps)
     dec = None
     head_in = ch
     if decoder:
@@ -313,10 +327,10 @@ def deeplabv3plus(
             separable=separable if opt["decoder_separable"] is None else opt["decoder_separable"],
             separable_inner_bn=inner_bn,
             align_corners=align_corners,
-            eps=eps,
+            eps=head_eps,
         )
         head_in = dec.out_channels
-    aux = AuxHead(net.mid_channels, num_classes, eps) if opt["aux_head"] else None
+    aux = AuxHead(net.mid_channels, num_classes, head_eps) if opt["aux_head"] else None
     # every keyword argument, defaults included, in JSON types (tuples as lists): deeplabv3plus(**config)
     # rebuilds this architecture, and a checkpoint can store it as is
     config = {
