@@ -71,6 +71,7 @@ def test_emulation_selftest(programs):
         "warp_shuffles_and_ballot_shuffled",
         "coordinates_3d_and_dynamic_shared_memory",
         "atomic_add",
+        "traffic_counters",
         "barrier_after_early_exit_is_a_fault",
         "shuffle_naming_an_exited_lane_is_a_fault",
         "misaligned_vector_load_is_a_fault",

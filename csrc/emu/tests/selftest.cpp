@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/memory.h"
 #include "cuda/launch.cuh"
 
 namespace {
@@ -89,9 +90,14 @@ __global__ void shuffle_with_exited_lane(float* out) {
 __global__ void full_mask_shuffle(float* out) { out[threadIdx.x] = __shfl_sync(0xffffffffu, 1.f, 0); }
 
 __global__ void vector_load(const float* p, float* out) {
-  DLF_VECTOR_ACCESS_CHECK(p, sizeof(float4), "load");
-  const float4 v = *reinterpret_cast<const float4*>(p);
-  out[threadIdx.x] = v.x + v.w;
+  const float4 v = dlf::load_global(reinterpret_cast<const float4*>(p));
+  dlf::store_global(out + threadIdx.x, v.x + v.w);
+}
+
+// A warp reads 32 consecutive floats (4 sectors) and writes them strided by 8 floats (32 sectors).
+__global__ void traffic(const float* x, float* y) {
+  const float v = dlf::load_global(x + threadIdx.x);
+  dlf::store_global(y + threadIdx.x * 8, v);
 }
 
 __global__ void nothing(float*) {}
@@ -162,6 +168,22 @@ void check_atomics() {
   report("atomic_add", err.empty() && total == 500.f && total_d == 250.0 && count == 1000, err);
 }
 
+void check_counters() {
+  std::vector<float> x(64), y(512);
+  cuda_emu::reset_counters();
+  cuda_emu::set_counting(true);
+  const std::string err = run(traffic, 1, 64, 0, x.data(), y.data());
+  cuda_emu::set_counting(false);
+  const cuda_emu::Counters c = cuda_emu::counters();
+  // 64 threads = 2 warps: one load and one store instruction each; 4 sectors per warp read, 32 per warp write.
+  const bool ok = err.empty() && c.launches == 1 && c.load_instructions == 2 && c.store_instructions == 2 &&
+                  c.load_sectors == 8 && c.store_sectors == 64 && c.load_bytes == 256 && c.store_bytes == 256;
+  report("traffic_counters", ok,
+         "launches " + std::to_string(c.launches) + " loads " + std::to_string(c.load_instructions) + "/" +
+             std::to_string(c.load_sectors) + " stores " + std::to_string(c.store_instructions) + "/" +
+             std::to_string(c.store_sectors));
+}
+
 void check_faults() {
   std::vector<float> out(64);
   std::string err = run(early_exit_then_barrier, 1, 32, 0, out.data());
@@ -200,6 +222,7 @@ int main() {
   check_warp_ops();
   check_coordinates();
   check_atomics();
+  check_counters();
   check_faults();
   return g_failed == 0 ? 0 : 1;
 }
