@@ -287,19 +287,24 @@ def _fuse_leaf(m: nn.Module, backend: str, engine: str) -> nn.Module:
 
 
 class FusedBottleneck(nn.Module):
-    """ResNet Bottleneck with BN folded; the skip addition and the last ReLU ride on conv3 (same names)."""
+    """ResNet Bottleneck with BN folded; the skip addition and the last ReLU ride on conv3 (same names), except in
+    the unit whose pre-addition conv3 output is the low-level tap (resnet*_beta). A Subsample shortcut stays."""
 
     def __init__(self, m: Bottleneck, backend: str, engine: str) -> None:
         super().__init__()
+        self.tap = m.tap
         self.conv1 = FusedConv.from_modules(m.conv1, m.bn1, "relu", backend, engine)
         self.conv2 = FusedConv.from_modules(m.conv2, m.bn2, "relu", backend, engine)
-        self.conv3 = FusedConv.from_modules(m.conv3, m.bn3, "relu", backend, engine)
-        self.downsample = None
-        if m.downsample is not None:
+        self.conv3 = FusedConv.from_modules(m.conv3, m.bn3, "none" if m.tap else "relu", backend, engine)
+        self.downsample = m.downsample
+        if isinstance(m.downsample, nn.Sequential):
             self.downsample = FusedConv.from_modules(m.downsample[0], m.downsample[1], "none", backend, engine)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         identity = x if self.downsample is None else self.downsample(x)
+        if self.tap:
+            pre = self.conv3(self.conv2(self.conv1(x)))
+            return F.relu(pre + identity), pre
         return self.conv3(self.conv2(self.conv1(x)), identity)
 
 
@@ -379,8 +384,11 @@ def _fuse_conv_bn_act_seq(seq: nn.Sequential, backend: str, engine: str) -> nn.M
 
 
 def _fuse_resnet(net: ResNet, backend: str, engine: str) -> None:
-    net.conv1 = FusedConv.from_modules(net.conv1, net.bn1, "relu", backend, engine)
-    net.bn1, net.relu = nn.Identity(), nn.Identity()  # ResNet.forward keeps calling them
+    if net.beta:
+        net.stem = nn.Sequential(*(_fuse_leaf(m, backend, engine) for m in net.stem))
+    else:
+        net.conv1 = FusedConv.from_modules(net.conv1, net.bn1, "relu", backend, engine)
+        net.bn1, net.relu = nn.Identity(), nn.Identity()  # ResNet.forward keeps calling them
     for i in range(1, 5):
         layer = getattr(net, f"layer{i}")
         for j, unit in enumerate(layer):
