@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from deeplab_fast.models.aspp import ASPP
-from deeplab_fast.models.backbones.mobilenetv2 import MobileNetV2
+from deeplab_fast.models.backbones.mobilenetv2 import PADDINGS, InvertedResidual, MobileNetV2
 from deeplab_fast.models.backbones.resnet import ResNet, Subsample
 from deeplab_fast.models.backbones.xception import Xception
 from deeplab_fast.models.decoder import Decoder
@@ -59,6 +59,11 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     ),
     "width_mult": (1.0, "scales every backbone width (small models for tests)"),
     "mobilenet_last_conv": (True, "MobileNetV2: keep the final 1x1 conv to 1280 channels"),
+    "mobilenet_padding": (
+        "zero",
+        "MobileNetV2: 'zero' pads each 3x3 conv (torchvision); 'block_input' pads each unit's input before its "
+        "expansion and not the stem (VainF/DeepLabV3Plus-Pytorch)",
+    ),
     "aux_head": (False, "auxiliary FCN head on the stride-16 stage (torchvision's aux classifier)"),
     "output_dict": (False, "forward returns {'out': logits[, 'aux': aux logits]} (torchvision style)"),
 }
@@ -186,6 +191,8 @@ class DeepLab(nn.Module):
                 m.stride, m.padding, m.dilation = t.stride, t.padding, t.dilation
             elif isinstance(t, Subsample):
                 m.stride = t.stride
+            elif isinstance(t, InvertedResidual):
+                m.input_pad = t.input_pad
         self.aspp.rates = template.aspp.rates
         self.config = template.config
 
@@ -289,6 +296,8 @@ def _check_arguments(
     for name in _POSITIVE_INT_OPTIONS:
         if not _is_int(opt[name]) or opt[name] < 1:
             raise ValueError(f"{name} must be an int >= 1, got {opt[name]!r}")
+    if opt["mobilenet_padding"] not in PADDINGS:
+        raise ValueError(f"mobilenet_padding must be one of {PADDINGS}, got {opt['mobilenet_padding']!r}")
     if opt["post_aspp_conv"] not in ("none", "dense", "separable"):
         raise ValueError(f"post_aspp_conv must be 'none', 'dense' or 'separable', got {opt['post_aspp_conv']!r}")
     if not _is_number(opt["width_mult"]) or opt["width_mult"] <= 0:
@@ -378,6 +387,7 @@ def deeplabv3plus(
             width_mult=width,
             last_conv=opt["mobilenet_last_conv"],
             eps=eps,
+            padding=opt["mobilenet_padding"],
         )
     rates = opt["aspp_rates"]
     if rates is None:
