@@ -19,6 +19,8 @@ and of the V3 head: classifier.classifier.{0: ASPP (as above), 1: conv 3x3, 2: B
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -27,7 +29,7 @@ import torchvision
 from torch import nn
 
 import deeplab_fast
-from deeplab_fast.models.vainf import map_vainf_state_dict
+from deeplab_fast.models.vainf import map_vainf_state_dict, read_vainf_checkpoint
 from deeplab_fast.testing import randomize_batchnorm
 from tests._model_helpers import rel_err
 
@@ -216,3 +218,17 @@ def test_vainf_errors(tmp_path):
         deeplab_fast.load_model(path, source="vainf")
     with pytest.raises(ValueError, match="source must be one of"):
         deeplab_fast.load_model(path, source="mmseg")
+
+
+def test_checkpoint_pickled_under_numpy_1_reads(tmp_path):
+    # numpy 1.x pickles a numpy float as numpy.core.multiarray.scalar (numpy 2: numpy._core...)
+    new, old = tmp_path / "new.pth", tmp_path / "old.pth"
+    torch.save({"model_state": {"w": torch.ones(2)}, "best_score": np.float64(0.5)}, new)
+    with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(item, data)
+    assert "numpy.core.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(old)
+    assert read_vainf_checkpoint(str(old))["w"].tolist() == [1.0, 1.0]

@@ -20,7 +20,7 @@ That repository saves {"model_state": state dict, "optimizer_state", "scheduler_
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -151,14 +151,17 @@ def map_vainf_state_dict(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any]
     return kwargs, out
 
 
-def _numpy_scalar_globals() -> list[Callable[..., Any] | type]:
+def _numpy_scalar_globals() -> list[Any]:
     """What torch.load(weights_only=True) must accept to read a numpy scalar (VainF stores best_score as one)."""
     try:
         import numpy as np
     except ImportError:
         return []
     core = getattr(np, "_core", None) or np.core
-    return [core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in (np.float64, np.float32, np.int64)}]
+    scalar = core.multiarray.scalar
+    # checkpoints pickled by numpy 1.x name it numpy.core.multiarray.scalar
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype,
+            *{type(np.dtype(t)) for t in (np.float64, np.float32, np.int64)}]  # fmt: skip
 
 
 def read_vainf_checkpoint(path: str) -> dict[str, torch.Tensor]:
