@@ -88,6 +88,7 @@ def test_timm_key_layout_and_errors():
     # timm lists a block's shortcut before its stack; the flows split 3 / 8 / 2
     assert "entry_flow.0.shortcut.conv.weight" in mapped and "middle_flow.7.sep3.pw_bn.running_var" in mapped
     assert "exit_flow.1.sep1.depthwise.weight" in mapped and not any(k.startswith("head") for k in mapped)
+    assert map_timm_xception({f"_orig_mod.{k}": v for k, v in sd.items()})[1].keys() == mapped.keys()
     with pytest.raises(ValueError, match=r"1 key\(s\) have no place .*blocks\.0\.norm\.weight"):
         map_timm_xception({**sd, "blocks.0.norm.weight": torch.ones(3)})
     with pytest.raises(ValueError, match="13, 21 or 23 blocks"):

@@ -65,8 +65,12 @@ def map_timm_xception(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict
     """(backbone name, state dict in our Xception's names) from a timm aligned-Xception state dict.
 
     head.fc.* is dropped; any other key that has no place in our Xception (the pre-activation "p" variants'
-    norm layers, for instance) raises ValueError listing them.
+    norm layers, for instance) raises ValueError listing them. A "module." (DataParallel) or "_orig_mod."
+    (torch.compile) prefix on every key is removed.
     """
+    for prefix in ("module.", "_orig_mod."):
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
     name, n_entry, n_middle = timm_xception_layout(state_dict)
     out: dict[str, torch.Tensor] = {}
     unmapped = []
