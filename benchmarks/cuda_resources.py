@@ -96,9 +96,10 @@ def occupancy(registers: int, smem: int, threads: int, arch: str) -> tuple[int, 
     lim = SM_LIMITS[arch]
     warps_per_block = -(-threads // 32)
     regs_per_warp = -(-max(registers, 1) * 32 // 256) * 256  # allocated per warp in units of 256
+    # On a tie the first limit named binds: the thread limit is the one no kernel change can lift.
     limits = {
-        "registers": lim["regs"] // (regs_per_warp * warps_per_block),
         "threads": lim["threads"] // (warps_per_block * 32),
+        "registers": lim["regs"] // (regs_per_warp * warps_per_block),
         "blocks": lim["blocks"],
     }
     if smem:
@@ -205,7 +206,8 @@ def markdown(kernels: list[Kernel]) -> str:
         "Occupancy: resident warps per SM out of 64 for a block of the kernel's `__launch_bounds__`, from its",
         "registers and shared memory. Global accesses: SASS load/store instructions by width (sm_90).",
         "",
-        "| kernel | arch | regs | smem B | spill st/ld B | block | warps/SM | limited by | LDG 128/64/<=32 | STG 128/64/<=32 |",
+        "| kernel | arch | regs | smem B | spill st/ld B | block | warps/SM | limited by "
+        "| LDG 128/64/<=32 | STG 128/64/<=32 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for k in sorted(kernels, key=lambda k: (k.source, readable[k.name], k.arch)):
