@@ -16,7 +16,7 @@ from deeplab_fast.inference.preprocess import IMAGENET_MEAN, IMAGENET_STD, model
 from deeplab_fast.inference.segmenter import Segmenter
 from deeplab_fast.models import deeplabv3plus
 from deeplab_fast.models.weights import save_weights
-from deeplab_fast.training.cli import _use_model_normalization
+from deeplab_fast.training.builders import normalization
 from deeplab_fast.training.config import Config
 
 TF = (0.5, 0.5, 0.5)
@@ -83,8 +83,6 @@ def test_predict_cli_uses_the_model_config_normalisation(tmp_path, monkeypatch):
 
 def test_eval_uses_the_model_config_normalisation():
     config = Config()
-    _use_model_normalization(config)
-    assert config.data.mean == list(IMAGENET_MEAN)
+    assert normalization(config)[0] == list(IMAGENET_MEAN)
     config.model.options = {"input_mean": list(TF), "input_std": list(TF)}
-    _use_model_normalization(config)
-    assert config.data.mean == [0.5, 0.5, 0.5] and config.data.std == [0.5, 0.5, 0.5]
+    assert normalization(config) == ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
