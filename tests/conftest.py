@@ -43,7 +43,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def device() -> str:
-    """"cuda" on a machine with CUDA, else "cpu": the device of the tensors of the CUDA-kernel and Triton tests
+    """The string "cuda" on a machine with CUDA, else "cpu": the device of the tensors of the CUDA-kernel and Triton tests
     (on a CPU the CUDA kernels run through backend "cuda_emu", Triton through its interpreter)."""
     from tests._devices import DEVICE
 
