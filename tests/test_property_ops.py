@@ -94,6 +94,8 @@ def test_winograd_conv3x3_matches_the_reference(case):
     x, weight, tile, bias, residual, dilation, activation = case
     ref = winograd_conv3x3_reference(x, weight, bias, residual, dilation, activation)
     u = winograd_weight(weight, tile)
-    y = winograd_conv3x3(x, u, bias, residual, dilation=dilation, activation=activation, backend="cpu")
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    assert_same_nonfinite(y, ref, 1e-4)
+    # "reference" is not the reference itself here: it recovers the weight from u (weight_from_u) first.
+    for backend in ("cpu", "reference"):
+        y = winograd_conv3x3(x, u, bias, residual, dilation=dilation, activation=activation, backend=backend)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert_same_nonfinite(y, ref, 1e-4)
