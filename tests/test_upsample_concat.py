@@ -16,6 +16,7 @@ from deeplab_fast.ops.reference import upsample_concat_reference
 from tests._devices import CUDA_KERNELS, offset_view, to_backend
 
 needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
+CUDA = pytest.param(CUDA_KERNELS, marks=needs_ext)
 BACKENDS = ["cpu", "triton", CUDA_KERNELS]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -106,7 +107,7 @@ def test_cuda_kernel_unaligned_and_strided_inputs(dtype):
             _check_close(out.cpu(), expected, (9, 11), ac)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton", CUDA_KERNELS])
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton", CUDA])
 def test_mixed_input_formats_follow_first(backend):
     a = torch.randn(1, 3, 5, 5).contiguous(memory_format=torch.channels_last)
     b = torch.randn(1, 2, 10, 10)
@@ -121,7 +122,7 @@ def test_mixed_input_formats_follow_first(backend):
 
 @pytest.mark.parametrize("align_corners", [False, True], ids=["ac0", "ac1"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton", CUDA_KERNELS])
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton", CUDA])
 def test_gradients_match_reference(backend, channels_last, align_corners):
     shapes = [(2, 3, 5, 7), (2, 2, 1, 1), (2, 2, 12, 10), (2, 1, 23, 19)]
     tensors = [t.requires_grad_() for t in _inputs(shapes, torch.float32, channels_last)]
@@ -135,7 +136,7 @@ def test_gradients_match_reference(backend, channels_last, align_corners):
         torch.testing.assert_close(g.cpu(), r, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton", "reference", CUDA_KERNELS])
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton", "reference", CUDA])
 def test_empty_batch(backend):
     out = upsample_concat(
         to_backend(backend, torch.randn(0, 3, 4, 4), torch.randn(0, 2, 1, 1)), (8, 8), backend=backend
