@@ -43,8 +43,8 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def device() -> str:
-    """The string "cuda" on a machine with CUDA, else "cpu": the device of the tensors of the CUDA-kernel and Triton tests
-    (on a CPU the CUDA kernels run through backend "cuda_emu", Triton through its interpreter)."""
+    """The string "cuda" on a machine with CUDA, else "cpu": the device of the tensors of the CUDA-kernel and
+    Triton tests (on a CPU the CUDA kernels run through backend "cuda_emu", Triton through its interpreter)."""
     from tests._devices import DEVICE
 
     return DEVICE
