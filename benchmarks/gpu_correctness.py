@@ -28,8 +28,8 @@ import gpu_inputs
 import torch
 from gpu_inputs import dtype_of
 
-from deeplab_fast.ops._common import memory_format_of
 from deeplab_fast.ops import dwconv_bn_act, upsample_argmax, upsample_concat, upsample_softmax_accumulate
+from deeplab_fast.ops._common import memory_format_of
 from deeplab_fast.ops.reference import (
     dwconv_bn_act_reference,
     upsample_concat_reference,
@@ -160,7 +160,9 @@ def check_dw(
             y = dwconv_bn_act(*inputs, stride=case.stride, dilation=case.dilation, backend=backend)
             grads = torch.autograd.grad(y, inputs, g.to(dtype))
             parts = {}
-            for name, ours, want, base in zip(("dx", "dweight", "dscale", "dshift"), grads, grads_ref, grads_theirs):
+            for name, ours, want, base in zip(
+                ("dx", "dweight", "dscale", "dshift"), grads, grads_ref, grads_theirs, strict=True
+            ):
                 parts[name] = judge(ours, want, base, 1e-4, 1e-3)
             _check_like(grads[0], x, memory_format_of(x))
             _merge(rec, parts)
@@ -207,8 +209,16 @@ def _check_concat(ctx, case, tensors, backends, common) -> None:
             inputs = [t.detach().clone().requires_grad_() for t in tensors]
             grads = torch.autograd.grad(upsample_concat(inputs, size, backend=backend), inputs, g.to(tensors[0].dtype))
             theirs_in = [t.detach().clone().requires_grad_() for t in tensors]
-            base = torch.autograd.grad(gpu_inputs.eager_up("concat", theirs_in, size), theirs_in, g.to(tensors[0].dtype))
-            _merge(rec, {f"d{i}": judge(a, r, t, 1e-5, 1e-6) for i, (a, r, t) in enumerate(zip(grads, grads_ref, base))})
+            base = torch.autograd.grad(
+                gpu_inputs.eager_up("concat", theirs_in, size), theirs_in, g.to(tensors[0].dtype)
+            )
+            _merge(
+                rec,
+                {
+                    f"d{i}": judge(a, r, t, 1e-5, 1e-6)
+                    for i, (a, r, t) in enumerate(zip(grads, grads_ref, base, strict=True))
+                },
+            )
 
 
 def _check_argmax(ctx, case, logits, backends, common) -> None:
@@ -277,7 +287,6 @@ def _decoder_inputs(device: str, seed: int = 3) -> tuple[torch.Tensor, torch.Ten
 
 def run_extras(ctx: Any, backends: list[str]) -> None:
     """Device guard on cuda:1, CUDA-graph capture, torch.compile(fullgraph=True); each per backend."""
-    plan = ctx.plan
     for backend in backends:
         _second_gpu(ctx, backend)
         _cuda_graph(ctx, backend)
@@ -306,8 +315,13 @@ def _second_gpu(ctx, backend: str) -> None:
         ref = dwconv_bn_act_reference(*ref_in, case.stride, case.dilation, "relu")
         ref_grads = torch.autograd.grad(ref.sum(), ref_in)
         cat = upsample_concat([y.detach(), x.detach()], (11, 13), backend=backend)
-        parts = {"y": judge(y, ref, None, 1e-5, 0.0), "concat": judge(cat, upsample_concat_reference([ref, x], (11, 13)), None, 1e-5, 0.0)}
-        parts.update({f"d{i}": judge(a, r, None, 1e-4, 0.0) for i, (a, r) in enumerate(zip(grads, ref_grads))})
+        parts = {
+            "y": judge(y, ref, None, 1e-5, 0.0),
+            "concat": judge(cat, upsample_concat_reference([ref, x], (11, 13)), None, 1e-5, 0.0),
+        }
+        parts.update(
+            {f"d{i}": judge(a, r, None, 1e-4, 0.0) for i, (a, r) in enumerate(zip(grads, ref_grads, strict=True))}
+        )
         devices = {t.device for t in (y, cat, *grads)}
         if devices != {torch.device("cuda:1")}:
             raise AssertionError(f"outputs on {sorted(map(str, devices))}, expected cuda:1")
@@ -351,7 +365,9 @@ def _compiled(ctx, backend: str) -> None:
     if backend == "triton" and plan.triton_interpret:
         _skip(ctx, name, backend, "the Triton interpreter cannot be traced (it would run on fake tensors)")
         return
-    with ctx.case("check", name, op=name, backend=backend, direction="forward", compile_backend=plan.compile_backend) as rec:
+    with ctx.case(
+        "check", name, op=name, backend=backend, direction="forward", compile_backend=plan.compile_backend
+    ) as rec:
         torch._dynamo.reset()
         module = _DecoderLike(16, backend).to(plan.device).eval()
         x, skip = _decoder_inputs(plan.device)

@@ -71,7 +71,9 @@ def eager_up(op: str, tensors: list[torch.Tensor], size: tuple[int, int], align_
     """PyTorch's own resize chain in the inputs' dtype: interpolate + cat, interpolate + argmax, or
     accum += 0.5 * softmax(interpolate(logits)) (for softmax_accumulate, `tensors` is [logits, accum])."""
     if op == "concat":
-        return torch.cat([F.interpolate(t, size=size, mode="bilinear", align_corners=align_corners) for t in tensors], 1)
+        return torch.cat(
+            [F.interpolate(t, size=size, mode="bilinear", align_corners=align_corners) for t in tensors], 1
+        )
     if op == "argmax":
         return F.interpolate(tensors[0], size=size, mode="bilinear", align_corners=align_corners).argmax(1)
     logits, accum = tensors

@@ -7,7 +7,8 @@ input in bfloat16 (optimize() takes the cast model: autocast would hand bf16 act
 weights). Times come from the stage's Timer (CUDA events on a GPU); each row also records how far the
 optimized logits are from the eager ones (max |difference| / max |eager|), and for float32 fails above 1e-3.
 The training step is SGD with momentum on a cross-entropy loss, forward under the plan's autocast
-(bfloat16 on a GPU), at the plan's training batch: the time of a whole step (zero_grad, forward, backward, optimizer step).
+(bfloat16 on a GPU), at the plan's training batch: the time of a whole step (zero_grad, forward, backward,
+optimizer step).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _latency(ctx: Any, timer: Timer, case: Any, eager: torch.nn.Module, batch: i
                     model = deeplab_fast.optimize(model, backend=plan.kernel_backend, tune_malloc=False)
                 with torch.no_grad():
                     out = model(x)
-                    times = timer.time(lambda model=model: model(x), reps=plan.model_reps, warmup=1)
+                    times = timer.time(lambda model=model, x=x: model(x), reps=plan.model_reps, warmup=1)
                 med = statistics.median(times)
                 rec.update(median_ms=med * 1e3, images_per_s=batch / med, reps=len(times))
                 if variant == "eager":
@@ -74,7 +75,9 @@ def _latency(ctx: Any, timer: Timer, case: Any, eager: torch.nn.Module, batch: i
                     rec["rel_diff_vs_eager"] = diff
                     rec["ok"] = bool(dname != "float32" or (diff is not None and diff <= FP32_MODEL_RTOL))
                     if not rec["ok"]:
-                        rec["error"] = f"optimize() logits differ from eager by {diff} (relative), over {FP32_MODEL_RTOL}"
+                        rec["error"] = (
+                            f"optimize() logits differ from eager by {diff} (relative), over {FP32_MODEL_RTOL}"
+                        )
 
 
 def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

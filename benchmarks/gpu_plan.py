@@ -149,7 +149,9 @@ class Plan:
         for key in ("dw_cases", "subset_dw_cases"):
             data[key] = [DwCase(**c) for c in data[key]]
         for key in ("up_cases", "subset_up_cases"):
-            data[key] = [UpCase(c["name"], c["op"], tuple(map(tuple, c["inputs"])), tuple(c["size"])) for c in data[key]]
+            data[key] = [
+                UpCase(c["name"], c["op"], tuple(map(tuple, c["inputs"])), tuple(c["size"])) for c in data[key]
+            ]
         data["models"] = [ModelCase(**m) for m in data["models"]]
         return cls(**data)
 

@@ -93,7 +93,8 @@ def _build_section(s: dict[str, Any]) -> list[str]:
     for r in s["records"]:
         if r.get("kind") == "extension":
             where = r.get("path") or r.get("error", "")
-            out.append(f"- deeplab_fast._C {r['when']}: {where}; CUDA kernels: {r.get('cuda_kernels')}; {r['stale'] or 'current'}")
+            state = r["stale"] or "current"
+            out.append(f"- deeplab_fast._C {r['when']}: {where}; CUDA kernels: {r.get('cuda_kernels')}; {state}")
         elif r.get("kind") == "build_command":
             out.append(f"- ran `{r['command']}` with {r['env']}")
     return out
@@ -148,7 +149,9 @@ def _sanitizer_section(s: dict[str, Any]) -> list[str]:
     out = []
     for r in s["records"]:
         if r.get("kind") == "sanitizer":
-            out.append(f"- {r['tool']}: {r['errors'] if r['errors'] is not None else 'no summary'} errors, {r['seconds']} s")
+            out.append(
+                f"- {r['tool']}: {r['errors'] if r['errors'] is not None else 'no summary'} errors, {r['seconds']} s"
+            )
     return out + _checks_section(s)
 
 

@@ -59,13 +59,13 @@ class Timer:
         torch.cuda.synchronize()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        for start, end in zip(starts, ends):
+        for start, end in zip(starts, ends, strict=True):
             self._flush.zero_()
             start.record()
             fn()
             end.record()
         torch.cuda.synchronize()
-        return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]
+        return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends, strict=True)]
 
 
 def copy_bandwidth(timer: Timer, device: str, nbytes: int, reps: int) -> float:
@@ -84,7 +84,10 @@ def run(ctx: Any) -> None:
     big = plan.device == "cuda"
     bw = copy_bandwidth(timer, plan.device, (2**30 if big else 16 * 2**20), reps=10 if big else 3)
     ctx.emit({"kind": "bandwidth", "copy_gb_s": bw, "clock": plan.clock, "flush_bytes": timer.flush_bytes})
-    providers_of_kernels = [(f"deeplab_fast {plan.kernel_backend}", plan.kernel_backend), ("deeplab_fast triton", "triton")]
+    providers_of_kernels = [
+        (f"deeplab_fast {plan.kernel_backend}", plan.kernel_backend),
+        ("deeplab_fast triton", "triton"),
+    ]
     for case in plan.dw_cases:
         if ctx.out_of_time(f"timings {case.name}"):
             continue
@@ -224,7 +227,11 @@ def _time_up(ctx: Any, timer: Timer, bw: float, case: Any, kernels: list[tuple[s
     dtype = dtype_of(plan.timing_dtype)
     tensors = gpu_inputs.up_inputs(case, plan.timing_batch, dtype, "channels_last", plan.device)
     fields = dict(
-        op=f"upsample_{case.op}", case=case.name, batch=plan.timing_batch, dtype=plan.timing_dtype, layout="channels_last"
+        op=f"upsample_{case.op}",
+        case=case.name,
+        batch=plan.timing_batch,
+        dtype=plan.timing_dtype,
+        layout="channels_last",
     )
     size = case.size
     n = plan.timing_batch
@@ -252,7 +259,9 @@ def _time_up(ctx: Any, timer: Timer, bw: float, case: Any, kernels: list[tuple[s
     g = g.contiguous(memory_format=torch.channels_last)
     both: dict[str, Callable[[], Any] | str] = {}
     for label, backend in kernels:
-        both[label] = lambda backend=backend: torch.autograd.grad(upsample_concat(leaves, size, backend=backend), leaves, g)
+        both[label] = lambda backend=backend: torch.autograd.grad(
+            upsample_concat(leaves, size, backend=backend), leaves, g
+        )
     both[EAGER] = lambda: torch.autograd.grad(eager(*leaves), leaves, g)
     if case.name in plan.timing_compile:
         both[_compile_label(plan)] = _guard_compile(plan, eager, *leaves, grad=(leaves, g))
