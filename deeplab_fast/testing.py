@@ -17,7 +17,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["one_thread", "randomize_batchnorm"]
+__all__ = ["CUDA_EMU_ORDERS", "cuda_emu_order", "one_thread", "randomize_batchnorm"]
+
+CUDA_EMU_ORDERS = ("forward", "reverse", "shuffle")
 
 
 @contextlib.contextmanager
@@ -34,6 +36,34 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def cuda_emu_order(order: str, seed: int = 0) -> Iterator[None]:
+    """Run the body with the CUDA emulation's threads scheduled in `order`, then restore the previous order.
+
+    Backend "cuda_emu" runs the CUDA kernels on the CPU: the threads of a block are fibers that run one after
+    another between barriers (__syncthreads, warp-synchronous calls), and blocks one after another. `order`
+    picks who runs first: "forward" (thread 0 first, the default), "reverse", or "shuffle" (a permutation
+    drawn per scheduling pass, from a generator seeded with `seed`, an int >= 0). A kernel whose output
+    differs between orders has a race (a missing barrier, two threads writing one element); every kernel's
+    results must be bitwise identical in all orders under `torch.use_deterministic_algorithms(True)`.
+
+    Process-wide while active (the emulation's schedule is one setting). Needs deeplab_fast._C.
+    """
+    if order not in CUDA_EMU_ORDERS:
+        raise ValueError(f"order must be one of {', '.join(map(repr, CUDA_EMU_ORDERS))}, got {order!r}")
+    if type(seed) is not int or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    from deeplab_fast import _ext
+
+    _ext.require_ext("cuda_emu")
+    previous = torch.ops.deeplab_fast.cuda_emu_order()
+    torch.ops.deeplab_fast.set_cuda_emu_order(order, seed)
+    try:
+        yield
+    finally:
+        torch.ops.deeplab_fast.set_cuda_emu_order(*previous)
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

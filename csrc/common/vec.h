@@ -14,14 +14,14 @@
 
 #include "common/host_device.h"
 
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__CUDA_ARCH__) && !defined(__CUDACC__)
+#if defined(__AVX2__) && defined(__FMA__) && !DLF_DEVICE_CODE && !defined(__CUDACC__)
 #define DLF_HOST_AVX2 1
 #include <immintrin.h>
 #else
 #define DLF_HOST_AVX2 0
 #endif
 
-namespace dlf {
+DLF_BODIES_BEGIN
 
 // Accumulation type of a storage type: fp32 for every float type except float64, which keeps float64
 // (gradcheck needs it).
@@ -69,8 +69,9 @@ struct PackOps {
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load(const T* p) {
     P r;
-#if defined(__CUDA_ARCH__)
+#if DLF_DEVICE_CODE
     if constexpr (kVectorIO) {
+      DLF_VECTOR_ACCESS_CHECK(p, sizeof(Vec<T, V>), "load");
       const Vec<T, V> raw = *reinterpret_cast<const Vec<T, V>*>(p);
       DLF_UNROLL
       for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(raw.v[l]);
@@ -83,8 +84,9 @@ struct PackOps {
     return r;
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE void store(T* p, const P& a) {
-#if defined(__CUDA_ARCH__)
+#if DLF_DEVICE_CODE
     if constexpr (kVectorIO) {
+      DLF_VECTOR_ACCESS_CHECK(p, sizeof(Vec<T, V>), "store");
       Vec<T, V> raw;
       DLF_UNROLL
       for (int l = 0; l < V; ++l) raw.v[l] = static_cast<T>(a.v[l]);
@@ -173,4 +175,4 @@ struct DeviceLanes {
   static constexpr int value = static_cast<int>(16 / sizeof(T));
 };
 
-}  // namespace dlf
+DLF_BODIES_END
