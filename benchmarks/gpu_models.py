@@ -30,7 +30,9 @@ FP32_MODEL_RTOL = 1e-3
 def run(ctx: Any) -> None:
     """Emit one "model" record per (model, batch, variant) and one "train_step" record per model."""
     plan = ctx.plan
-    torch.backends.cudnn.benchmark = True
+    # cuDNN's heuristics, not its autotuner: autotuning every layer shape of every variant would take much of
+    # the stage's minute
+    torch.backends.cudnn.benchmark = False
     timer = Timer(plan.clock, plan.device)
     for case in plan.models:
         if ctx.out_of_time(f"models {case.name}"):
@@ -64,8 +66,8 @@ def _latency(ctx: Any, timer: Timer, case: Any, eager: torch.nn.Module, batch: i
                 if variant == "optimize()":
                     model = deeplab_fast.optimize(model, backend=plan.kernel_backend, tune_malloc=False)
                 with torch.no_grad():
-                    out = model(x)
-                    times = timer.time(lambda model=model, x=x: model(x), reps=plan.model_reps, warmup=1)
+                    out = model(x)  # the warm-up call, and the logits compared below
+                    times = timer.time(lambda model=model, x=x: model(x), reps=plan.model_reps, warmup=0)
                 med = statistics.median(times)
                 rec.update(median_ms=med * 1e3, images_per_s=batch / med, reps=len(times))
                 if variant == "eager":

@@ -96,7 +96,7 @@ def _build_section(s: dict[str, Any]) -> list[str]:
             state = r["stale"] or "current"
             out.append(f"- deeplab_fast._C {r['when']}: {where}; CUDA kernels: {r.get('cuda_kernels')}; {state}")
         elif r.get("kind") == "build_command":
-            out.append(f"- ran `{r['command']}` with {r['env']}")
+            out.append(f"- ran `{r['command']}` with {r['env']}; ninja: {r['ninja']}")
     return out
 
 
@@ -130,18 +130,18 @@ def _checks_section(s: dict[str, Any]) -> list[str]:
     if worst:
         out += ["", "Largest error per backend, op and dtype (passed checks):", ""]
         out += _table(worst, [("backend", "backend"), ("op", "op"), ("dtype", "dtype"), ("max_err", "max error"),
-                              ("torch_err", "PyTorch's error then"), ("case", "at")])  # fmt: skip
+                              ("torch_err", "PyTorch's error then"), ("at", "at")])  # fmt: skip
     return out
 
 
 def _worst_by_backend(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     best: dict[tuple, dict[str, Any]] = {}
     for r in checks:
-        if not r.get("ok") or r.get("max_err") is None or r.get("skipped"):
-            continue
+        if not r.get("ok") or r.get("max_err") is None or r.get("skipped") or r.get("op") == r.get("name"):
+            continue  # failed, skipped, or an extra (graph, compile: compared with the eager module)
         key = (r.get("backend"), r.get("op"), r.get("dtype"))
         if key not in best or r["max_err"] > best[key]["max_err"]:
-            best[key] = r
+            best[key] = dict(r, at=f"{r.get('case')} b{r.get('batch')} {r.get('layout')} {r.get('direction')}")
     return [best[k] for k in sorted(best, key=lambda k: tuple(str(x) for x in k))]
 
 

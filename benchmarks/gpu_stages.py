@@ -243,7 +243,11 @@ def run_build_stage(plan: Any, work: Path) -> StageResult:
         return result
     build_env = dict(env, **BUILD_ENV)
     cmd = build_command()
-    result.records.append({"kind": "build_command", "command": " ".join(cmd), "env": BUILD_ENV, "why": reason})
+    # without ninja, torch's BuildExtension compiles one file at a time: MAX_JOBS does nothing then
+    ninja = shutil.which("ninja") is not None
+    result.records.append(
+        {"kind": "build_command", "command": " ".join(cmd), "env": BUILD_ENV, "why": reason, "ninja": ninja}
+    )
     remaining = result.limit_s - (time.monotonic() - t0)
     run = run_limited(cmd, timeout=remaining, env=build_env, log_path=work / "build.log")
     result.logs["build"] = run.output
@@ -260,6 +264,8 @@ def run_build_stage(plan: Any, work: Path) -> StageResult:
         result.status, result.note = "failed", f"built, but {still}"
     else:
         result.status, result.note = "passed", f"built in {run.seconds:.0f} s ({reason})"
+    if not ninja:
+        result.note += "; ninja not found: the files compiled one at a time"
     return result
 
 
