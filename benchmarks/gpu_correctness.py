@@ -139,7 +139,7 @@ def check_dw(
         conf = (case.stride, case.dilation, "relu")
         leaves64 = [t.detach().double().requires_grad_() for t in (x, w, s, b)]
         ref = dwconv_bn_act_reference(*leaves64, *conf)
-        g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(dev)
+        g = torch.randn(ref.shape, generator=gpu_inputs.generator(dev, 1), device=dev)
         grads_ref = torch.autograd.grad(ref, leaves64, g.double())
         ref = ref.detach()
         theirs_in = [t.detach().clone().requires_grad_() for t in (x, w, s, b)]
@@ -196,7 +196,7 @@ def _check_concat(ctx, case, tensors, backends, common) -> None:
     size = case.size
     leaves = [t.double().requires_grad_() for t in tensors]
     ref = upsample_concat_reference(leaves, size)
-    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2)).to(ctx.plan.device)
+    g = torch.randn(ref.shape, generator=gpu_inputs.generator(ctx.plan.device, 2), device=ctx.plan.device)
     grads_ref = torch.autograd.grad(ref, leaves, g.double())
     ref = ref.detach()
     theirs = gpu_inputs.eager_up("concat", tensors, size)
@@ -317,7 +317,7 @@ def _second_gpu(ctx, backend: str) -> None:
         cat = upsample_concat([y.detach(), x.detach()], (11, 13), backend=backend)
         parts = {
             "y": judge(y, ref, None, 1e-5, 0.0),
-            "concat": judge(cat, upsample_concat_reference([ref, x], (11, 13)), None, 1e-5, 0.0),
+            "concat": judge(cat, upsample_concat_reference([ref.detach(), x.detach()], (11, 13)), None, 1e-5, 0.0),
         }
         parts.update(
             {f"d{i}": judge(a, r, None, 1e-4, 0.0) for i, (a, r) in enumerate(zip(grads, ref_grads, strict=True))}

@@ -41,7 +41,8 @@ class Timer:
         self.device = device
         self.flush_bytes = 0
         if clock == "cuda_events":
-            l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
+            props = torch.cuda.get_device_properties(torch.cuda.current_device())
+            l2 = getattr(props, "L2_cache_size", 0) or 64 * 2**20
             self.flush_bytes = max(4 * l2, 256 * 2**20)
             self._flush = torch.empty(self.flush_bytes // 4, dtype=torch.int32, device=device)
 
