@@ -249,9 +249,10 @@ def describe(plan: Plan, stages: tuple[str, ...] = STAGES) -> str:
 def _stage_words(plan: Plan, stage: str) -> str:
     kb = plan.kernel_backend
     if stage == "build":
+        pip = "pip install --no-index --no-deps --no-build-isolation -e ."
         return {
-            "auto": "pip install --no-deps --no-build-isolation -e . when deeplab_fast._C is missing or stale",
-            "always": "pip install --no-deps --no-build-isolation -e . (asked for)",
+            "auto": f"{pip} when deeplab_fast._C is missing or stale",
+            "always": f"{pip} (asked for)",
             "never": "no build (deeplab_fast._C as it is)",
         }[plan.build]
     if stage == "correctness":

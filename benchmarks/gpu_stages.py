@@ -5,7 +5,8 @@ Every stage runs in its own process group with a wall-clock limit: on expiry the
 non-zero exit is "crashed"; a record with ok=False makes the stage "failed"; cases left out at the soft
 deadline make it "incomplete"; otherwise "passed". "skipped" says a stage had nothing to do here (with why).
 
-- build: `pip install --no-deps --no-build-isolation -e .` (sm_90 only, DEEPLAB_FAST_CUDA=1, 16 jobs) when
+- build: `pip install --no-index --no-deps --no-build-isolation -e .` (sm_90 only, DEEPLAB_FAST_CUDA=1, 16
+  jobs; `python setup.py build_ext --inplace` where pip is missing) when
   deeplab_fast._C is missing, does not import, lacks CUDA kernels on a GPU, or is older than a C++ source.
 - correctness, timings, models: benchmarks/gpu_worker.py.
 - sanitizer: the worker's small correctness subset under `compute-sanitizer --tool memcheck` and `racecheck`
@@ -220,9 +221,21 @@ def stale_reason(state: dict[str, Any], need_cuda: bool) -> str:
     return ""
 
 
-def build_command() -> list[str]:
-    """pip's editable install against the installed torch (no dependency resolution: no network)."""
-    return [sys.executable, "-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation", "-e", "."]
+PIP_FLAGS = ["--no-index", "--disable-pip-version-check", "--no-deps", "--no-build-isolation"]
+
+
+def build_command(pip: bool = True) -> list[str]:
+    """pip's editable install against the installed torch, never touching the network (no index, no
+    dependency resolution, no version check); without pip, setup.py's in-place build."""
+    if not pip:
+        return [sys.executable, "setup.py", "build_ext", "--inplace"]
+    return [sys.executable, "-m", "pip", "install", "-v", *PIP_FLAGS, "-e", "."]
+
+
+def has_pip(env: dict[str, str]) -> bool:
+    """Whether `python -m pip` runs here."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "--version"], env=env, capture_output=True, timeout=60)
+    return proc.returncode == 0
 
 
 def run_build_stage(plan: Any, work: Path) -> StageResult:
@@ -242,7 +255,7 @@ def run_build_stage(plan: Any, work: Path) -> StageResult:
         result.seconds = time.monotonic() - t0
         return result
     build_env = dict(env, **BUILD_ENV)
-    cmd = build_command()
+    cmd = build_command(pip=has_pip(env))
     # without ninja, torch's BuildExtension compiles one file at a time: MAX_JOBS does nothing then
     ninja = shutil.which("ninja") is not None
     result.records.append(
@@ -259,7 +272,7 @@ def run_build_stage(plan: Any, work: Path) -> StageResult:
     if run.timed_out:
         result.status, result.note = "timed out", f"the build was killed after {result.limit_s:.0f} s"
     elif run.returncode != 0:
-        result.status, result.note = "failed", f"pip exited with {run.returncode}: {_last_line(run.output)}"
+        result.status, result.note = "failed", f"the build exited with {run.returncode}: {_last_line(run.output)}"
     elif still:
         result.status, result.note = "failed", f"built, but {still}"
     else:

@@ -47,9 +47,10 @@ class StageContext:
         """Seconds until the soft deadline."""
         return self.deadline - time.monotonic()
 
-    def out_of_time(self, name: str) -> bool:
-        """True (and `name` noted as not reached) once the soft deadline has passed."""
-        if self.time_left() > 0:
+    def out_of_time(self, name: str, reserve: float = 0.0) -> bool:
+        """True (and `name` noted as not reached) once less than `reserve` seconds are left before the soft
+        deadline (the reserve keeps time for what comes after)."""
+        if self.time_left() > reserve:
             return False
         self.skipped_for_time.append(name)
         return True
