@@ -26,7 +26,7 @@ from typing import Any
 import gpu_inputs
 import torch
 from gpu_inputs import dtype_of
-from gpu_worker import error_line
+from gpu_worker import StageAborted, error_line, is_sticky
 
 from deeplab_fast.ops import dwconv_bn_act, upsample_argmax, upsample_concat, upsample_softmax_accumulate
 
@@ -131,6 +131,9 @@ def _time_all(
             times = timer.time(fn, reps=plan.timing_reps, warmup=plan.timing_warmup)
         except Exception as exc:  # noqa: BLE001  (a provider that fails is reported, the others still run)
             row.update(ok=False, error=error_line(exc))
+            if is_sticky(exc):
+                ctx.emit(row)
+                raise StageAborted(f"{fields.get('case')} {name}: {row['error']}") from exc
             continue
         med = statistics.median(times)
         row.update(

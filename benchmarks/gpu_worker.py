@@ -24,12 +24,26 @@ REPO = os.path.dirname(HERE)
 
 WORKER_STAGES = ("correctness", "sanitizer_subset", "timings", "models")
 
+# After these errors the CUDA context is unusable: every later case would fail with the same message.
+STICKY_CUDA_ERRORS = (
+    "illegal memory access",
+    "unspecified launch failure",
+    "device-side assert",
+    "misaligned address",
+    "illegal instruction",
+)
+
+
+class StageAborted(RuntimeError):
+    """A case hit an error that leaves the CUDA context unusable: the stage ends here."""
+
 
 class StageContext:
     """What a stage function receives: the plan, a record writer and the stage's soft deadline.
 
     `case(name, **fields)` wraps one case: an exception inside it becomes a failed record (with the error's
-    last line) and the stage goes on with the next case.
+    first line) and the stage goes on with the next case, unless the error leaves the CUDA context unusable
+    (STICKY_CUDA_ERRORS): then StageAborted ends the stage, naming the case.
     """
 
     def __init__(self, plan: Any, results_path: str, deadline: float) -> None:
@@ -66,6 +80,10 @@ class StageContext:
         except Exception as exc:  # noqa: BLE001  (one failing case must not end the stage)
             record["ok"] = False
             record["error"] = error_line(exc)
+            if is_sticky(exc):
+                record["seconds"] = round(time.perf_counter() - t0, 3)
+                self.emit(record)
+                raise StageAborted(f"{kind} {name} {fields}: {record['error']}") from exc
         record["seconds"] = round(time.perf_counter() - t0, 3)
         record.setdefault("ok", True)
         self.emit(record)
@@ -74,6 +92,11 @@ class StageContext:
         if self.skipped_for_time:
             self.emit({"kind": "not_reached", "names": self.skipped_for_time})
         self._fh.close()
+
+
+def is_sticky(exc: BaseException) -> bool:
+    """Whether `exc` is a CUDA error after which the process's CUDA context is unusable."""
+    return any(text in str(exc) for text in STICKY_CUDA_ERRORS)
 
 
 def error_line(exc: BaseException) -> str:

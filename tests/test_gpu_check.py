@@ -187,6 +187,22 @@ def test_stage_status_from_exit_and_records():
     assert not gpu_report.overall_ok([gpu_stages.StageResult("a", "passed"), gpu_stages.StageResult("b", "timed out")])
 
 
+def test_a_case_error_is_a_record_and_a_sticky_cuda_error_ends_the_stage(tmp_path):
+    import gpu_worker
+
+    ctx = gpu_worker.StageContext(plan=None, results_path=str(tmp_path / "r.jsonl"), deadline=float("inf"))
+    with ctx.case("check", "a", backend="cuda") as rec:
+        raise ValueError("x must be 4-D\nmore")
+    assert rec == {"kind": "check", "name": "a", "backend": "cuda", "ok": False, "error": "ValueError: x must be 4-D",
+                   "seconds": rec["seconds"]}  # fmt: skip
+    with pytest.raises(gpu_worker.StageAborted, match="illegal memory access"):
+        with ctx.case("check", "b"):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    ctx.close()
+    records = gpu_stages.read_records(tmp_path / "r.jsonl")
+    assert [(r["name"], r["ok"]) for r in records] == [("a", False), ("b", False)]
+
+
 def test_sanitizer_summaries():
     assert gpu_stages.sanitizer_errors("========= ERROR SUMMARY: 0 errors\n") == 0
     assert gpu_stages.sanitizer_errors("... \n========= ERROR SUMMARY: 3 errors\n") == 3
