@@ -146,7 +146,7 @@ def _worst_by_backend(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _sanitizer_section(s: dict[str, Any]) -> list[str]:
-    out = []
+    out = ["The subset of correctness checks ran once under each tool; the counts below add up both runs.", ""]
     for r in s["records"]:
         if r.get("kind") == "sanitizer":
             out.append(
