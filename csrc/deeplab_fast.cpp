@@ -39,6 +39,11 @@ TORCH_LIBRARY(deeplab_fast, m) {
   // and the seed of "shuffle"; process-wide.
   m.def("set_cuda_emu_order(str order, int seed) -> ()");
   m.def("cuda_emu_order() -> (str, int)");
+  // The emulation's global-memory traffic counters (deeplab_fast.testing.cuda_emu_counters): counting on
+  // (resetting the totals) or off; the totals [launches, load instructions, store instructions, load
+  // sectors, store sectors, load bytes, store bytes].
+  m.def("set_cuda_emu_counting(bool on) -> ()");
+  m.def("cuda_emu_counters() -> int[]");
   // The CPU output pool (csrc/cpu/output_pool.h): bytes cached now, free them all, its cap in MiB and a new
   // cap (deeplab_fast.configure(cpu_output_pool_mb=...)).
   m.def("output_pool_cached_bytes() -> int");

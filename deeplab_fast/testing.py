@@ -17,7 +17,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["CUDA_EMU_ORDERS", "cuda_emu_order", "one_thread", "randomize_batchnorm"]
+__all__ = [
+    "CUDA_EMU_COUNTERS",
+    "CUDA_EMU_ORDERS",
+    "cuda_emu_counters",
+    "cuda_emu_order",
+    "one_thread",
+    "randomize_batchnorm",
+]
 
 CUDA_EMU_ORDERS = ("forward", "reverse", "shuffle")
 
@@ -64,6 +71,41 @@ def cuda_emu_order(order: str, seed: int = 0) -> Iterator[None]:
         yield
     finally:
         torch.ops.deeplab_fast.set_cuda_emu_order(*previous)
+
+
+CUDA_EMU_COUNTERS = (
+    "launches",
+    "load_instructions",
+    "store_instructions",
+    "load_sectors",
+    "store_sectors",
+    "load_bytes",
+    "store_bytes",
+)
+
+
+@contextlib.contextmanager
+def cuda_emu_counters() -> Iterator[dict[str, int]]:
+    """Count the global-memory traffic of the emulated CUDA kernels run in the body (backend "cuda_emu").
+
+    Yields a dict that is filled when the body ends, with the keys of CUDA_EMU_COUNTERS: kernel launches;
+    warp-wide load and store instructions (the i-th global access of each lane of a warp is one
+    instruction); the distinct 32-byte sectors those instructions touch, summed (what a GPU's memory system
+    transfers, before caching); and the bytes the threads asked for. Every global access of a kernel goes
+    through load_global / store_global (csrc/common/memory.h), so nothing escapes the count.
+
+    Process-wide while active; slows the emulation further (each access is recorded). Needs deeplab_fast._C.
+    """
+    from deeplab_fast import _ext
+
+    _ext.require_ext("cuda_emu")
+    result: dict[str, int] = {}
+    torch.ops.deeplab_fast.set_cuda_emu_counting(True)
+    try:
+        yield result
+    finally:
+        torch.ops.deeplab_fast.set_cuda_emu_counting(False)
+        result.update(zip(CUDA_EMU_COUNTERS, torch.ops.deeplab_fast.cuda_emu_counters(), strict=True))
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

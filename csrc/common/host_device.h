@@ -29,14 +29,6 @@
 #define DLF_DEVICE_CODE 0
 #endif
 
-// A vector access through a reinterpret_cast must be aligned to its size: the GPU faults otherwise, the
-// emulation records the fault (the launcher then reports it).
-#if defined(DLF_CUDA_EMU)
-#define DLF_VECTOR_ACCESS_CHECK(ptr, bytes, what) ::cuda_emu::check_vector_alignment(ptr, bytes, what)
-#else
-#define DLF_VECTOR_ACCESS_CHECK(ptr, bytes, what) ((void)0)
-#endif
-
 // The shared bodies are compiled three ways (host CPU launchers, nvcc, the CUDA emulation) into one
 // library; each way gets its own inline namespace so their inline functions never merge at link time.
 // Parameter structs, which cross from the entry points to every launcher, stay in plain `dlf`.

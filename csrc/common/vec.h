@@ -13,6 +13,7 @@
 #include <c10/util/Half.h>
 
 #include "common/host_device.h"
+#include "common/memory.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && !DLF_DEVICE_CODE && !defined(__CUDACC__)
 #define DLF_HOST_AVX2 1
@@ -64,38 +65,36 @@ struct PackOps {
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load_acc(const A* p) {
     P r;
     DLF_UNROLL
-    for (int l = 0; l < V; ++l) r.v[l] = p[l];
+    for (int l = 0; l < V; ++l) r.v[l] = load_global(p + l);
     return r;
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load(const T* p) {
     P r;
 #if DLF_DEVICE_CODE
     if constexpr (kVectorIO) {
-      DLF_VECTOR_ACCESS_CHECK(p, sizeof(Vec<T, V>), "load");
-      const Vec<T, V> raw = *reinterpret_cast<const Vec<T, V>*>(p);
+      const Vec<T, V> raw = load_global(reinterpret_cast<const Vec<T, V>*>(p));
       DLF_UNROLL
       for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(raw.v[l]);
     } else
 #endif
     {
       DLF_UNROLL
-      for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(p[l]);
+      for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(load_global(p + l));
     }
     return r;
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE void store(T* p, const P& a) {
 #if DLF_DEVICE_CODE
     if constexpr (kVectorIO) {
-      DLF_VECTOR_ACCESS_CHECK(p, sizeof(Vec<T, V>), "store");
       Vec<T, V> raw;
       DLF_UNROLL
       for (int l = 0; l < V; ++l) raw.v[l] = static_cast<T>(a.v[l]);
-      *reinterpret_cast<Vec<T, V>*>(p) = raw;
+      store_global(reinterpret_cast<Vec<T, V>*>(p), raw);
     } else
 #endif
     {
       DLF_UNROLL
-      for (int l = 0; l < V; ++l) p[l] = static_cast<T>(a.v[l]);
+      for (int l = 0; l < V; ++l) store_global(p + l, static_cast<T>(a.v[l]));
     }
   }
   // acc += x * w

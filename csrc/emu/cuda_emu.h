@@ -10,9 +10,9 @@
 //   warp         __shfl_sync, __shfl_down_sync, __shfl_xor_sync (types of 1-8 bytes, width a power of two
 //                <= 32), __ballot_sync; every lane named in the mask must make the same call
 //   atomics      atomicAdd on float, double, int, unsigned, unsigned long long (returns the old value)
-//   memory       __ldg(p); vector types char4/uchar4/short2/ushort2/int2/int4/uint2/uint4/float2/float4/
-//                double2 with make_*; DLF_VECTOR_ACCESS_CHECK(p, bytes) before a vector access
-//                through a reinterpret_cast (a GPU faults on a misaligned one; the emulation reports it)
+//   memory       every global load and store through load_global / store_global (csrc/common/memory.h:
+//                alignment checked, traffic counted); __ldg(p); vector types char4/uchar4/short2/ushort2/
+//                int2/int4/uint2/uint4/float2/float4/double2 with make_*
 //   math         the <cmath> float functions (expf, fmaf, floorf, ...); half and bfloat16 through c10::Half
 //                and c10::BFloat16 conversions.
 // Not emulated, and a compile error naming itself when a kernel uses it: __shfl_up_sync, __any_sync,
@@ -115,7 +115,7 @@ T atomicAdd(T* address, T val) {
 
 template <typename T>
 T __ldg(const T* p) {
-  if constexpr (sizeof(T) == 8 || sizeof(T) == 16) ::cuda_emu::check_vector_alignment(p, sizeof(T), "load (__ldg)");
+  ::cuda_emu::on_global_access(p, sizeof(T), false);
   return *p;
 }
 

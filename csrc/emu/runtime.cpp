@@ -9,7 +9,10 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -34,10 +37,22 @@ constexpr size_t kStackBytes = DLF_EMU_ASAN ? 256 * 1024 : 64 * 1024;
 
 std::atomic<int> g_order{static_cast<int>(Order::kForward)};
 std::atomic<uint64_t> g_seed{0};
+std::atomic<bool> g_counting{false};
+// Launches run on the calling OS thread; the totals are shared (tests count one op at a time).
+std::mutex g_counters_mutex;
+Counters g_counters;
 
 enum class State { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone };
 
+struct Access {
+  uintptr_t site;  // the calling instruction: one static load or store of the kernel
+  uintptr_t address;
+  uint32_t bytes;
+  bool store;
+};
+
 struct Fiber {
+  std::vector<Access> accesses;  // while counting
   ucontext_t ctx;
   Dim3 tid;
   unsigned linear = 0;
@@ -196,6 +211,41 @@ bool release_warps(Launch& L) {
   return released;
 }
 
+// Fold the accesses of the block's warps into the counters (see Counters in runtime.h). A warp-wide access
+// is what a GPU issues: one static load/store site, the n-th time each lane executes it; lanes that skip it
+// (divergence) are simply not in it.
+void count_block(Launch& L) {
+  Counters c;
+  const unsigned n = static_cast<unsigned>(L.fibers.size());
+  struct Group {
+    bool store = false;
+    uint64_t bytes = 0;
+    std::set<uintptr_t> sectors;
+  };
+  for (unsigned first = 0; first < n; first += kWarpSize) {
+    const unsigned lanes = std::min(kWarpSize, n - first);
+    std::map<std::pair<uintptr_t, size_t>, Group> groups;
+    for (unsigned l = 0; l < lanes; ++l) {
+      std::map<uintptr_t, size_t> seen;
+      for (const Access& a : L.fibers[first + l].accesses) {
+        Group& g = groups[{a.site, seen[a.site]++}];
+        g.store = a.store;
+        g.bytes += a.bytes;
+        for (uintptr_t s = a.address / 32; s <= (a.address + a.bytes - 1) / 32; ++s) g.sectors.insert(s);
+      }
+    }
+    for (const auto& [key, g] : groups) {
+      (g.store ? c.store_instructions : c.load_instructions) += 1;
+      (g.store ? c.store_sectors : c.load_sectors) += g.sectors.size();
+      (g.store ? c.store_bytes : c.load_bytes) += g.bytes;
+    }
+  }
+  const std::lock_guard<std::mutex> lock(g_counters_mutex);
+  g_counters.load_instructions += c.load_instructions, g_counters.store_instructions += c.store_instructions;
+  g_counters.load_sectors += c.load_sectors, g_counters.store_sectors += c.store_sectors;
+  g_counters.load_bytes += c.load_bytes, g_counters.store_bytes += c.store_bytes;
+}
+
 void run_block(Launch& L) {
   const unsigned n = L.block.x * L.block.y * L.block.z;
   L.fibers.assign(n, Fiber{});
@@ -224,7 +274,10 @@ void run_block(Launch& L) {
       done += f.state == State::kDone;
       at_barrier += f.state == State::kAtBlockBarrier;
     }
-    if (done == n) return;
+    if (done == n) {
+      if (g_counting.load()) count_block(L);
+      return;
+    }
     if (at_barrier + done == n) {
       if (done > 0) {
         L.error = "__syncthreads() reached by " + std::to_string(at_barrier) + " of the " + std::to_string(n) +
@@ -268,6 +321,10 @@ void launch(Dim3 grid, Dim3 block, size_t dynamic_smem, const std::function<void
   if (tl_launch != nullptr) {
     tl_error = "a kernel launched another kernel (dynamic parallelism is not emulated)";
     return;
+  }
+  if (g_counting.load()) {
+    const std::lock_guard<std::mutex> lock(g_counters_mutex);
+    ++g_counters.launches;
   }
   Launch L;
   L.grid = grid;
@@ -373,8 +430,28 @@ void check_vector_alignment(const void* ptr, size_t bytes, const char* what) {
   if (reinterpret_cast<uintptr_t>(ptr) % bytes != 0) {
     char addr[32];
     std::snprintf(addr, sizeof(addr), "%p", ptr);
-    fault(std::string("misaligned address: ") + std::to_string(bytes) + "-byte vector " + what + " at " + addr);
+    fault(std::string("misaligned address: ") + std::to_string(bytes) + "-byte " + what + " at " + addr);
   }
+}
+
+void set_counting(bool on) { g_counting.store(on); }
+bool counting() { return g_counting.load(); }
+Counters counters() {
+  const std::lock_guard<std::mutex> lock(g_counters_mutex);
+  return g_counters;
+}
+void reset_counters() {
+  const std::lock_guard<std::mutex> lock(g_counters_mutex);
+  g_counters = Counters{};
+}
+
+__attribute__((noinline)) void on_global_access(const void* ptr, size_t bytes, bool store) {
+  if (bytes > 1 && (bytes & (bytes - 1)) == 0) check_vector_alignment(ptr, bytes, store ? "store" : "load");
+  if (!g_counting.load() || tl_launch == nullptr || tl_launch->current == nullptr) return;
+  // load_global / store_global are inlined into the kernel, so the return address names the access site.
+  const auto site = reinterpret_cast<uintptr_t>(__builtin_return_address(0));
+  tl_launch->current->accesses.push_back(
+      Access{site, reinterpret_cast<uintptr_t>(ptr), static_cast<uint32_t>(bytes), store});
 }
 
 }  // namespace cuda_emu

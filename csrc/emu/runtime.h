@@ -75,4 +75,22 @@ unsigned char* dynamic_shared_memory();
 // A vector access of `bytes` at `ptr` must be aligned to `bytes` (a GPU faults otherwise).
 void check_vector_alignment(const void* ptr, size_t bytes, const char* what);
 
+// Global-memory traffic, counted while counting is on (deeplab_fast.testing.cuda_emu_counters). A warp-wide
+// access is the i-th global access of each lane of a warp (the lanes of a warp run the same instructions);
+// its sectors are the distinct 32-byte sectors its lanes touch, as a GPU's memory system serves them.
+struct Counters {
+  uint64_t launches = 0;
+  uint64_t load_instructions = 0, store_instructions = 0;  // warp-wide accesses
+  uint64_t load_sectors = 0, store_sectors = 0;            // 32-byte sectors, summed over warp-wide accesses
+  uint64_t load_bytes = 0, store_bytes = 0;                // bytes the threads asked for
+};
+void set_counting(bool on);
+bool counting();
+Counters counters();
+void reset_counters();
+
+// Every global access of kernel code (load_global / store_global in csrc/common/memory.h): `bytes` must be
+// naturally aligned (a GPU faults otherwise); recorded while counting.
+void on_global_access(const void* ptr, size_t bytes, bool store);
+
 }  // namespace cuda_emu

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from deeplab_fast.dtypes import amp_dtype
 from deeplab_fast.training.checkpoint import CheckpointError
-from deeplab_fast.training.config import ConfigError, check_device_available
+from deeplab_fast.training.config import Config, ConfigError, check_device_available
 
 _USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
 
@@ -122,6 +122,7 @@ def _eval(args: argparse.Namespace) -> int:
         if args.batch_size:
             overrides.append(f"eval.batch_size={args.batch_size}")
         config = load_config(args.config, _model_overrides(args.weights) + overrides)
+        _use_model_normalization(config)
         check_device_available(config.train.device)
         info = init_distributed(config.train.device, config.train.dist_backend)
         _, dataset = build_datasets(config, train=False, val=True)
@@ -163,6 +164,15 @@ def _eval(args: argparse.Namespace) -> int:
 
             atomic_write_text(args.json, json.dumps(metrics, indent=2) + "\n")
     return 0
+
+
+def _use_model_normalization(config: Config) -> None:
+    """Evaluate with the normalisation the model expects: its options' input_mean / input_std (e.g. TensorFlow's
+    0.5 / 0.5 of a from_timm model), where set, replace data.mean / data.std."""
+    for key in ("mean", "std"):
+        value = config.model.options.get(f"input_{key}")
+        if value is not None:
+            setattr(config.data, key, [float(v) for v in value])
 
 
 def _model_overrides(weights: str) -> list[str]:

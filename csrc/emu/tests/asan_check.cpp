@@ -1,6 +1,6 @@
 // Memory check of every emulated CUDA kernel: a small executable (not part of deeplab_fast._C) built with -fsanitize=address together
 // with the emulation build of the kernels (csrc/emu/*_emu.cpp, runtime.cpp) and driven by
-// tests/test_cuda_emu_asan.py. Every buffer is a heap allocation of exactly the size the kernel may touch,
+// tests/test_cuda_emu_runtime.py. Every buffer is a heap allocation of exactly the size the kernel may touch,
 // so a read or write one element outside any of them stops the run with AddressSanitizer's report.
 //
 //   asan_check           run every kernel path on small inputs; prints "ok <cases>" and exits 0
