@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(gpu_plan.STAGES)} (default: all)")
     parser.add_argument(
-        "--kernel-backend", help="op backend of the CUDA kernels (default: cuda; cuda_emu in a rehearsal)"
+        "--kernel-backend",
+        choices=("cuda", "cuda_emu"),
+        help="op backend of the CUDA kernels (default: cuda; cuda_emu in a rehearsal)",
     )
     parser.add_argument("--sanitizer", help="path of compute-sanitizer (default: found on PATH or in CUDA_HOME)")
     return parser
@@ -69,6 +71,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except KeyboardInterrupt:  # the running stage's process group was killed on the way out
+        print("gpu_check.py: interrupted; the report holds the stages that finished", file=sys.stderr)
+        return 130
+
+
 def _fail(message: str) -> None:
     print(f"gpu_check.py: {message}", file=sys.stderr)
     sys.exit(2)
@@ -85,7 +95,8 @@ def _check_out(path: str) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """The command (see the module docstring); returns the exit status."""
     args = parse_args(argv)
     mode = "rehearse" if args.rehearse else "gpu"
     build = {True: "always", False: "never", None: "auto" if mode == "gpu" else "never"}[args.build]
@@ -93,18 +104,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(gpu_plan.describe(plan, args.stage_list))
         return 0
-    if mode == "gpu":
+    try:
         import torch
-
+    except ImportError as exc:
+        _fail(f"torch does not import with {sys.executable} ({exc}); run it in the environment that has torch")
+    if mode == "gpu":
         if not torch.cuda.is_available():
             _fail(
                 "no CUDA GPU is visible (torch.cuda.is_available() is False); run it on a GPU machine, or use "
                 "--rehearse (every stage at tiny shapes on this CPU) or --dry-run (the plan)"
             )
+    import gpu_stages
+
+    sanitizer = gpu_stages.find_sanitizer(args.sanitizer)
+    if args.sanitizer and sanitizer is None:
+        _fail(f"--sanitizer {args.sanitizer!r} is not an executable")
     out = _check_out(args.out)
 
     import gpu_report
-    import gpu_stages
 
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
@@ -117,9 +134,6 @@ def main(argv: list[str] | None = None) -> int:
         "plan": plan.to_dict(),
     }
     results = [gpu_stages.StageResult(s, limit_s=plan.limits_s[s]) for s in args.stage_list]
-    sanitizer = gpu_stages.find_sanitizer(args.sanitizer)
-    if args.sanitizer and sanitizer is None:
-        _fail(f"--sanitizer {args.sanitizer!r} is not an executable")
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
         plan_path = work / "plan.json"

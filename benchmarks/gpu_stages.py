@@ -83,13 +83,21 @@ def run_limited(cmd: list[str], *, timeout: float, env: dict[str, str], log_path
             proc.wait(timeout=max(timeout, 1.0))
         except subprocess.TimeoutExpired:
             timed_out = True
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+            _kill_group(proc)
+        except BaseException:  # Ctrl-C: the stage's own session would not see it; end it before leaving
+            _kill_group(proc)
+            raise
     output = log_path.read_text(encoding="utf-8", errors="replace")
     return Limited(None if timed_out else proc.returncode, time.monotonic() - t0, timed_out, output)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group that `proc` leads (it was started in its own session), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def child_env(plan: Any) -> dict[str, str]:

@@ -142,6 +142,8 @@ def test_dry_run_prints_the_plan_without_running():
         (("--rehearse",), "--out DIR is required"),
         (("--rehearse", "--out", "/proc/nope"), "cannot be written"),
         (("--bogus",), "unrecognized arguments"),
+        (("--rehearse", "--kernel-backend", "cpu", "--out", "OUT"), "invalid choice"),
+        (("--rehearse", "--sanitizer", "/nonexistent/compute-sanitizer", "--out", "OUT"), "is not an executable"),
     ],
 )
 def test_bad_command_lines_get_one_line_and_exit_2(args, message, tmp_path):
