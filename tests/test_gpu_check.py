@@ -49,6 +49,7 @@ sys.exit(rc)
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
+    """One rehearsal for the tests below (about 40 s of CPU time: every stage in its own process)."""
     tmp = tmp_path_factory.mktemp("gpu_check")
     fake = tmp / "compute-sanitizer"
     fake.write_text(FAKE_SANITIZER.format(python=sys.executable))
@@ -63,6 +64,7 @@ def _stage(report, name):
     return next(s for s in report["stages"] if s["name"] == name)
 
 
+@pytest.mark.slow
 def test_rehearsal_runs_every_stage_and_reports_the_failing_one(rehearsal):
     proc, out, report = rehearsal
     assert report is not None, proc.stderr[-3000:]
@@ -84,6 +86,7 @@ def test_rehearsal_runs_every_stage_and_reports_the_failing_one(rehearsal):
     assert report["environment"]["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_rehearsal_checks_every_op_and_direction_on_both_backends(rehearsal):
     _, _, report = rehearsal
     checks = [r for r in _stage(report, "correctness")["records"] if r["kind"] == "check" and not r.get("skipped")]
@@ -110,6 +113,7 @@ def test_rehearsal_checks_every_op_and_direction_on_both_backends(rehearsal):
     assert {r["backend"] for r in subset} == {"cuda_emu"} and all(r["ok"] for r in subset)
 
 
+@pytest.mark.slow
 def test_rehearsal_times_every_provider_with_bandwidth(rehearsal):
     _, _, report = rehearsal
     records = _stage(report, "timings")["records"]
@@ -228,6 +232,7 @@ def test_extension_staleness(tmp_path):
     assert gpu_stages.build_command(pip=False)[1:] == ["setup.py", "build_ext", "--inplace"]
 
 
+@pytest.mark.slow
 def test_build_stage_runs_the_build_and_checks_the_extension_after(monkeypatch, tmp_path):
     """The build command is replaced by a stand-in (a real build takes minutes and installs into the
     environment); the stage still checks deeplab_fast._C before and after, in fresh interpreters."""
