@@ -29,6 +29,11 @@ OPTIONS: dict[str, tuple[Any, str]] = {
         "first",
         "image-pool branch 'first' (TensorFlow) or 'last' (torchvision, smp) in the concat",
     ),
+    "image_pooling_crop_size": (
+        None,
+        "(h, w): image pooling averages with TensorFlow's kernel for that crop, (crop - 1) // output_stride + 1; "
+        "None: global mean",
+    ),
     "separable_inner_bn": (True, "BN + ReLU between depthwise and pointwise convs of the heads (False: smp)"),
     "post_aspp_conv": ("none", "extra 3x3 conv + BN + ReLU after ASPP: 'none', 'dense' or 'separable'"),
     "decoder_convs": (2, "number of 3x3 conv blocks in the decoder"),
@@ -311,6 +316,9 @@ def deeplabv3plus(
         pool_position=opt["aspp_pool_position"],
         dropout=opt["aspp_dropout"],
         eps=head_eps,
+        image_pooling_crop_size=opt["image_pooling_crop_size"],
+        output_stride=output_stride,
+        align_corners=align_corners,
     )
     post = None
     if opt["post_aspp_conv"] != "none":
