@@ -2,8 +2,8 @@
 the image_pooling_crop_size option, and (with DEEPLAB_FAST_TF_REFERENCE) the comparison with the official graph.
 
 Checkpoints are written here by TensorFlow itself (tensorflow-cpu, a test dependency) with the variable names and
-shapes of the official Xception-65 DeepLabV3+ graph (tests/data/tf_xception65_variables.txt, listed from the graph
-the official research/deeplab code builds).
+shapes of the official Xception-65 DeepLabV3+ graph (tests/data/tf_xception65_variables.txt and
+tf_xception71_variables.txt: listed from the graphs the official research/deeplab code builds with TensorFlow 2.21).
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ from tests._model_helpers import randomize_batchnorm, rel_err
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-VARIABLES = Path(__file__).parent / "data" / "tf_xception65_variables.txt"
+DATA = Path(__file__).parent / "data"
 NUM_CLASSES = 5  # not 21: the converter must read it from the checkpoint
 
 
-def _official_variables() -> dict[str, tuple[int, ...]]:
+def _official_variables(variant: str = "xception_65") -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the official DeepLabV3+ graph of `variant` (21 classes, OS 16, rates 6/12/18, decoder)."""
     out = {}
-    for line in VARIABLES.read_text().splitlines():
+    for line in (DATA / f"tf_{variant.replace('_', '')}_variables.txt").read_text().splitlines():
         name, shape = line.split(" ", 1)
         out[name] = tuple(int(d) for d in shape.strip()[1:-1].split(",") if d.strip())
     return out
@@ -153,11 +154,12 @@ def test_bundle_refuses_damaged_files(tf, tmp_path: Path) -> None:
 # ---- the mapping
 
 
-def test_mapping_names_and_shapes_are_the_official_graphs() -> None:
+@pytest.mark.parametrize("variant", ["xception_65", "xception_71"])
+def test_mapping_names_and_shapes_are_the_official_graphs(variant: str) -> None:
     with torch.device("meta"):
-        model = _tf_exact_model("xception_65", 21, 16, (6, 12, 18), 4, (513, 513))
-    mapping = tf_variable_map(model)
-    assert {n: tf_shape(t, layout) for n, (t, layout) in mapping.items()} == _official_variables()
+        model = _tf_exact_model(variant, 21, 16, (6, 12, 18), 4, None)
+    mapping = tf_variable_map(model, variant)
+    assert {n: tf_shape(t, layout) for n, (t, layout) in mapping.items()} == _official_variables(variant)
     # and every parameter and BN statistic of the model is filled (num_batches_tracked is PyTorch's own)
     filled = {id(t) for t, _ in mapping.values()}
     state = model.state_dict(keep_vars=True)
@@ -171,7 +173,7 @@ def test_from_tf_checkpoint_fills_every_variable(xception65_ckpt, converted) -> 
     for key, value in TF_EXACT_OPTIONS.items():
         expected = list(value) if isinstance(value, tuple) else value
         assert model.config[key] == expected, key
-    assert model.config["image_pooling_crop_size"] == [513, 513]
+    assert model.config["image_pooling_crop_size"] is None  # TensorFlow pools over the whole (padded) crop
     # layouts written out by hand for one variable of each kind
     t = torch.from_numpy
     conv = values["xception_65/entry_flow/conv1_1/weights"]  # HWIO
@@ -240,25 +242,29 @@ def test_converted_model_runs_and_optimize_keeps_it(converted) -> None:
 # ---- errors and paths (small checkpoints)
 
 
-def test_mismatched_checkpoints_list_unused_missing_and_mismatched(tf, xception65_ckpt, tmp_path: Path) -> None:
-    _, values = xception65_ckpt
-    keep = {k: v for k, v in values.items() if not k.startswith("decoder/")}
-    keep["aspp0/weights"] = np.zeros((1, 1, 2048, 128), np.float32)  # wrong shape
-    keep["extra/weights"] = np.zeros((3,), np.float32)
-    keep["aspp0/BatchNorm/gamma/Momentum"] = np.zeros((256,), np.float32)  # an optimizer slot: skipped
-    prefix = _save(tf, tmp_path / "model.ckpt", keep)
+def test_mismatched_checkpoints_list_unused_missing_and_mismatched(tf, tmp_path: Path) -> None:
+    tensors = {
+        "logits/semantic/weights": np.zeros((1, 1, 256, 3), np.float32),
+        "aspp0/weights": np.zeros((1, 1, 2048, 128), np.float32),  # wrong shape
+        "extra/weights": np.zeros((3,), np.float32),
+        "aspp0/BatchNorm/gamma/Momentum": np.zeros((256,), np.float32),  # an optimizer slot: skipped
+        "global_step": np.int64(1),
+    }
     with pytest.raises(ValueError) as info:
-        from_tf_checkpoint(prefix)
+        from_tf_checkpoint(_save(tf, tmp_path / "model.ckpt", tensors))
     msg = str(info.value)
     assert "unused (1): extra/weights;" in msg
-    assert "missing (25): decoder/decoder_conv0_depthwise/BatchNorm/beta" in msg
+    assert "missing (730): aspp0/BatchNorm/beta, aspp0/BatchNorm/gamma," in msg and "... (710 more)" in msg
     assert "shape mismatch (1): aspp0/weights (1, 1, 2048, 128) (expected (1, 1, 2048, 256))" in msg
-    assert "Momentum" not in msg
-    # the same checkpoint is a DeepLabV3 without decoder once the aspp0 shape is right
-    keep["aspp0/weights"] = values["aspp0/weights"]
-    del keep["extra/weights"]
-    model = from_tf_checkpoint(_save(tf, tmp_path / "v3.ckpt", keep), decoder_output_stride=None)
-    assert model.decoder is None and model.config["decoder"] is False
+    assert "Momentum" not in msg and "global_step" not in msg
+
+
+def test_decoder_and_image_pooling_arguments(xception65_ckpt) -> None:
+    prefix = xception65_ckpt[0]
+    with pytest.raises(ValueError, match=r"unused \(25\): decoder/decoder_conv0_depthwise/BatchNorm/beta"):
+        from_tf_checkpoint(prefix, decoder_output_stride=None)
+    model = from_tf_checkpoint(prefix, image_pooling_crop_size=(257, 257))
+    assert model.config["image_pooling_crop_size"] == [257, 257] and model.aspp.pool_kernel((33, 33)) == (17, 17)
 
 
 def test_num_classes_and_bad_arguments(tf, tmp_path: Path) -> None:
@@ -384,7 +390,7 @@ def test_matches_the_official_tensorflow_graph() -> None:
     input, in fp32 (eager and optimized) and float64 (which isolates the mapping from fp32 rounding)."""
     folder = Path(REFERENCE)
     io = np.load(folder / "io.npz")
-    model = from_tf_checkpoint(folder / "model.ckpt", crop_size=io["image"].shape[1:3])
+    model = from_tf_checkpoint(folder / "model.ckpt")
     x = torch.from_numpy(io["image"]).permute(0, 3, 1, 2) * (2 / 255) - 1
 
     def nchw(name):

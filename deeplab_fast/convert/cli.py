@@ -32,7 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="4",
         help="4 (DeepLabV3+, default) or none (DeepLabV3, no decoder)",
     )
-    p.add_argument("--crop-size", type=int, nargs=2, default=(513, 513), metavar=("H", "W"), help="default 513 513")
+    p.add_argument(
+        "--image-pooling-crop-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="only for a graph built with this TensorFlow flag (default: none, a global mean)",
+    )
     p.add_argument("--class-names", nargs="+", help="class names to store in the file (one per class)")
     p.set_defaults(func=_convert)
 
@@ -52,7 +58,7 @@ def _convert(args: argparse.Namespace) -> int:
             output_stride=args.output_stride,
             atrous_rates=tuple(args.atrous_rates),
             decoder_output_stride=None if dos == "none" else 4,
-            crop_size=tuple(args.crop_size),
+            image_pooling_crop_size=args.image_pooling_crop_size,
         )
         save_weights(
             model,

@@ -1,8 +1,8 @@
 """TensorFlow DeepLab checkpoints (tensorflow/models research/deeplab, the model zoo) -> deeplab_fast models.
 
 `from_tf_checkpoint` reads a TF1 checkpoint with deeplab_fast.convert.tf_bundle (no TensorFlow needed), builds
-the DeepLab in TensorFlow-exact mode (TF_EXACT_OPTIONS plus image_pooling_crop_size = the crop size) and copies
-every variable into it. `tf_variable_map` is the name mapping: TensorFlow variable -> (parameter, layout).
+the DeepLab in TensorFlow-exact mode (TF_EXACT_OPTIONS, plus image_pooling_crop_size when the graph had one) and
+copies every variable into it. `tf_variable_map` is the name mapping: TensorFlow variable -> (parameter, layout).
 
 Layouts: TensorFlow stores conv weights HWIO (PyTorch: OIHW) and depthwise weights HWCM (PyTorch: (C*M, 1, H, W),
 M = 1 here); BatchNorm gamma/beta/moving_mean/moving_variance are PyTorch's weight/bias/running_mean/running_var.
@@ -29,9 +29,12 @@ from deeplab_fast.models.layers import ConvBNAct, SeparableConv
 # TensorFlow model_variant -> deeplab_fast backbone and the variable scope of the backbone
 MODEL_VARIANTS = {"xception_65": "xception65", "xception_71": "xception71"}
 
-# The options that make a deeplab_fast model compute what TensorFlow DeepLab's graph computes (with
-# image_pooling_crop_size = the crop size): every resize with align_corners=True, BN eps 1e-3 in the backbone
-# and 1e-5 in the heads, image pooling first in the ASPP concat, and the graph's preprocessing x * 2 / 255 - 1.
+# The options that make a deeplab_fast model compute what TensorFlow DeepLab's graph computes: every resize with
+# align_corners=True, BN eps 1e-3 in the backbone and 1e-5 in the heads, image pooling first in the ASPP concat,
+# and the graph's preprocessing x * 2 / 255 - 1. TensorFlow's image pooling averages over a kernel derived from
+# the crop size, and it feeds its graph the image padded to that crop (scaled with it in multi-scale evaluation),
+# so the kernel covers the whole feature map: a global mean, the option image_pooling_crop_size=None. Only a graph
+# built with its own image_pooling_crop_size (smaller than the crop) pools locally.
 TF_EXACT_OPTIONS: dict[str, Any] = {
     "align_corners": True,
     "aspp_pool_position": "first",
@@ -215,7 +218,7 @@ def _tf_exact_model(
     output_stride: int,
     atrous_rates: Sequence[int],
     decoder_output_stride: int | None,
-    crop_size: Sequence[int],
+    image_pooling_crop_size: Sequence[int] | None,
 ) -> DeepLab:
     if model_variant not in MODEL_VARIANTS:
         raise ValueError(f"model_variant must be one of {', '.join(MODEL_VARIANTS)}; got {model_variant!r}")
@@ -233,7 +236,7 @@ def _tf_exact_model(
         decoder=decoder_output_stride is not None,
         align_corners=align_corners,
         aspp_rates=tuple(atrous_rates),
-        image_pooling_crop_size=tuple(crop_size),
+        image_pooling_crop_size=None if image_pooling_crop_size is None else tuple(image_pooling_crop_size),
         **options,
     )
 
@@ -279,7 +282,7 @@ def from_tf_checkpoint(
     output_stride: int = 16,
     atrous_rates: Sequence[int] = (6, 12, 18),
     decoder_output_stride: int | None = 4,
-    crop_size: Sequence[int] = (513, 513),
+    image_pooling_crop_size: Sequence[int] | None = None,
 ) -> DeepLab:
     """Convert a TensorFlow DeepLab checkpoint (the model zoo's, or DeepLab's train.py's) to a deeplab_fast model.
 
@@ -294,8 +297,10 @@ def from_tf_checkpoint(
         output_stride: 8, 16 or 32 (TensorFlow evaluated VOC at 8 or 16; any works with the same weights).
         atrous_rates: the three ASPP rates at that output stride ((6, 12, 18) at 16, (12, 24, 36) at 8).
         decoder_output_stride: 4 (DeepLabV3+) or None (DeepLabV3).
-        crop_size: (height, width) the graph was built for (eval_crop_size: 513x513 for VOC); it sets the
-            image-pooling kernel (option image_pooling_crop_size).
+        image_pooling_crop_size: TensorFlow's flag of that name: None (the default, and the model zoo's) pools
+            over the whole crop, a global mean here at any input size; (height, width) pools with the kernel
+            TensorFlow derives from it (model option image_pooling_crop_size; exact at the crop size: TensorFlow
+            scales that kernel with the image in multi-scale evaluation, this model keeps it).
 
     Returns:
         A DeepLab in eval mode in TensorFlow-exact mode (TF_EXACT_OPTIONS; its config records them, so
@@ -313,8 +318,6 @@ def from_tf_checkpoint(
         raise ValueError(f"num_classes must be an int >= 1 or None (read from the checkpoint), got {num_classes!r}")
     if not isinstance(atrous_rates, Sequence) or len(atrous_rates) != 3:
         raise ValueError(f"atrous_rates must be three ints (the ASPP rates), got {atrous_rates!r}")
-    if not isinstance(crop_size, Sequence) or len(crop_size) != 2:
-        raise ValueError(f"crop_size must be (height, width), got {crop_size!r}")
     with checkpoint_prefix(path) as prefix:
         bundle = TensorBundle(prefix)
         logits = "logits/semantic/weights"
@@ -326,7 +329,9 @@ def from_tf_checkpoint(
         classes = bundle.shape(logits)[-1]
         if num_classes is not None and num_classes != classes:
             raise ValueError(f"num_classes={num_classes} but the checkpoint's logits layer has {classes} classes")
-        model = _tf_exact_model(model_variant, classes, output_stride, atrous_rates, decoder_output_stride, crop_size)
+        model = _tf_exact_model(
+            model_variant, classes, output_stride, atrous_rates, decoder_output_stride, image_pooling_crop_size
+        )
         load_tf_variables(model, bundle, model_variant)
     return model.eval()
 
