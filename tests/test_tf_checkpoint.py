@@ -431,3 +431,22 @@ def test_matches_the_official_tensorflow_graph() -> None:
         assert all(e <= bound for e in errors.values()), "\n".join(report)
     assert "logits" in fp32
     print("\n".join(report))
+
+
+def test_eval_rebuilds_a_tf_exact_model_from_its_file(tmp_path: Path) -> None:
+    """`deeplab-fast eval --weights FILE` turns the file's description into config overrides; TF-exact options
+    (head_bn_eps=1e-5, which JSON writes as 1e-05, a string to YAML) must come back as they were."""
+    from deeplab_fast.training.builders import build_model
+    from deeplab_fast.training.cli import _model_overrides
+    from deeplab_fast.training.config import load_config
+
+    options = dict(TF_EXACT_OPTIONS)
+    align_corners = options.pop("align_corners")
+    model = deeplabv3plus(
+        "xception65", 21, 8, align_corners=align_corners, aspp_rates=(12, 24, 36), width_mult=0.25,
+        image_pooling_crop_size=(257, 257), **options,
+    )  # fmt: skip
+    path = tmp_path / "tf.safetensors"
+    deeplab_fast.save_weights(model, path)
+    rebuilt = build_model(load_config("voc_xception65", _model_overrides(str(path))).model)
+    assert rebuilt.config == model.config
