@@ -78,6 +78,8 @@ cpp_sources = sorted(
     glob.glob(os.path.join("csrc", "*.cpp"))
     + glob.glob(os.path.join("csrc", "ops", "*.cpp"))
     + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+    # the CUDA kernels' host emulation (backend "cuda_emu"): built with every build, no nvcc needed
+    + glob.glob(os.path.join("csrc", "emu", "*.cpp"))
 )
 cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
 

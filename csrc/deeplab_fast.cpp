@@ -22,6 +22,28 @@ TORCH_LIBRARY(deeplab_fast, m) {
   m.def(
       "dwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
       "int dilation, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The CUDA kernels run on CPU tensors through the host emulation (backend "cuda_emu", csrc/emu): the same
+  // arguments and results as the ops above.
+  m.def(
+      "dwconv_bn_act_cuda_emu(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, int dilation, "
+      "int activation) -> Tensor");
+  m.def(
+      "dwconv_bn_act_backward_cuda_emu(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, Tensor shift, "
+      "int stride, int dilation, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("upsample_concat_cuda_emu(Tensor[] tensors, int[] size, bool align_corners) -> Tensor");
+  m.def("upsample_argmax_cuda_emu(Tensor logits, int[] size, bool align_corners) -> Tensor");
+  m.def(
+      "upsample_softmax_accumulate_cuda_emu(Tensor logits, Tensor(a!) accum, float weight, bool flip, "
+      "bool align_corners) -> ()");
+  // The emulation's schedule (deeplab_fast.testing.cuda_emu_order): order "forward", "reverse" or "shuffle",
+  // and the seed of "shuffle"; process-wide.
+  m.def("set_cuda_emu_order(str order, int seed) -> ()");
+  m.def("cuda_emu_order() -> (str, int)");
+  // The emulation's global-memory traffic counters (deeplab_fast.testing.cuda_emu_counters): counting on
+  // (resetting the totals) or off; the totals [launches, load instructions, store instructions, load
+  // sectors, store sectors, load bytes, store bytes].
+  m.def("set_cuda_emu_counting(bool on) -> ()");
+  m.def("cuda_emu_counters() -> int[]");
   // The CPU output pool (csrc/cpu/output_pool.h): bytes cached now, free them all, its cap in MiB and a new
   // cap (deeplab_fast.configure(cpu_output_pool_mb=...)).
   m.def("output_pool_cached_bytes() -> int");

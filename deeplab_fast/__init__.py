@@ -20,6 +20,7 @@ _LAZY = {
     "optimize": "deeplab_fast.models.fuse",
     "from_torchvision": "deeplab_fast.models.convert",
     "from_smp": "deeplab_fast.models.convert",
+    "from_timm": "deeplab_fast.models.timm_import",
     "from_tf_checkpoint": "deeplab_fast.convert.tf_deeplab",
     "count_macs": "deeplab_fast.models.macs",
     "load_weights": "deeplab_fast.models.weights",

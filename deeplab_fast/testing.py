@@ -17,7 +17,16 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["one_thread", "randomize_batchnorm"]
+__all__ = [
+    "CUDA_EMU_COUNTERS",
+    "CUDA_EMU_ORDERS",
+    "cuda_emu_counters",
+    "cuda_emu_order",
+    "one_thread",
+    "randomize_batchnorm",
+]
+
+CUDA_EMU_ORDERS = ("forward", "reverse", "shuffle")
 
 
 @contextlib.contextmanager
@@ -34,6 +43,69 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def cuda_emu_order(order: str, seed: int = 0) -> Iterator[None]:
+    """Run the body with the CUDA emulation's threads scheduled in `order`, then restore the previous order.
+
+    Backend "cuda_emu" runs the CUDA kernels on the CPU: the threads of a block are fibers that run one after
+    another between barriers (__syncthreads, warp-synchronous calls), and blocks one after another. `order`
+    picks who runs first: "forward" (thread 0 first, the default), "reverse", or "shuffle" (a permutation
+    drawn per scheduling pass, from a generator seeded with `seed`, an int >= 0). A kernel whose output
+    differs between orders has a race (a missing barrier, two threads writing one element); every kernel's
+    results must be bitwise identical in all orders under `torch.use_deterministic_algorithms(True)`.
+
+    Process-wide while active (the emulation's schedule is one setting). Needs deeplab_fast._C.
+    """
+    if order not in CUDA_EMU_ORDERS:
+        raise ValueError(f"order must be one of {', '.join(map(repr, CUDA_EMU_ORDERS))}, got {order!r}")
+    if type(seed) is not int or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    from deeplab_fast import _ext
+
+    _ext.require_ext("cuda_emu")
+    previous = torch.ops.deeplab_fast.cuda_emu_order()
+    torch.ops.deeplab_fast.set_cuda_emu_order(order, seed)
+    try:
+        yield
+    finally:
+        torch.ops.deeplab_fast.set_cuda_emu_order(*previous)
+
+
+CUDA_EMU_COUNTERS = (
+    "launches",
+    "load_instructions",
+    "store_instructions",
+    "load_sectors",
+    "store_sectors",
+    "load_bytes",
+    "store_bytes",
+)
+
+
+@contextlib.contextmanager
+def cuda_emu_counters() -> Iterator[dict[str, int]]:
+    """Count the global-memory traffic of the emulated CUDA kernels run in the body (backend "cuda_emu").
+
+    Yields a dict that is filled when the body ends, with the keys of CUDA_EMU_COUNTERS: kernel launches;
+    warp-wide load and store instructions (the i-th global access of each lane of a warp is one
+    instruction); the distinct 32-byte sectors those instructions touch, summed (what a GPU's memory system
+    transfers, before caching); and the bytes the threads asked for. Every global access of a kernel goes
+    through load_global / store_global (csrc/common/memory.h), so nothing escapes the count.
+
+    Process-wide while active; slows the emulation further (each access is recorded). Needs deeplab_fast._C.
+    """
+    from deeplab_fast import _ext
+
+    _ext.require_ext("cuda_emu")
+    result: dict[str, int] = {}
+    torch.ops.deeplab_fast.set_cuda_emu_counting(True)
+    try:
+        yield result
+    finally:
+        torch.ops.deeplab_fast.set_cuda_emu_counting(False)
+        result.update(zip(CUDA_EMU_COUNTERS, torch.ops.deeplab_fast.cuda_emu_counters(), strict=True))
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

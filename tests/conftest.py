@@ -1,9 +1,10 @@
 import os
 
-# Triton kernels run through the interpreter on CPU tensors; it must be set before triton is imported.
 import pytest
 import torch
 
+# Without CUDA, Triton kernels run through the interpreter on CPU tensors (it must be set before triton is
+# imported); with CUDA it stays off and the Triton tests use CUDA tensors (tests/_devices.py).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -38,3 +39,12 @@ def one_thread():
 
     with _one_thread():
         yield
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The string "cuda" on a machine with CUDA, else "cpu": the device of the tensors of the CUDA-kernel and
+    Triton tests (on a CPU the CUDA kernels run through backend "cuda_emu", Triton through its interpreter)."""
+    from tests._devices import DEVICE
+
+    return DEVICE

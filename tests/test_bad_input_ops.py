@@ -1,8 +1,12 @@
 """Bad and extreme inputs of dwconv_bn_act and winograd_conv3x3 on every backend here: non-finite values,
 huge dilations, empty sides, gradients, argument errors. Each case was a silent wrong answer, a hang or a
-raw error before (issue 14)."""
+raw error before (issue 14). The Triton and CUDA-kernel backends get their tensors on their device
+(tests/_devices.py: the interpreter and "cuda_emu" without CUDA); the last section is backend "cuda_emu" refusing
+what the emulated CUDA kernels cannot run."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -17,11 +21,13 @@ from deeplab_fast.ops import (
     winograd_conv3x3,
     winograd_weight,
 )
+from deeplab_fast.ops._backend import BACKENDS
 from deeplab_fast.ops.reference import dwconv_bn_act_reference, winograd_conv3x3_reference
+from tests._devices import CUDA_KERNELS, HAS_CUDA, backend_device, to_backend
 
 pytestmark = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 
-DW_BACKENDS = ("cpu", "reference", "triton")  # triton: the interpreter on a CPU
+DW_BACKENDS = ("cpu", "reference", "triton", CUDA_KERNELS)
 WINO_BACKENDS = ("cpu", "reference")
 NAN, INF = float("nan"), float("inf")
 
@@ -51,12 +57,22 @@ def _dw_inputs(n=1, c=12, h=7, w=6, k=3, dtype=torch.float32, layout="nchw", see
 # ------------------------------------------------------------------------------------ dwconv: non-finite
 
 
-# bf16 arithmetic is wrong under the Triton interpreter (a limit of the interpreter): float16 there.
-_NAN_CASES = [
-    (backend, dtype)
-    for backend in DW_BACKENDS
-    for dtype in (torch.float32, torch.float64, torch.float16 if backend == "triton" else torch.bfloat16)
-]
+def _moved(backend, args):
+    """`args` with their non-meta tensors on the backend's device (meta tensors stay: they are the bad input)."""
+    device = backend_device(backend)
+    return [a.to(device) if isinstance(a, torch.Tensor) and a.device.type != "meta" else a for a in args]
+
+
+def _on_cpu(message: str, device: str = "cuda") -> str:
+    """`message` with the names of `device` (and of CUDA devices) read as "cpu", to compare messages across devices."""
+    return re.sub(rf"\b(cuda|{device})(:\d+)?\b", "cpu", message)
+
+
+# bf16 arithmetic is wrong under the Triton interpreter (a limit of the interpreter): float16 there. The CUDA
+# kernels have no float64; the reference backend would be compared with itself.
+_NAN_CASES = [("cpu", dtype) for dtype in (torch.float32, torch.float64, torch.bfloat16)]
+_NAN_CASES += [("triton", dtype) for dtype in (torch.float32, torch.float64, torch.float16)]
+_NAN_CASES += [(CUDA_KERNELS, dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16)]
 
 
 @pytest.mark.parametrize("backend,dtype", _NAN_CASES, ids=str)
@@ -69,10 +85,42 @@ def test_dwconv_activation_keeps_nan(backend, layout, dtype, activation):
     x[0, 17, 4, 1] = NAN
     x[0, 8, 0, 5] = INF
     x[0, 11, 6, 0] = -INF
-    y = dwconv_bn_act(x, weight, scale, shift, dilation=2, activation=activation, backend=backend)
+    args = to_backend(backend, x, weight, scale, shift)
+    y = dwconv_bn_act(*args, dilation=2, activation=activation, backend=backend).cpu()
     ref = dwconv_bn_act_reference(x, weight, scale, shift, 1, 2, activation)
     assert ref.isnan().any()
     assert_same_nonfinite(y, ref, 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_dwconv_cuda_kernels_non_finite_in_every_path(layout, dtype):
+    """NaN and +-inf through the CUDA kernels' 16-byte packs (C = 16), the one-channel fallback (C = 19), k = 3
+    unrolled and k = 5 looped, stride 1 and 2, and the backward kernels: as the reference, forward and backward."""
+    for c, k, stride in ((16, 3, 1), (19, 3, 2), (16, 5, 2), (19, 5, 1)):
+        x, weight, scale, shift = _dw_inputs(n=2, c=c, k=k, dtype=dtype, layout=layout)
+        x[0, 3, 2, 2] = NAN
+        x[1, 10, 4, 1] = INF
+        x[1, 15, 6, 5] = -INF
+        scale[7] = INF  # (an infinite weight on a tap in the padding is left out: F.conv2d itself gives NaN or not
+        # there depending on its path, e.g. fp32 depthwise skips the padding where fp64 multiplies it)
+        args = to_backend(CUDA_KERNELS, x, weight, scale, shift)
+        y = dwconv_bn_act(*args, stride=stride, dilation=2, activation="relu", backend=CUDA_KERNELS)
+        ref = dwconv_bn_act_reference(x, weight, scale, shift, stride, 2, "relu")
+        assert ref.isnan().any() and ref.isinf().any()
+        assert_same_nonfinite(y.cpu(), ref, 1e-5 if dtype == torch.float32 else 2e-2)
+    # Gradients: NaN flows back through every gradient as in the reference's (fp32).
+    x, weight, scale, shift = _dw_inputs(n=2, c=16, layout=layout)
+    x[0, 3, 2, 2] = NAN
+    inputs = [t.requires_grad_() for t in (x, weight, scale, shift)]
+    moved = to_backend(CUDA_KERNELS, *inputs)
+    y = dwconv_bn_act(*moved, stride=2, dilation=2, activation="none", backend=CUDA_KERNELS)
+    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    ours = torch.autograd.grad(y, moved, grad.to(y.device))
+    expected = torch.autograd.grad(dwconv_bn_act_reference(*inputs, 2, 2, "none"), inputs, grad)
+    assert expected[1].isnan().any()
+    for a, b in zip(ours, expected, strict=True):
+        assert_same_nonfinite(a.cpu(), b, 1e-4)
 
 
 # -------------------------------------------------------------------------------- dwconv: huge dilation
@@ -93,7 +141,8 @@ def test_dwconv_huge_dilation_keeps_only_the_centre_tap(backend, k, dilation, st
     """Tap arithmetic overflowed int64: zeros from 2**61 (k=5) / 2**62 (k=3), out-of-bounds reads at 2**63-1;
     the reference raised. A dilation >= max(H, W) = 7 keeps only the centre tap, output size ceil(H/stride)."""
     x, weight, scale, shift = _dw_inputs(c=9, k=k, layout=layout)
-    y = dwconv_bn_act(x, weight, scale, shift, stride=stride, dilation=dilation, activation="none", backend=backend)
+    args = to_backend(backend, x, weight, scale, shift)
+    y = dwconv_bn_act(*args, stride=stride, dilation=dilation, activation="none", backend=backend).cpu()
     expected = _centre_tap(x, weight, scale, shift, stride, "none")
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
     meta = [t.to("meta") for t in (x, weight, scale, shift)]
@@ -110,8 +159,8 @@ def test_dwconv_huge_dilation_gradient():
 
 
 def test_dwconv_unrepresentable_dilation_is_rejected():
-    x, weight, scale, shift = _dw_inputs()
     for backend in DW_BACKENDS:
+        x, weight, scale, shift = to_backend(backend, *_dw_inputs())
         with pytest.raises(ValueError, match=r"dilation must be an int >= 1 that fits an int64"):
             dwconv_bn_act(x, weight, scale, shift, dilation=2**63, backend=backend)
 
@@ -128,7 +177,7 @@ def test_dwconv_empty_sides(backend, shape, stride, layout):
     reference raised a raw torch error. Every backend now returns the fake impl's empty shape."""
     n, c, h, w = shape
     x, weight, scale, shift = _dw_inputs(n, c, h, w, layout=layout)
-    y = dwconv_bn_act(x, weight, scale, shift, stride=stride, backend=backend)
+    y = dwconv_bn_act(*to_backend(backend, x, weight, scale, shift), stride=stride, backend=backend)
     expected = (n, c, (h + stride - 1) // stride, (w + stride - 1) // stride)
     assert y.shape == expected and y.numel() == 0
     fake = torch.ops.deeplab_fast.dwconv_bn_act(*(t.to("meta") for t in (x, weight, scale, shift)), stride, 1, 1)
@@ -172,14 +221,14 @@ def test_dwconv_backends_raise_the_same_error(case):
     errors = []
     for backend in DW_BACKENDS:
         with pytest.raises((ValueError, TypeError)) as info:
-            dwconv_bn_act(*args, **kwargs, backend=backend)
-        errors.append((type(info.value), str(info.value).split("\n")[0]))
-    assert errors[0] == errors[1] == errors[2], errors
+            dwconv_bn_act(*_moved(backend, args), **kwargs, backend=backend)
+        errors.append((type(info.value), _on_cpu(str(info.value).split("\n")[0])))
+    assert len(set(errors)) == 1, errors
 
 
 def test_dwconv_zero_channels_is_an_empty_output_everywhere():
-    x, weight, scale, shift = _dw_inputs(c=0)
     for backend in DW_BACKENDS:
+        x, weight, scale, shift = to_backend(backend, *_dw_inputs(c=0))
         assert dwconv_bn_act(x, weight, scale, shift, stride=2, backend=backend).shape == (1, 0, 4, 3)
 
 
@@ -195,6 +244,7 @@ def _wino_inputs(n=1, cin=8, cout=6, h=9, w=10, seed=0, tile=2):
     return x, weight, winograd_weight(weight, tile), bias, residual
 
 
+# "reference" recovers the weight from u (weight_from_u) before calling the reference: not a self-comparison.
 @pytest.mark.parametrize("backend", WINO_BACKENDS)
 @pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
@@ -327,14 +377,74 @@ def test_upsample_backends_raise_the_same_error(case):
     tensors) run the one Python mirror of those checks: same exception type, same message."""
     _, op, args, kwargs = case
     errors = []
-    for backend in ("cpu", "reference", "triton", "meta"):
-        call_args = args
-        if backend == "meta":  # the fake impl answers for meta tensors
-            call_args = tuple(
-                [a.to("meta") for a in x] if isinstance(x, list) else x.to("meta") if isinstance(x, torch.Tensor) else x
-                for x in args
-            )
+    for backend in ("cpu", "reference", "triton", CUDA_KERNELS, "meta"):
+        device = "meta" if backend == "meta" else backend_device(backend)  # meta: the fake impl answers
+        call_args = tuple(
+            [a.to(device) for a in x] if isinstance(x, list) else x.to(device) if isinstance(x, torch.Tensor) else x
+            for x in args
+        )
         with pytest.raises((ValueError, TypeError)) as info:
             op(*call_args, **kwargs, backend="auto" if backend == "meta" else backend)
-        errors.append((backend, type(info.value), str(info.value).split("\n")[0].replace("meta", "cpu")))
+        errors.append((backend, type(info.value), _on_cpu(str(info.value).split("\n")[0], device)))
     assert len({e[1:] for e in errors}) == 1, errors
+
+
+# ------------------------------------------------------------- backend "cuda_emu": what it cannot run
+
+
+def _cuda_emu_calls(device: str, dtype: torch.dtype):
+    """One call per op with CUDA kernels, on tensors of `device` and `dtype`, through backend "cuda_emu"."""
+    x, weight, scale, shift = (t.to(device=device, dtype=dtype) for t in _dw_inputs(c=4))
+    t = torch.randn(2, 3, 4, 5, device=device, dtype=dtype)
+    acc = torch.zeros(2, 3, 8, 8, device=device)
+    return {
+        "dwconv_bn_act": lambda: dwconv_bn_act(x, weight, scale, shift, backend="cuda_emu"),
+        "upsample_concat": lambda: upsample_concat([t, t], (8, 8), backend="cuda_emu"),
+        "upsample_argmax": lambda: upsample_argmax(t, (8, 8), backend="cuda_emu"),
+        "upsample_softmax_accumulate": lambda: upsample_softmax_accumulate(t, acc, backend="cuda_emu"),
+    }
+
+
+@pytest.mark.parametrize("device", ["meta", *(["cuda"] if HAS_CUDA else [])])
+@pytest.mark.parametrize("op", list(_cuda_emu_calls("meta", torch.float32)))
+def test_cuda_emu_refuses_tensors_off_the_cpu(op, device):
+    """cuda_emu runs the CUDA kernels on the CPU: a tensor elsewhere (meta; CUDA on a GPU machine) is a RuntimeError
+    that names the backend, the op and the device, and says which backend takes CUDA tensors."""
+    match = rf"backend='cuda_emu' runs the CUDA kernels of {op} on the CPU .* on {device} \(use backend='cuda'"
+    with pytest.raises(RuntimeError, match=match):
+        _cuda_emu_calls(device, torch.float32)[op]()
+
+
+@pytest.mark.parametrize("op", list(_cuda_emu_calls("meta", torch.float32)))
+def test_cuda_emu_refuses_float64(op):
+    """float64 has no CUDA kernel: a ValueError naming the supported dtypes (dwconv_bn_act takes float64 on other
+    backends, so its message names cuda_emu; the upsample ops refuse float64 on every backend)."""
+    match = r"float32, float16 (and|or) bfloat16.* float64"
+    if op == "dwconv_bn_act":
+        match = r"dwconv_bn_act: backend='cuda_emu' runs the CUDA kernels, which support " + match
+    with pytest.raises(ValueError, match=match):
+        _cuda_emu_calls("cpu", torch.float64)[op]()
+
+
+def test_cuda_emu_refuses_ops_without_a_cuda_kernel():
+    x, _, u, bias, _ = _wino_inputs()
+    with pytest.raises(
+        RuntimeError, match="backend='cuda_emu' is unavailable for winograd_conv3x3: it has no CUDA kernel"
+    ):
+        winograd_conv3x3(x, u, bias, backend="cuda_emu")
+
+
+def test_unknown_backend_lists_cuda_emu():
+    assert "cuda_emu" in BACKENDS
+    x, weight, scale, shift = _dw_inputs(c=4)
+    t = torch.randn(1, 2, 3, 3)
+    calls = [
+        lambda: dwconv_bn_act(x, weight, scale, shift, backend="cuda-emu"),
+        lambda: upsample_concat([t], (4, 4), backend="cuda-emu"),
+        lambda: upsample_argmax(t, (4, 4), backend="cuda-emu"),
+        lambda: upsample_softmax_accumulate(t, torch.zeros(1, 2, 4, 4), backend="cuda-emu"),
+        lambda: winograd_conv3x3(*_wino_inputs()[:1], _wino_inputs()[2], backend="cuda-emu"),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"backend must be one of .*'cuda_emu'.*; got 'cuda-emu'"):
+            call()

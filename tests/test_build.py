@@ -1,4 +1,8 @@
-"""The compiled extension: CUDA kernels present when built with CUDA, and no register spills in any kernel."""
+"""The compiled extension: CUDA kernels present when built with CUDA, the emulated CUDA kernels (backend "cuda_emu")
+in every build, and no register spills in any kernel.
+
+Honest CI: where the extension is expected (the `CI` environment variable is set, or DEEPLAB_FAST_CUDA=1 asks for
+the CUDA kernels), a missing extension or nvcc fails these tests instead of skipping them."""
 
 from __future__ import annotations
 
@@ -13,10 +17,32 @@ import pytest
 
 import deeplab_fast
 from deeplab_fast import _ext
+from deeplab_fast.ops._backend import CUDA_EMU_OPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("80", "90")
 REPORT = os.path.join(ROOT, "build", "ptxas_report.txt")
+# The ops with CUDA kernels (and so with emulated twins, `<op>_cuda_emu`).
+CUDA_OPS = (*CUDA_EMU_OPS, "dwconv_bn_act_backward")
+
+
+def _cuda_requested() -> bool:
+    return os.environ.get("DEEPLAB_FAST_CUDA") == "1"
+
+
+def _ext_expected() -> bool:
+    """Whether this run must have the compiled extension: in CI, or when the CUDA kernels were asked for."""
+    return bool(os.environ.get("CI")) or _cuda_requested()
+
+
+def _require_ext() -> None:
+    """Fail where the extension is expected and missing; skip elsewhere (DEEPLAB_FAST_TEST_WITHOUT_EXT=1 runs)."""
+    if _ext.HAS_EXT:
+        return
+    message = f"deeplab_fast._C is not built ({_ext.EXT_ERROR})"
+    if _ext_expected():
+        pytest.fail(f"{message}, but CI or DEEPLAB_FAST_CUDA=1 expects it")
+    pytest.skip(message)
 
 
 def _nvcc() -> str | None:
@@ -30,21 +56,44 @@ def _nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
-def test_extension_holds_cuda_kernels_when_built_with_cuda():
-    if not _ext.HAS_EXT:
-        pytest.skip(f"deeplab_fast._C is not built ({_ext.EXT_ERROR})")
-    if os.environ.get("DEEPLAB_FAST_CUDA") != "1" and not deeplab_fast.built_with_cuda():
-        pytest.skip("this build is CPU-only (DEEPLAB_FAST_CUDA=1 makes CUDA kernels mandatory)")
-    for op in ("dwconv_bn_act", "dwconv_bn_act_backward"):
-        assert _ext.has_kernel(op, "cuda"), f"deeplab_fast::{op} has no CUDA kernel in this build"
-        assert _ext.has_kernel(op, "cpu"), f"deeplab_fast::{op} has no CPU kernel in this build"
-    assert deeplab_fast.built_with_cuda()
+@pytest.mark.parametrize("env", [{"CI": "true"}, {"DEEPLAB_FAST_CUDA": "1"}, {}], ids=["ci", "cuda", "local"])
+def test_missing_extension_fails_where_expected(monkeypatch, env):
+    """In CI or with DEEPLAB_FAST_CUDA=1 a missing extension is a failure; elsewhere these tests skip."""
+    monkeypatch.setattr(_ext, "HAS_EXT", False)
+    monkeypatch.setattr(_ext, "EXT_ERROR", "simulated")
+    for name in ("CI", "DEEPLAB_FAST_CUDA"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    outcome = pytest.fail.Exception if env else pytest.skip.Exception
+    with pytest.raises(outcome, match=r"deeplab_fast._C is not built \(simulated\)"):
+        _require_ext()
+
+
+def test_cuda_kernels_all_or_none():
+    """A CUDA build (or one DEEPLAB_FAST_CUDA=1 asked for) holds a CUDA kernel for every op that has one; a
+    CPU-only build holds none (no half-built extension)."""
+    _require_ext()
+    present = {op: _ext.has_kernel(op, "cuda") for op in CUDA_OPS}
+    if _cuda_requested() or deeplab_fast.built_with_cuda():
+        missing = [op for op, has in present.items() if not has]
+        assert not missing, f"deeplab_fast::{missing} have no CUDA kernel in this build"
+        assert deeplab_fast.built_with_cuda()
+    else:
+        assert not any(present.values()), f"a CPU-only build registers CUDA kernels: {present}"
 
 
 def test_cpu_kernels_registered():
-    if not _ext.HAS_EXT:
-        pytest.skip(f"deeplab_fast._C is not built ({_ext.EXT_ERROR})")
-    assert _ext.has_kernel("dwconv_bn_act", "cpu") and _ext.has_kernel("dwconv_bn_act_backward", "cpu")
+    _require_ext()
+    for op in CUDA_OPS:
+        assert _ext.has_kernel(op, "cpu"), f"deeplab_fast::{op} has no CPU kernel in this build"
+
+
+def test_emulated_cuda_kernels_in_every_build():
+    """The host emulation of the CUDA kernels needs no nvcc: every build holds the `<op>_cuda_emu` CPU kernels."""
+    _require_ext()
+    for op in CUDA_OPS:
+        assert _ext.has_kernel(f"{op}_cuda_emu", "cpu"), f"deeplab_fast::{op}_cuda_emu has no CPU kernel"
 
 
 _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -65,6 +114,8 @@ def _start_compile(nvcc: str, source: str, arch: str, out_dir: str) -> subproces
 def test_ptxas_no_register_spills():
     nvcc = _nvcc()
     if nvcc is None:
+        if _cuda_requested():
+            pytest.fail("DEEPLAB_FAST_CUDA=1 asks for the CUDA kernels, but nvcc is not installed")
         pytest.skip("nvcc is not installed")
     sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     assert sources, "no CUDA sources found"

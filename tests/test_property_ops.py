@@ -1,5 +1,7 @@
 """Property tests: dwconv_bn_act and winograd_conv3x3 on every backend here agree with the reference on random
-tiny inputs, finite and not (NaN where the reference is NaN, +-inf where it is, close elsewhere).
+tiny inputs, finite and not (NaN where the reference is NaN, +-inf where it is, close elsewhere). The Triton and
+CUDA-kernel backends get their tensors on their device (tests/_devices.py: the interpreter and "cuda_emu" on a
+machine without CUDA).
 
 Derandomized, so CI runs the same examples every time."""
 
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from deeplab_fast import _ext
 from deeplab_fast.ops import dwconv_bn_act, winograd_conv3x3, winograd_weight
 from deeplab_fast.ops.reference import dwconv_bn_act_reference, winograd_conv3x3_reference
+from tests._devices import CUDA_KERNELS, to_backend
 from tests.test_bad_input_ops import assert_same_nonfinite
 
 pytestmark = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
@@ -57,14 +60,13 @@ def dwconv_cases(draw):
 def test_dwconv_bn_act_matches_the_reference(case):
     x, weight, scale, shift, stride, dilation, activation = case
     ref = dwconv_bn_act_reference(x, weight, scale, shift, stride, dilation, activation)
-    for backend in ("cpu", "reference", "triton"):  # triton: the interpreter on a CPU
-        y = dwconv_bn_act(
-            x, weight, scale, shift, stride=stride, dilation=dilation, activation=activation, backend=backend
-        )
+    for backend in ("cpu", "triton", CUDA_KERNELS):
+        args = to_backend(backend, x, weight, scale, shift)
+        y = dwconv_bn_act(*args, stride=stride, dilation=dilation, activation=activation, backend=backend)
         assert y.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(
             memory_format=torch.channels_last
-        )
-        assert_same_nonfinite(y, ref)
+        ), backend
+        assert_same_nonfinite(y.cpu(), ref)
 
 
 @st.composite
@@ -92,6 +94,7 @@ def test_winograd_conv3x3_matches_the_reference(case):
     x, weight, tile, bias, residual, dilation, activation = case
     ref = winograd_conv3x3_reference(x, weight, bias, residual, dilation, activation)
     u = winograd_weight(weight, tile)
+    # "reference" is not the reference itself here: it recovers the weight from u (weight_from_u) first.
     for backend in ("cpu", "reference"):
         y = winograd_conv3x3(x, u, bias, residual, dilation=dilation, activation=activation, backend=backend)
         assert y.is_contiguous(memory_format=torch.channels_last)

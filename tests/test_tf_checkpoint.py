@@ -265,6 +265,10 @@ def test_decoder_and_image_pooling_arguments(xception65_ckpt) -> None:
         from_tf_checkpoint(prefix, decoder_output_stride=None)
     model = from_tf_checkpoint(prefix, image_pooling_crop_size=(257, 257))
     assert model.config["image_pooling_crop_size"] == [257, 257] and model.aspp.pool_kernel((33, 33)) == (17, 17)
+    # TensorFlow's rates 6/12/18 at OS16 are the builder's default, so they follow the output stride
+    assert model.config["aspp_rates"] is None
+    model.set_output_stride(8)
+    assert model.aspp.rates == (12, 24, 36) and model.aspp.pool_kernel((65, 65)) == (33, 33)
 
 
 def test_num_classes_and_bad_arguments(tf, tmp_path: Path) -> None:

@@ -288,3 +288,18 @@ def test_evaluate_multiscale_flip_matches_reference_path():
     valid = masks != 255
     assert int(cm.matrix.sum()) == int(valid.sum())
     assert int(cm.matrix.diag().sum()) == int((pred == masks)[valid].sum())
+
+
+def test_model_normalization_drives_the_data_transforms():
+    """model.options input_mean/input_std (a TF-ported model's 0.5/0.5) define the training normalisation; a
+    data.mean that contradicts them is a ConfigError."""
+    from deeplab_fast.training.builders import normalization
+    from deeplab_fast.training.config import Config, ConfigError
+
+    cfg = Config()
+    assert normalization(cfg) == (cfg.data.mean, cfg.data.std)
+    cfg.model.options = {"input_mean": [0.5, 0.5, 0.5], "input_std": [0.5, 0.5, 0.5]}
+    assert normalization(cfg) == ([0.5] * 3, [0.5] * 3)
+    cfg.data.mean = [0.4, 0.4, 0.4]
+    with pytest.raises(ConfigError, match="data.mean"):
+        normalization(cfg)

@@ -1,4 +1,7 @@
-"""upsample_argmax: exact labels against the reference, ties, NaN, no-grad contract, opcheck, compile, bad input."""
+"""upsample_argmax: exact labels against the reference, ties, NaN, no-grad contract, opcheck, compile, bad input.
+
+The CUDA kernel runs on CUDA tensors on a GPU machine and through the host emulation (backend "cuda_emu") on CPU
+tensors elsewhere (tests/_devices.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +12,11 @@ import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import upsample_argmax
 from deeplab_fast.ops.reference import upsample_argmax_reference
+from tests._devices import CUDA_KERNELS, to_backend
 
 needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 CPP = pytest.param("cpu", marks=needs_ext)
+CUDA = pytest.param(CUDA_KERNELS, marks=needs_ext)
 
 # (logits shape, output size): x1, x2, x4, 33->129, 65->513, x1.3, 1x1, downscale, odd.
 CASES = {
@@ -28,17 +33,19 @@ CASES = {
     "odd": ((1, 5, 7, 5), (13, 11)),
 }
 TRITON_CASES = ["x1", "x2", "1x1", "downscale", "odd"]
+# The CUDA emulation runs ~1 us per output pixel: every case but the two largest outputs.
+CUDA_EMU_CASES = [case for case in CASES if case not in ("x4", "65to513")]
 
 
 def _grid():
     out = []
-    for b in ("cpu", "triton", "reference"):
+    for b in ("cpu", "triton", CUDA_KERNELS):
         for case in CASES:
-            if b == "triton" and case not in TRITON_CASES:
+            if (b == "triton" and case not in TRITON_CASES) or (b == "cuda_emu" and case not in CUDA_EMU_CASES):
                 continue
             for cl in (False, True):
                 for ac in (False, True):
-                    marks = [needs_ext] if b == "cpu" else []
+                    marks = [needs_ext] if b != "triton" else []
                     out.append(
                         pytest.param(
                             b, case, cl, ac, marks=marks, id=f"{b}-{case}-{'nhwc' if cl else 'nchw'}-ac{int(ac)}"
@@ -56,29 +63,31 @@ def _logits(shape, dtype=torch.float32, channels_last=False, seed=0):
 def test_fp32_labels_equal_reference(backend, case, channels_last, align_corners):
     shape, size = CASES[case]
     x = _logits(shape, channels_last=channels_last)
-    out = upsample_argmax(x, size, align_corners=align_corners, backend=backend)
-    assert out.dtype == torch.int64 and out.shape == (shape[0], *size)
+    (xb,) = to_backend(backend, x)
+    out = upsample_argmax(xb, size, align_corners=align_corners, backend=backend)
+    assert out.dtype == torch.int64 and out.shape == (shape[0], *size) and out.device == xb.device
+    out = out.cpu()
     ref = upsample_argmax_reference(x, size, align_corners)
     assert torch.equal(out, ref), f"{(out != ref).sum().item()} labels differ"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
-@pytest.mark.parametrize("backend", [CPP, "triton"])
+@pytest.mark.parametrize("backend", [CPP, "triton", CUDA])
 def test_low_precision_labels(backend, dtype):
     """Low-precision logits are upcast exactly, so the labels equal the reference's (which also upcasts)."""
     x = _logits((2, 5, 6, 7), dtype)
-    out = upsample_argmax(x, (13, 15), backend=backend)
+    out = upsample_argmax(*to_backend(backend, x), (13, 15), backend=backend).cpu()
     assert torch.equal(out, upsample_argmax_reference(x, (13, 15)))
 
 
-@pytest.mark.parametrize("backend", [CPP, "triton", "reference"])
+@pytest.mark.parametrize("backend", [CPP, "triton", "reference", CUDA])
 def test_ties_take_lowest_class_and_nan_wins(backend):
     x = _logits((1, 4, 5, 5))
     x[:, 2] = x[:, 1] = 10.0  # classes 1 and 2 tie everywhere: 1 wins
-    out = upsample_argmax(x, (9, 9), backend=backend)
+    out = upsample_argmax(*to_backend(backend, x), (9, 9), backend=backend).cpu()
     assert (out == 1).all()
     x[0, 3, 2, 2] = float("nan")  # NaN is the maximum wherever it reaches, as in torch.argmax
-    out = upsample_argmax(x, (9, 9), backend=backend)
+    out = upsample_argmax(*to_backend(backend, x), (9, 9), backend=backend).cpu()
     assert torch.equal(out, upsample_argmax_reference(x, (9, 9)))
     assert (out == 3).any()
 
@@ -86,7 +95,8 @@ def test_ties_take_lowest_class_and_nan_wins(backend):
 @needs_ext
 @pytest.mark.parametrize("classes", [5, 11])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_wild_rows_beside_tame_rows(channels_last, classes):
+@pytest.mark.parametrize("backend", ["cpu", CUDA_KERNELS])
+def test_wild_rows_beside_tame_rows(backend, channels_last, classes):
     """The CPU kernel takes a one-compare path for source rows of finite |logit| <= 1e30 and the full NaN
     rules elsewhere; rows of both kinds (inf, NaN, 1e35) in one map give the reference's labels. 11 classes
     of channels_last logits are staged by 8x8 transposes that also check the values, the last block of
@@ -100,7 +110,7 @@ def test_wild_rows_beside_tame_rows(channels_last, classes):
     if classes > 8:
         x[0, classes - 1, 1, 19] = float("nan")  # last class, last column
         x[0, classes - 2, 3, 18] = 2e30
-    out = upsample_argmax(x, (33, 77), backend="cpu")
+    out = upsample_argmax(*to_backend(backend, x), (33, 77), backend=backend).cpu()
     ref = upsample_argmax_reference(x, (33, 77))
     assert torch.equal(out, ref), f"{(out != ref).sum().item()} labels differ"
     assert (out == 3).any() and (out == 4).any() and (out == 0).any()
@@ -108,17 +118,17 @@ def test_wild_rows_beside_tame_rows(channels_last, classes):
         assert (out == classes - 1).any() and (out == classes - 2).any()
 
 
-@pytest.mark.parametrize("backend", [CPP, "triton"])
+@pytest.mark.parametrize("backend", [CPP, "triton", CUDA])
 def test_logits_requiring_grad_give_labels_without_grad(backend):
     x = _logits((1, 3, 4, 4)).requires_grad_()
-    out = upsample_argmax(x, (8, 8), backend=backend)
+    out = upsample_argmax(*to_backend(backend, x), (8, 8), backend=backend)
     assert not out.requires_grad
-    assert torch.equal(out, upsample_argmax_reference(x.detach(), (8, 8)))
+    assert torch.equal(out.cpu(), upsample_argmax_reference(x.detach(), (8, 8)))
 
 
-@pytest.mark.parametrize("backend", [CPP, "triton", "reference"])
+@pytest.mark.parametrize("backend", [CPP, "triton", "reference", CUDA])
 def test_empty_batch(backend):
-    assert upsample_argmax(torch.randn(0, 3, 4, 4), (8, 8), backend=backend).shape == (0, 8, 8)
+    assert upsample_argmax(*to_backend(backend, torch.randn(0, 3, 4, 4)), (8, 8), backend=backend).shape == (0, 8, 8)
 
 
 @needs_ext
@@ -129,12 +139,12 @@ def test_opcheck_cpu_op():
     torch.library.opcheck(torch.ops.deeplab_fast.upsample_argmax.default, (xc, [3, 2], True))
 
 
-def test_opcheck_triton_op():
+def test_opcheck_triton_op(device):
     deeplab_fast.ops.register_triton_ops()
 
     torch.library.opcheck(
         torch.ops.deeplab_fast.upsample_argmax_triton.default,
-        (_logits((2, 3, 4, 5)), [7, 9], False),
+        (_logits((2, 3, 4, 5)).to(device), [7, 9], False),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
 

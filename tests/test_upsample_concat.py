@@ -1,4 +1,7 @@
-"""upsample_concat: every backend against the reference, gradients, opcheck, torch.compile, bad input."""
+"""upsample_concat: every backend against the reference, gradients, opcheck, torch.compile, bad input.
+
+The CUDA kernel runs on CUDA tensors on a GPU machine and through the host emulation (backend "cuda_emu") on CPU
+tensors elsewhere (tests/_devices.py); its backward is ATen's resize backward on either."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import upsample_concat
 from deeplab_fast.ops.reference import upsample_concat_reference
+from tests._devices import CUDA_KERNELS, offset_view, to_backend
 
 needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
-BACKENDS = ["cpu", "triton", "reference"]
+CUDA = pytest.param(CUDA_KERNELS, marks=needs_ext)
+BACKENDS = ["cpu", "triton", CUDA_KERNELS]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # (input shapes, output size): x1, x2, x4, 33->129, 65->513, 1x1 broadcast, downscale, 8 inputs, odd sizes.
@@ -27,8 +32,8 @@ CASES = {
     "eight_inputs": ([(1, 2, 5, 6), (1, 1, 1, 1), (1, 3, 13, 11), (1, 2, 3, 3)] * 2, (13, 11)),
     "odd": ([(1, 3, 7, 5), (1, 1, 6, 9)], (13, 11)),
 }
-# The Triton interpreter is slow: it runs the cases with small outputs.
-TRITON_CASES = ["x1", "x2", "x4_decoder", "1x1_broadcast", "downscale", "eight_inputs", "odd"]
+# The Triton interpreter and the CUDA emulation are slow: they run the cases with small outputs.
+SMALL_CASES = ["x1", "x2", "x4_decoder", "1x1_broadcast", "downscale", "eight_inputs", "odd"]
 
 
 def _inputs(shapes, dtype, channels_last, seed=0):
@@ -56,11 +61,12 @@ def _check_close(out, tensors, size, align_corners):
 
 def _grid():
     """backend x case x dtype x memory format x align_corners; the Triton interpreter is slow, so it runs
-    the small cases in fp32 with align_corners=False and the full dtype/align_corners grid on two."""
+    the small cases in fp32 with align_corners=False and the full dtype/align_corners grid on two; the CUDA
+    emulation runs the full grid on the small cases."""
     out = []
     for b in BACKENDS:
         for case in CASES:
-            if b == "triton" and case not in TRITON_CASES:
+            if b in ("triton", "cuda_emu") and case not in SMALL_CASES:
                 continue
             for dtype in DTYPES:
                 for cl in (False, True):
@@ -68,7 +74,7 @@ def _grid():
                         if b == "triton" and (dtype != torch.float32 or ac) and case not in ("x2", "odd"):
                             continue
                         name = f"{b}-{case}-{str(dtype).split('.')[-1]}-{'nhwc' if cl else 'nchw'}-ac{int(ac)}"
-                        marks = [needs_ext] if b == "cpu" else []
+                        marks = [needs_ext] if b != "triton" else []
                         out.append(pytest.param(b, case, dtype, cl, ac, marks=marks, id=name))
     return out
 
@@ -77,44 +83,64 @@ def _grid():
 def test_matches_reference(backend, case, dtype, channels_last, align_corners):
     shapes, size = CASES[case]
     tensors = _inputs(shapes, dtype, channels_last)
-    out = upsample_concat(tensors, size, align_corners=align_corners, backend=backend)
+    out = upsample_concat(to_backend(backend, *tensors), size, align_corners=align_corners, backend=backend)
     assert out.shape == (shapes[0][0], sum(s[1] for s in shapes), *size)
     assert out.dtype == dtype
     fmt = torch.channels_last if channels_last and shapes[0][2] * shapes[0][3] > 1 else torch.contiguous_format
     assert out.is_contiguous(memory_format=fmt)
-    _check_close(out, tensors, size, align_corners)
+    _check_close(out.cpu(), tensors, size, align_corners)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton"])
+@needs_ext
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float16", "bfloat16"])
+def test_cuda_kernel_unaligned_and_strided_inputs(dtype):
+    """Inputs whose data starts one element into their buffer (not 16-byte aligned) and a channel-sliced
+    view, NCHW and channels_last, resized up, down and kept."""
+    shapes = [(2, 5, 4, 6), (2, 3, 9, 11), (2, 6, 12, 13)]
+    for channels_last in (False, True):
+        tensors = _inputs(shapes, dtype, channels_last, seed=1)
+        moved = to_backend(CUDA_KERNELS, *tensors)
+        views = [offset_view(moved[0]), offset_view(moved[1], 3), moved[2][:, 1:4]]
+        expected = [tensors[0], tensors[1], tensors[2][:, 1:4]]
+        for ac in (False, True):
+            out = upsample_concat(views, (9, 11), align_corners=ac, backend=CUDA_KERNELS)
+            _check_close(out.cpu(), expected, (9, 11), ac)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton", CUDA])
 def test_mixed_input_formats_follow_first(backend):
     a = torch.randn(1, 3, 5, 5).contiguous(memory_format=torch.channels_last)
     b = torch.randn(1, 2, 10, 10)
-    out = upsample_concat([a, b], (10, 10), backend=backend)
+    ab, bb = to_backend(backend, a, b)
+    out = upsample_concat([ab, bb], (10, 10), backend=backend)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, upsample_concat_reference([a, b], (10, 10)), rtol=1e-5, atol=1e-5)
-    out = upsample_concat([b, a], (10, 10), backend=backend)
+    torch.testing.assert_close(out.cpu(), upsample_concat_reference([a, b], (10, 10)), rtol=1e-5, atol=1e-5)
+    out = upsample_concat([bb, ab], (10, 10), backend=backend)
     assert out.is_contiguous()
-    torch.testing.assert_close(out, upsample_concat_reference([b, a], (10, 10)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.cpu(), upsample_concat_reference([b, a], (10, 10)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("align_corners", [False, True], ids=["ac0", "ac1"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton"])
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton", CUDA])
 def test_gradients_match_reference(backend, channels_last, align_corners):
     shapes = [(2, 3, 5, 7), (2, 2, 1, 1), (2, 2, 12, 10), (2, 1, 23, 19)]
     tensors = [t.requires_grad_() for t in _inputs(shapes, torch.float32, channels_last)]
+    moved = to_backend(backend, *tensors)
     size = (12, 10)
-    out = upsample_concat(tensors, size, align_corners=align_corners, backend=backend)
-    grad = torch.randn_like(out)
-    ours = torch.autograd.grad(out, tensors, grad)
+    out = upsample_concat(moved, size, align_corners=align_corners, backend=backend)
+    grad = torch.randn(out.shape)
+    ours = torch.autograd.grad(out, moved, grad.to(out.device))
     ref = torch.autograd.grad(upsample_concat_reference(tensors, size, align_corners), tensors, grad)
     for g, r in zip(ours, ref, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g.cpu(), r, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton", "reference"])
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_ext), "triton", "reference", CUDA])
 def test_empty_batch(backend):
-    out = upsample_concat([torch.randn(0, 3, 4, 4), torch.randn(0, 2, 1, 1)], (8, 8), backend=backend)
+    out = upsample_concat(
+        to_backend(backend, torch.randn(0, 3, 4, 4), torch.randn(0, 2, 1, 1)), (8, 8), backend=backend
+    )
     assert out.shape == (0, 5, 8, 8)
 
 
@@ -126,10 +152,11 @@ def test_opcheck_cpu_op():
     torch.library.opcheck(torch.ops.deeplab_fast.upsample_concat.default, (cl, [7, 9], True))
 
 
-def test_opcheck_triton_op():
+def test_opcheck_triton_op(device):
     deeplab_fast.ops.register_triton_ops()
 
-    tensors = [torch.randn(2, 3, 4, 5, requires_grad=True), torch.randn(2, 2, 1, 1, requires_grad=True)]
+    tensors = [torch.randn(2, 3, 4, 5, device=device, requires_grad=True)]
+    tensors.append(torch.randn(2, 2, 1, 1, device=device, requires_grad=True))
     torch.library.opcheck(
         torch.ops.deeplab_fast.upsample_concat_triton.default,
         (tensors, [7, 9], False),
@@ -223,11 +250,12 @@ def _planted_inputs(dtype, channels_last):
 @pytest.mark.parametrize("align_corners", [False, True], ids=["ac0", "ac1"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_non_finite_values_follow_reference(channels_last, dtype, align_corners):
+@pytest.mark.parametrize("backend", ["cpu", CUDA_KERNELS])
+def test_non_finite_values_follow_reference(backend, channels_last, dtype, align_corners):
     """NaN and infinities come out where F.interpolate + cat puts them. A zero weight times inf is NaN there, so
     even an input already at the output size turns inf into NaN; the channels_last copy path kept inf."""
     tensors = _planted_inputs(dtype, channels_last)
-    out = upsample_concat(tensors, (6, 9), align_corners=align_corners, backend="cpu")
+    out = upsample_concat(to_backend(backend, *tensors), (6, 9), align_corners=align_corners, backend=backend).cpu()
     ref = upsample_concat_reference(tensors, (6, 9), align_corners)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol, equal_nan=True)

@@ -1,4 +1,7 @@
-"""upsample_softmax_accumulate: in-place accumulation against the reference, opcheck, compile, bad input."""
+"""upsample_softmax_accumulate: in-place accumulation against the reference, opcheck, compile, bad input.
+
+The CUDA kernel runs on CUDA tensors on a GPU machine and through the host emulation (backend "cuda_emu") on CPU
+tensors elsewhere (tests/_devices.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +12,11 @@ import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import upsample_softmax_accumulate
 from deeplab_fast.ops.reference import upsample_softmax_accumulate_reference
+from tests._devices import CUDA_KERNELS, to_backend
 
 needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 CPP = pytest.param("cpu", marks=needs_ext)
+CUDA = pytest.param(CUDA_KERNELS, marks=needs_ext)
 
 CASES = {
     "x1": ((2, 5, 9, 11), (9, 11)),
@@ -26,13 +31,15 @@ CASES = {
     "odd": ((1, 5, 7, 5), (13, 11)),
 }
 TRITON_CASES = ["x1", "x2", "1x1", "downscale", "odd"]
+# The CUDA emulation runs ~1 us per output pixel: every case but the largest output.
+CUDA_EMU_CASES = [case for case in CASES if case != "x4"]
 
 
 def _grid():
     out = []
-    for b in ("cpu", "triton", "reference"):
+    for b in ("cpu", "triton", CUDA_KERNELS):
         for case in CASES:
-            if b == "triton" and case not in TRITON_CASES:
+            if (b == "triton" and case not in TRITON_CASES) or (b == "cuda_emu" and case not in CUDA_EMU_CASES):
                 continue
             for dtype in (torch.float32, torch.float16, torch.bfloat16):
                 for cl in (False, True):
@@ -40,7 +47,7 @@ def _grid():
                         for flip in (False, True):
                             if b == "triton" and (dtype != torch.float32 or cl) and case not in ("x2", "odd"):
                                 continue
-                            marks = [needs_ext] if b == "cpu" else []
+                            marks = [needs_ext] if b != "triton" else []
                             fmt = "nhwc" if cl else "nchw"
                             name = f"{b}-{case}-{str(dtype).split('.')[-1]}-{fmt}-ac{int(ac)}-f{int(flip)}"
                             out.append(pytest.param(b, case, dtype, cl, ac, flip, marks=marks, id=name))
@@ -56,28 +63,29 @@ def test_matches_reference(backend, case, dtype, channels_last, align_corners, f
         logits = logits.contiguous(memory_format=torch.channels_last)
     accum = torch.rand((shape[0], shape[1], *size), generator=g)
     expected = upsample_softmax_accumulate_reference(logits, accum.clone(), 0.7, flip, align_corners)
+    logits, accum = to_backend(backend, logits, accum)
     out = upsample_softmax_accumulate(
         logits, accum, weight=0.7, flip=flip, align_corners=align_corners, backend=backend
     )
     assert out is accum
     # Both sides upcast the same low-precision logits, so fp32 tolerances hold for every dtype.
-    torch.testing.assert_close(accum, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(accum.cpu(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", [CPP, "triton", "reference"])
+@pytest.mark.parametrize("backend", [CPP, "triton", "reference", CUDA])
 def test_multi_scale_flip_sums_to_total_weight(backend):
-    accum = torch.zeros(1, 3, 12, 12)
+    (accum,) = to_backend(backend, torch.zeros(1, 3, 12, 12))
     for scale in (6, 12, 18):
         for flip in (False, True):
-            logits = torch.randn(1, 3, scale, scale)
+            (logits,) = to_backend(backend, torch.randn(1, 3, scale, scale))
             upsample_softmax_accumulate(logits, accum, weight=1 / 6, flip=flip, backend=backend)
-    torch.testing.assert_close(accum.sum(1), torch.ones(1, 12, 12), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(accum.sum(1).cpu(), torch.ones(1, 12, 12), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", [CPP, "triton", "reference"])
+@pytest.mark.parametrize("backend", [CPP, "triton", "reference", CUDA])
 def test_empty_batch_is_a_no_op(backend):
-    accum = torch.zeros(0, 3, 4, 4)
-    assert upsample_softmax_accumulate(torch.randn(0, 3, 2, 2), accum, backend=backend) is accum
+    logits, accum = to_backend(backend, torch.randn(0, 3, 2, 2), torch.zeros(0, 3, 4, 4))
+    assert upsample_softmax_accumulate(logits, accum, backend=backend) is accum
 
 
 @needs_ext
@@ -88,12 +96,12 @@ def test_opcheck_cpu_op():
     )
 
 
-def test_opcheck_triton_op():
+def test_opcheck_triton_op(device):
     deeplab_fast.ops.register_triton_ops()
 
     torch.library.opcheck(
         torch.ops.deeplab_fast.upsample_softmax_accumulate_triton.default,
-        (torch.randn(2, 3, 4, 5), torch.zeros(2, 3, 7, 9), 0.5, True, False),
+        (torch.randn(2, 3, 4, 5, device=device), torch.zeros(2, 3, 7, 9, device=device), 0.5, True, False),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
 
@@ -160,7 +168,8 @@ NON_FINITE_CASES = {
 @needs_ext
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", list(NON_FINITE_CASES))
-def test_non_finite_logits_follow_reference(case, channels_last):
+@pytest.mark.parametrize("backend", ["cpu", CUDA_KERNELS])
+def test_non_finite_logits_follow_reference(backend, case, channels_last):
     """torch.softmax gives NaN for every class of a pixel whose resized logits hold a NaN or +inf, or are all
     -inf; a -inf class beside finite ones gets 0. The CPU kernel used to turn a NaN logit into finite
     probabilities and a +inf logit into a uniform 1/K."""
@@ -175,19 +184,21 @@ def test_non_finite_logits_follow_reference(case, channels_last):
         logits = logits.contiguous(memory_format=torch.channels_last)
     accum = torch.rand((shape[0], shape[1], *size), generator=g)
     expected = upsample_softmax_accumulate_reference(logits, accum.clone(), 0.5)
-    upsample_softmax_accumulate(logits, accum, weight=0.5, backend="cpu")
-    torch.testing.assert_close(accum, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+    logits, accum = to_backend(backend, logits, accum)
+    upsample_softmax_accumulate(logits, accum, weight=0.5, backend=backend)
+    torch.testing.assert_close(accum.cpu(), expected, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert expected.isnan().any() and expected.isfinite().any()
 
 
 @needs_ext
-def test_inf_logit_gives_nan_not_uniform():
+@pytest.mark.parametrize("backend", ["cpu", CUDA_KERNELS])
+def test_inf_logit_gives_nan_not_uniform(backend):
     """The case from the fuzzing report: one class +inf, 5 classes, upsampled to 8-column rows. torch.softmax
     gives NaN (inf - inf); the CPU kernel gave a uniform 0.2."""
     logits = torch.zeros(1, 5, 2, 4)
     logits[0, 2] = INF
-    accum = torch.zeros(1, 5, 4, 8)
-    upsample_softmax_accumulate(logits, accum, backend="cpu")
+    logits, accum = to_backend(backend, logits, torch.zeros(1, 5, 4, 8))
+    upsample_softmax_accumulate(logits, accum, backend=backend)
     assert accum.isnan().all(), accum[0, :, 1, 1].tolist()
 
 

@@ -33,6 +33,22 @@ inline const char* dtype_name(c10::ScalarType t) {
 // The device as str(torch.device) prints it ("cpu", "cuda:0", "meta").
 inline std::string device_name(const at::Tensor& t) { return t.device().str(); }
 
+// Where an entry point runs its call: the kernels of the tensors' device, or the CUDA kernels on CPU
+// tensors through the host emulation (the ops' "cuda_emu" twins, backend="cuda_emu").
+enum class Target { kDevice, kCudaEmu };
+
+// What the emulated CUDA kernels accept, for tensor argument `name` of `op` (the words of
+// deeplab_fast.ops._backend.check_cuda_emu_input).
+inline void check_cuda_emu_input(const at::Tensor& t, const char* name, const char* op) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": backend='cuda_emu' runs the CUDA kernels on the CPU through the ",
+                    "host emulation, so ", name, " must be a CPU tensor, got one on ", device_name(t),
+                    " (use backend='cuda' for CUDA tensors)");
+  const auto dt = t.scalar_type();
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+                    ": backend='cuda_emu' runs the CUDA kernels, which support float32, float16 and bfloat16; ", name,
+                    " is ", dtype_name(dt), " (use backend='cpu' or 'reference')");
+}
+
 }  // namespace dlf
 
 #define DLF_CHECK_NDIM(t, n, name)                                                                           \

@@ -6,6 +6,10 @@
 
 #include <cstdint>
 
+#if defined(DLF_CUDA_EMU)
+#include "emu/runtime.h"
+#endif
+
 #if defined(__CUDACC__)
 #define DLF_HOST_DEVICE __host__ __device__
 #define DLF_FORCEINLINE __forceinline__
@@ -16,10 +20,38 @@
 #define DLF_UNROLL _Pragma("GCC unroll 16")
 #endif
 
-namespace dlf {
+// DLF_DEVICE_CODE: compiling the device side of a kernel, on the GPU (nvcc's device pass) or in the host
+// emulation of CUDA (csrc/emu, backend "cuda_emu"). Kernel code tests this instead of __CUDA_ARCH__, so
+// the emulation runs the very code the GPU runs.
+#if defined(__CUDA_ARCH__) || defined(DLF_CUDA_EMU)
+#define DLF_DEVICE_CODE 1
+#else
+#define DLF_DEVICE_CODE 0
+#endif
 
+// The shared bodies are compiled three ways (host CPU launchers, nvcc, the CUDA emulation) into one
+// library; each way gets its own inline namespace so their inline functions never merge at link time.
+// Parameter structs, which cross from the entry points to every launcher, stay in plain `dlf`.
+#if defined(__CUDACC__)
+#define DLF_BUILD_NS nvcc_build
+#elif defined(DLF_CUDA_EMU)
+#define DLF_BUILD_NS emu_build
+#else
+#define DLF_BUILD_NS host_build
+#endif
+#define DLF_BODIES_BEGIN \
+  namespace dlf {        \
+  inline namespace DLF_BUILD_NS {
+#define DLF_BODIES_END \
+  }                    \
+  }
+
+namespace dlf {
 // Activation codes shared by the schema (int argument), the Python API and the bodies.
 enum Activation : int { kActNone = 0, kActRelu = 1, kActRelu6 = 2 };
+}  // namespace dlf
+
+DLF_BODIES_BEGIN
 
 template <typename T>
 DLF_HOST_DEVICE DLF_FORCEINLINE T dlf_min(T a, T b) { return a < b ? a : b; }
@@ -49,4 +81,4 @@ struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
 
-}  // namespace dlf
+DLF_BODIES_END

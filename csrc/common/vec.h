@@ -13,15 +13,16 @@
 #include <c10/util/Half.h>
 
 #include "common/host_device.h"
+#include "common/memory.h"
 
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__CUDA_ARCH__) && !defined(__CUDACC__)
+#if defined(__AVX2__) && defined(__FMA__) && !DLF_DEVICE_CODE && !defined(__CUDACC__)
 #define DLF_HOST_AVX2 1
 #include <immintrin.h>
 #else
 #define DLF_HOST_AVX2 0
 #endif
 
-namespace dlf {
+DLF_BODIES_BEGIN
 
 // Accumulation type of a storage type: fp32 for every float type except float64, which keeps float64
 // (gradcheck needs it).
@@ -64,36 +65,36 @@ struct PackOps {
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load_acc(const A* p) {
     P r;
     DLF_UNROLL
-    for (int l = 0; l < V; ++l) r.v[l] = p[l];
+    for (int l = 0; l < V; ++l) r.v[l] = load_global(p + l);
     return r;
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load(const T* p) {
     P r;
-#if defined(__CUDA_ARCH__)
+#if DLF_DEVICE_CODE
     if constexpr (kVectorIO) {
-      const Vec<T, V> raw = *reinterpret_cast<const Vec<T, V>*>(p);
+      const Vec<T, V> raw = load_global(reinterpret_cast<const Vec<T, V>*>(p));
       DLF_UNROLL
       for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(raw.v[l]);
     } else
 #endif
     {
       DLF_UNROLL
-      for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(p[l]);
+      for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(load_global(p + l));
     }
     return r;
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE void store(T* p, const P& a) {
-#if defined(__CUDA_ARCH__)
+#if DLF_DEVICE_CODE
     if constexpr (kVectorIO) {
       Vec<T, V> raw;
       DLF_UNROLL
       for (int l = 0; l < V; ++l) raw.v[l] = static_cast<T>(a.v[l]);
-      *reinterpret_cast<Vec<T, V>*>(p) = raw;
+      store_global(reinterpret_cast<Vec<T, V>*>(p), raw);
     } else
 #endif
     {
       DLF_UNROLL
-      for (int l = 0; l < V; ++l) p[l] = static_cast<T>(a.v[l]);
+      for (int l = 0; l < V; ++l) store_global(p + l, static_cast<T>(a.v[l]));
     }
   }
   // acc += x * w
@@ -173,4 +174,4 @@ struct DeviceLanes {
   static constexpr int value = static_cast<int>(16 / sizeof(T));
 };
 
-}  // namespace dlf
+DLF_BODIES_END

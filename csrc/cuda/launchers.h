@@ -1,26 +1,33 @@
-// CUDA launchers, one per op. Declared with light headers only so .cpp entry points can call them.
+// Launchers of the CUDA kernels (csrc/cuda/*.cuh), declared for the op entry points with light headers
+// only. One set of functions built twice: dlf::cuda (nvcc; CUDA tensors, `stream` a cudaStream_t) and
+// dlf::emu (the host emulation; backend "cuda_emu" on CPU tensors, `stream` ignored).
 #pragma once
 
 #include <c10/core/ScalarType.h>
-#include <cuda_runtime_api.h>
+
+#include <cstdint>
 
 #include "kernels/dwconv_bn_act.h"
-
-namespace dlf {
-// Weight blocking the CUDA channels_last forward uses: 16 bytes of channels per thread when the channel
-// count and the x/y pointers allow aligned vector access, else 1.
-int64_t dwconv_bn_act_cuda_weight_block(c10::ScalarType dtype, int64_t C, const void* x, const void* y);
-void dwconv_bn_act_cuda(const DwconvParams& p, c10::ScalarType dtype, cudaStream_t stream);
-void dwconv_bn_act_backward_cuda(const DwconvBwdParams& q, c10::ScalarType dtype, cudaStream_t stream);
-}  // namespace dlf
-
-// ---------------------------------------------------------------------------------------------------
-// Upsample ops (csrc/cuda/upsample_cuda.cu): the shared bodies and parameter structs are in
-// csrc/kernels/upsample.h.
 #include "kernels/upsample.h"
 
-namespace dlf {
-void upsample_concat_cuda(const UpsampleConcatParams& p, c10::ScalarType dtype, cudaStream_t stream);
-void upsample_argmax_cuda(const UpsampleClassParams& p, c10::ScalarType dtype, cudaStream_t stream);
-void upsample_softmax_accumulate_cuda(const UpsampleClassParams& p, c10::ScalarType dtype, cudaStream_t stream);
-}  // namespace dlf
+// dwconv_bn_act_weight_block: the weight blocking the channels_last forward uses, 16 bytes of channels per
+// thread when the channel count and the x / y pointers allow aligned vector access, else 1.
+#define DLF_DECLARE_GPU_LAUNCHERS                                                                              \
+  int64_t dwconv_bn_act_weight_block(c10::ScalarType dtype, int64_t C, const void* x, const void* y);          \
+  void dwconv_bn_act_forward(const DwconvParams& p, c10::ScalarType dtype, void* stream);                      \
+  void dwconv_bn_act_backward(const DwconvBwdParams& q, c10::ScalarType dtype, void* stream);                  \
+  void upsample_concat(const UpsampleConcatParams& p, c10::ScalarType dtype, void* stream);                    \
+  void upsample_argmax(const UpsampleClassParams& p, c10::ScalarType dtype, void* stream);                     \
+  void upsample_softmax_accumulate(const UpsampleClassParams& p, c10::ScalarType dtype, void* stream);
+
+namespace dlf::emu {
+DLF_DECLARE_GPU_LAUNCHERS
+}  // namespace dlf::emu
+
+#if defined(DLF_WITH_CUDA) || defined(__CUDACC__)
+namespace dlf::cuda {
+DLF_DECLARE_GPU_LAUNCHERS
+}  // namespace dlf::cuda
+#endif
+
+#undef DLF_DECLARE_GPU_LAUNCHERS

@@ -37,11 +37,25 @@ struct DwconvParams {
   bool channels_last;
 };
 
+// Backward parameters; see "Backward" below.
+struct DwconvBwdParams {
+  DwconvParams f;
+  const void* go;
+  void* gpre;
+  void* gprod;
+  void* gx;
+  void* gparams;
+};
+
+}  // namespace dlf
+
+DLF_BODIES_BEGIN
+
 // Offset of the first tap of channel c in the blocked weight; taps follow at a step of w_block.
 // w_block is a power of two (make_params checks it): the host masks instead of a 64-bit division per
 // channel pack; the device keeps the division (the mask form spilled registers in fwd_nhwc_kernel, sm_80).
 DLF_HOST_DEVICE DLF_FORCEINLINE int64_t weight_offset(const DwconvParams& p, int64_t c) {
-#ifdef __CUDA_ARCH__
+#if DLF_DEVICE_CODE
   return (c / p.w_block) * p.K * p.K * p.w_block + c % p.w_block;
 #else
   const int64_t lane = c & (p.w_block - 1);
@@ -259,14 +273,7 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void dwconv_fwd_nchw_body(const DwconvParams& p,
 //   d x = scale[c] * (transposed depthwise conv of g with w).
 // go, gpre and gprod share y's strides (ys_*); gx shares x's strides (xs_*). gpre = g, gprod = g * conv
 // (accumulation type). gparams is (C, K*K + 2): the K*K weight taps, then scale, then shift.
-struct DwconvBwdParams {
-  DwconvParams f;
-  const void* go;
-  void* gpre;
-  void* gprod;
-  void* gx;
-  void* gparams;
-};
+
 
 // Decode an index that enumerates a 4-D tensor in its memory order into (n, c, h, w).
 DLF_HOST_DEVICE DLF_FORCEINLINE void decode_index(int64_t idx, int64_t C, int64_t H, int64_t W, bool channels_last,
@@ -377,4 +384,4 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void dwconv_bwd_params_body(const DwconvBwdParam
   static_cast<A*>(q.gparams)[idx] = acc;
 }
 
-}  // namespace dlf
+DLF_BODIES_END

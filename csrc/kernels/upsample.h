@@ -23,7 +23,40 @@
 
 #include "common/host_device.h"
 
+// Parameter structs (plain dlf: they cross from the entry points to every launcher).
 namespace dlf {
+
+constexpr int kMaxConcatInputs = 8;
+
+struct UpsampleConcatParams {
+  const void* x[kMaxConcatInputs];
+  int64_t C[kMaxConcatInputs], H[kMaxConcatInputs], W[kMaxConcatInputs];
+  int64_t xs_n[kMaxConcatInputs], xs_c[kMaxConcatInputs], xs_h[kMaxConcatInputs], xs_w[kMaxConcatInputs];
+  float scale_h[kMaxConcatInputs], scale_w[kMaxConcatInputs];
+  int64_t c_begin[kMaxConcatInputs + 1];  // channel offset of each input in the output; last = total
+  int num_inputs;
+  void* y;
+  int64_t N, Ctot, Ho, Wo;
+  int64_t ys_n, ys_c, ys_h, ys_w;
+  bool channels_last;
+  bool align_corners;
+};
+
+struct UpsampleClassParams {
+  const void* x;
+  int64_t N, K, H, W, Ho, Wo;
+  int64_t xs_n, xs_k, xs_h, xs_w;
+  float scale_h, scale_w;
+  bool align_corners;
+  bool flip;        // read the logits mirrored along W (softmax_accumulate only)
+  int64_t* labels;  // argmax output (N, Ho, Wo) contiguous
+  float* accum;     // softmax_accumulate in/out (N, K, Ho, Wo) contiguous
+  float weight;
+};
+
+}  // namespace dlf
+
+DLF_BODIES_BEGIN
 
 // ---------------------------------------------------------------------------------------------------
 // Taps and blends along one axis.
@@ -125,22 +158,6 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void softmax_accumulate_pixel(const ValueFn& val
 // upsample_concat: up to 8 inputs resized to (Ho, Wo) and written at channel offsets of one output.
 // Strides are in elements, (n, c, h, w) order; the output is NCHW or channels_last (idx order).
 
-constexpr int kMaxConcatInputs = 8;
-
-struct UpsampleConcatParams {
-  const void* x[kMaxConcatInputs];
-  int64_t C[kMaxConcatInputs], H[kMaxConcatInputs], W[kMaxConcatInputs];
-  int64_t xs_n[kMaxConcatInputs], xs_c[kMaxConcatInputs], xs_h[kMaxConcatInputs], xs_w[kMaxConcatInputs];
-  float scale_h[kMaxConcatInputs], scale_w[kMaxConcatInputs];
-  int64_t c_begin[kMaxConcatInputs + 1];  // channel offset of each input in the output; last = total
-  int num_inputs;
-  void* y;
-  int64_t N, Ctot, Ho, Wo;
-  int64_t ys_n, ys_c, ys_h, ys_w;
-  bool channels_last;
-  bool align_corners;
-};
-
 // Index of the input that holds output channel c.
 DLF_HOST_DEVICE DLF_FORCEINLINE int concat_input_of(const UpsampleConcatParams& p, int64_t c) {
   int j = 0;
@@ -188,17 +205,7 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void upsample_concat_body(const UpsampleConcatPa
 // ---------------------------------------------------------------------------------------------------
 // upsample_argmax and upsample_softmax_accumulate: logits (N, K, h, w) with strides, resized to (Ho, Wo).
 
-struct UpsampleClassParams {
-  const void* x;
-  int64_t N, K, H, W, Ho, Wo;
-  int64_t xs_n, xs_k, xs_h, xs_w;
-  float scale_h, scale_w;
-  bool align_corners;
-  bool flip;        // read the logits mirrored along W (softmax_accumulate only)
-  int64_t* labels;  // argmax output (N, Ho, Wo) contiguous
-  float* accum;     // softmax_accumulate in/out (N, K, Ho, Wo) contiguous
-  float weight;
-};
+
 
 // Resized logit of class k at the pixel of taps (th, tw): the CUDA kernels call it once per class.
 template <typename T>
@@ -238,4 +245,4 @@ DLF_HOST_DEVICE DLF_FORCEINLINE void upsample_softmax_accumulate_body(const Upsa
                            p.Ho * p.Wo);
 }
 
-}  // namespace dlf
+DLF_BODIES_END

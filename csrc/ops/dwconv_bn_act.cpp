@@ -1,6 +1,6 @@
-// Entry points of deeplab_fast::dwconv_bn_act and ::dwconv_bn_act_backward for CPU and CUDA tensors:
-// checks, output allocation in the input's memory format, parameter packing, and the call into the
-// device launcher.
+// Entry points of deeplab_fast::dwconv_bn_act and ::dwconv_bn_act_backward for CPU and CUDA tensors, and of
+// their "cuda_emu" twins (the CUDA kernels run on CPU tensors through the host emulation): checks, output
+// allocation in the input's memory format, parameter packing, and the call into the launcher.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -10,11 +10,10 @@
 #include "common/checks.h"
 #include "cpu/launchers.h"
 #include "cpu/output_pool.h"
+#include "cuda/launchers.h"
 #ifdef DLF_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-
-#include "cuda/launchers.h"
 #endif
 
 namespace dlf {
@@ -23,7 +22,7 @@ namespace {
 // The checks of deeplab_fast.ops.dwconv's Python check (reference and Triton backends, fake impls), in the
 // same order and words.
 void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& shift,
-                  int64_t stride, int64_t dilation, int64_t activation) {
+                  int64_t stride, int64_t dilation, int64_t activation, Target target) {
   TORCH_CHECK_VALUE(x.dim() == 4, "x must be a 4-D (N, C, H, W) tensor, got ", x.dim(), "-D with shape ", x.sizes());
   DLF_CHECK_FLOATING(x, "x");
   const int64_t C = x.size(1);
@@ -49,6 +48,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   TORCH_CHECK_VALUE(!(x.is_cuda() && x.scalar_type() == at::kDouble),
                     "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
                     "bfloat16); use float32 or backend='reference'");
+  if (target == Target::kCudaEmu) check_cuda_emu_input(x, "x", "dwconv_bn_act");
 }
 
 bool is_channels_last(const at::Tensor& x) {
@@ -106,9 +106,10 @@ void set_out_strides(DwconvParams& p, const at::Tensor& y) {
 
 }  // namespace
 
-at::Tensor dwconv_bn_act(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scale,
-                         const at::Tensor& shift, int64_t stride, int64_t dilation, int64_t activation) {
-  check_inputs(x_in, weight, scale, shift, stride, dilation, activation);
+at::Tensor dwconv_bn_act_on(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scale,
+                            const at::Tensor& shift, int64_t stride, int64_t dilation, int64_t activation,
+                            Target target) {
+  check_inputs(x_in, weight, scale, shift, stride, dilation, activation, target);
   const bool channels_last = is_channels_last(x_in);
   const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_in.contiguous(fmt);
@@ -121,10 +122,15 @@ at::Tensor dwconv_bn_act(const at::Tensor& x_in, const at::Tensor& weight, const
   // channels_last reads packs of channels per tap: block the weight so a pack's taps lie together.
   int64_t w_block = 1;
   if (channels_last) {
+    if (target == Target::kCudaEmu) {
+      w_block = emu::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
+    } else if (x.is_cuda()) {
 #ifdef DLF_WITH_CUDA
-    if (x.is_cuda()) w_block = dwconv_bn_act_cuda_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
+      w_block = cuda::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
 #endif
-    if (!x.is_cuda()) w_block = dwconv_bn_act_cpu_weight_block(x.scalar_type());
+    } else {
+      w_block = dwconv_bn_act_cpu_weight_block(x.scalar_type());
+    }
   }
   const at::Tensor w = blocked_weight(weight, acc, w_block);
   const at::Tensor s = scale.to(acc).contiguous();
@@ -133,10 +139,12 @@ at::Tensor dwconv_bn_act(const at::Tensor& x_in, const at::Tensor& weight, const
   p.y = y.data_ptr();
   set_out_strides(p, y);
 
-  if (x.is_cuda()) {
+  if (target == Target::kCudaEmu) {
+    emu::dwconv_bn_act_forward(p, x.scalar_type(), nullptr);
+  } else if (x.is_cuda()) {
 #ifdef DLF_WITH_CUDA
     const c10::cuda::CUDAGuard guard(x.device());
-    dwconv_bn_act_cuda(p, x.scalar_type(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+    cuda::dwconv_bn_act_forward(p, x.scalar_type(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
 #else
     TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
 #endif
@@ -146,10 +154,12 @@ at::Tensor dwconv_bn_act(const at::Tensor& x_in, const at::Tensor& weight, const
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backward(
-    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scale,
-    const at::Tensor& shift, int64_t stride, int64_t dilation, int64_t activation) {
-  check_inputs(x_in, weight, scale, shift, stride, dilation, activation);
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+Grads dwconv_bn_act_backward_on(const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight,
+                                const at::Tensor& scale, const at::Tensor& shift, int64_t stride, int64_t dilation,
+                                int64_t activation, Target target) {
+  check_inputs(x_in, weight, scale, shift, stride, dilation, activation, target);
   const bool channels_last = is_channels_last(x_in);
   const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_in.contiguous(fmt);
@@ -182,10 +192,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   q.gx = gx.data_ptr();
   q.gparams = gparams.data_ptr();
 
-  if (x.is_cuda()) {
+  if (target == Target::kCudaEmu) {
+    emu::dwconv_bn_act_backward(q, x.scalar_type(), nullptr);
+  } else if (x.is_cuda()) {
 #ifdef DLF_WITH_CUDA
     const c10::cuda::CUDAGuard guard(x.device());
-    dwconv_bn_act_backward_cuda(q, x.scalar_type(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+    cuda::dwconv_bn_act_backward(q, x.scalar_type(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
 #else
     TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
 #endif
@@ -198,14 +210,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   return {gx, gw.contiguous(), gs, gb};
 }
 
+at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                         const at::Tensor& shift, int64_t stride, int64_t dilation, int64_t activation) {
+  return dwconv_bn_act_on(x, weight, scale, shift, stride, dilation, activation, Target::kDevice);
+}
+Grads dwconv_bn_act_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                             const at::Tensor& scale, const at::Tensor& shift, int64_t stride, int64_t dilation,
+                             int64_t activation) {
+  return dwconv_bn_act_backward_on(grad_out, x, weight, scale, shift, stride, dilation, activation, Target::kDevice);
+}
+at::Tensor dwconv_bn_act_cuda_emu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                                  const at::Tensor& shift, int64_t stride, int64_t dilation, int64_t activation) {
+  return dwconv_bn_act_on(x, weight, scale, shift, stride, dilation, activation, Target::kCudaEmu);
+}
+Grads dwconv_bn_act_backward_cuda_emu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                      const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
+                                      int64_t dilation, int64_t activation) {
+  return dwconv_bn_act_backward_on(grad_out, x, weight, scale, shift, stride, dilation, activation,
+                                   Target::kCudaEmu);
+}
+
 TORCH_LIBRARY_IMPL(deeplab_fast, CPU, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act);
   m.impl("dwconv_bn_act_backward", &dwconv_bn_act_backward);
+  m.impl("dwconv_bn_act_cuda_emu", &dwconv_bn_act_cuda_emu);
+  m.impl("dwconv_bn_act_backward_cuda_emu", &dwconv_bn_act_backward_cuda_emu);
 }
 #ifdef DLF_WITH_CUDA
 TORCH_LIBRARY_IMPL(deeplab_fast, CUDA, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act);
   m.impl("dwconv_bn_act_backward", &dwconv_bn_act_backward);
+  // The emulation takes CPU tensors only: registered here to refuse CUDA tensors with a clear message.
+  m.impl("dwconv_bn_act_cuda_emu", &dwconv_bn_act_cuda_emu);
+  m.impl("dwconv_bn_act_backward_cuda_emu", &dwconv_bn_act_backward_cuda_emu);
 }
 #endif
 

@@ -1,5 +1,6 @@
 // Entry points of deeplab_fast::upsample_concat, ::upsample_argmax and ::upsample_softmax_accumulate for
-// CPU and CUDA tensors: checks, output allocation, parameter packing, the call into the launchers.
+// CPU and CUDA tensors, and of their "cuda_emu" twins (the CUDA kernels on CPU tensors through the host
+// emulation): checks, output allocation, parameter packing, the call into the launchers.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -8,9 +9,7 @@
 #include "common/checks.h"
 #include "cpu/output_pool.h"
 #include "cpu/launchers.h"
-#ifdef DLF_WITH_CUDA
 #include "cuda/launchers.h"
-#endif
 #ifdef DLF_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -57,7 +56,7 @@ void fill_class_params(UpsampleClassParams& p, const at::Tensor& x, int64_t Ho, 
 
 }  // namespace
 
-at::Tensor upsample_concat(at::TensorList tensors, at::IntArrayRef size, bool align_corners) {
+at::Tensor upsample_concat_on(at::TensorList tensors, at::IntArrayRef size, bool align_corners, Target target) {
   TORCH_CHECK_VALUE(!tensors.empty(), "tensors must hold at least one tensor, got an empty sequence");
   TORCH_CHECK_VALUE(static_cast<int64_t>(tensors.size()) <= kMaxConcatInputs, "tensors must hold at most ",
                     kMaxConcatInputs, " tensors, got ", tensors.size());
@@ -76,6 +75,7 @@ at::Tensor upsample_concat(at::TensorList tensors, at::IntArrayRef size, bool al
                       device_name(first));
     check_positive_hw(t, name);
   }
+  if (target == Target::kCudaEmu) check_cuda_emu_input(first, "tensors[0]", "upsample_concat");
   const bool cl = is_channels_last(first);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   std::vector<at::Tensor> xs;
@@ -106,10 +106,12 @@ at::Tensor upsample_concat(at::TensorList tensors, at::IntArrayRef size, bool al
   p.ys_n = y.stride(0), p.ys_c = y.stride(1), p.ys_h = y.stride(2), p.ys_w = y.stride(3);
   p.channels_last = cl;
   p.align_corners = align_corners;
-  if (y.is_cuda()) {
+  if (target == Target::kCudaEmu) {
+    emu::upsample_concat(p, y.scalar_type(), nullptr);
+  } else if (y.is_cuda()) {
 #ifdef DLF_WITH_CUDA
     const c10::cuda::CUDAGuard guard(y.device());
-    upsample_concat_cuda(p, y.scalar_type(), stream_of(y));
+    cuda::upsample_concat(p, y.scalar_type(), stream_of(y));
 #else
     TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
 #endif
@@ -119,9 +121,10 @@ at::Tensor upsample_concat(at::TensorList tensors, at::IntArrayRef size, bool al
   return y;
 }
 
-at::Tensor upsample_argmax(const at::Tensor& logits, at::IntArrayRef size, bool align_corners) {
+at::Tensor upsample_argmax_on(const at::Tensor& logits, at::IntArrayRef size, bool align_corners, Target target) {
   DLF_CHECK_NDIM(logits, 4, "logits");
   check_float(logits, "logits");
+  if (target == Target::kCudaEmu) check_cuda_emu_input(logits, "logits", "upsample_argmax");
   const auto [Ho, Wo] = check_size(size);
   TORCH_CHECK_VALUE(logits.size(1) > 0, "logits must have at least one class (K > 0), got shape ", logits.sizes());
   check_positive_hw(logits, "logits");
@@ -130,10 +133,12 @@ at::Tensor upsample_argmax(const at::Tensor& logits, at::IntArrayRef size, bool 
   UpsampleClassParams p{};
   fill_class_params(p, logits, Ho, Wo, align_corners);
   p.labels = labels.data_ptr<int64_t>();
-  if (logits.is_cuda()) {
+  if (target == Target::kCudaEmu) {
+    emu::upsample_argmax(p, logits.scalar_type(), nullptr);
+  } else if (logits.is_cuda()) {
 #ifdef DLF_WITH_CUDA
     const c10::cuda::CUDAGuard guard(logits.device());
-    upsample_argmax_cuda(p, logits.scalar_type(), stream_of(logits));
+    cuda::upsample_argmax(p, logits.scalar_type(), stream_of(logits));
 #else
     TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
 #endif
@@ -143,11 +148,12 @@ at::Tensor upsample_argmax(const at::Tensor& logits, at::IntArrayRef size, bool 
   return labels;
 }
 
-void upsample_softmax_accumulate(const at::Tensor& logits, const at::Tensor& accum, double weight, bool flip,
-                                 bool align_corners) {
+void upsample_softmax_accumulate_on(const at::Tensor& logits, const at::Tensor& accum, double weight, bool flip,
+                                    bool align_corners, Target target) {
   DLF_CHECK_NDIM(logits, 4, "logits");
   DLF_CHECK_NDIM(accum, 4, "accum");
   check_float(logits, "logits");
+  if (target == Target::kCudaEmu) check_cuda_emu_input(logits, "logits", "upsample_softmax_accumulate");
   TORCH_CHECK_VALUE(accum.scalar_type() == at::kFloat, "accum must be float32, got ",
                     dtype_name(accum.scalar_type()));
   TORCH_CHECK_VALUE(accum.is_contiguous(), "accum must be contiguous (NCHW), got strides ", accum.strides());
@@ -163,10 +169,12 @@ void upsample_softmax_accumulate(const at::Tensor& logits, const at::Tensor& acc
   p.flip = flip;
   p.accum = accum.data_ptr<float>();
   p.weight = static_cast<float>(weight);
-  if (logits.is_cuda()) {
+  if (target == Target::kCudaEmu) {
+    emu::upsample_softmax_accumulate(p, logits.scalar_type(), nullptr);
+  } else if (logits.is_cuda()) {
 #ifdef DLF_WITH_CUDA
     const c10::cuda::CUDAGuard guard(logits.device());
-    upsample_softmax_accumulate_cuda(p, logits.scalar_type(), stream_of(logits));
+    cuda::upsample_softmax_accumulate(p, logits.scalar_type(), stream_of(logits));
 #else
     TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
 #endif
@@ -175,16 +183,44 @@ void upsample_softmax_accumulate(const at::Tensor& logits, const at::Tensor& acc
   }
 }
 
+at::Tensor upsample_concat(at::TensorList tensors, at::IntArrayRef size, bool align_corners) {
+  return upsample_concat_on(tensors, size, align_corners, Target::kDevice);
+}
+at::Tensor upsample_argmax(const at::Tensor& logits, at::IntArrayRef size, bool align_corners) {
+  return upsample_argmax_on(logits, size, align_corners, Target::kDevice);
+}
+void upsample_softmax_accumulate(const at::Tensor& logits, const at::Tensor& accum, double weight, bool flip,
+                                 bool align_corners) {
+  upsample_softmax_accumulate_on(logits, accum, weight, flip, align_corners, Target::kDevice);
+}
+at::Tensor upsample_concat_cuda_emu(at::TensorList tensors, at::IntArrayRef size, bool align_corners) {
+  return upsample_concat_on(tensors, size, align_corners, Target::kCudaEmu);
+}
+at::Tensor upsample_argmax_cuda_emu(const at::Tensor& logits, at::IntArrayRef size, bool align_corners) {
+  return upsample_argmax_on(logits, size, align_corners, Target::kCudaEmu);
+}
+void upsample_softmax_accumulate_cuda_emu(const at::Tensor& logits, const at::Tensor& accum, double weight, bool flip,
+                                          bool align_corners) {
+  upsample_softmax_accumulate_on(logits, accum, weight, flip, align_corners, Target::kCudaEmu);
+}
+
 TORCH_LIBRARY_IMPL(deeplab_fast, CPU, m) {
   m.impl("upsample_concat", &upsample_concat);
   m.impl("upsample_argmax", &upsample_argmax);
   m.impl("upsample_softmax_accumulate", &upsample_softmax_accumulate);
+  m.impl("upsample_concat_cuda_emu", &upsample_concat_cuda_emu);
+  m.impl("upsample_argmax_cuda_emu", &upsample_argmax_cuda_emu);
+  m.impl("upsample_softmax_accumulate_cuda_emu", &upsample_softmax_accumulate_cuda_emu);
 }
 #ifdef DLF_WITH_CUDA
 TORCH_LIBRARY_IMPL(deeplab_fast, CUDA, m) {
   m.impl("upsample_concat", &upsample_concat);
   m.impl("upsample_argmax", &upsample_argmax);
   m.impl("upsample_softmax_accumulate", &upsample_softmax_accumulate);
+  // The emulation takes CPU tensors only: registered here to refuse CUDA tensors with a clear message.
+  m.impl("upsample_concat_cuda_emu", &upsample_concat_cuda_emu);
+  m.impl("upsample_argmax_cuda_emu", &upsample_argmax_cuda_emu);
+  m.impl("upsample_softmax_accumulate_cuda_emu", &upsample_softmax_accumulate_cuda_emu);
 }
 #endif
 

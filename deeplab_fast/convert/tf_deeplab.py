@@ -228,6 +228,11 @@ def _tf_exact_model(
         )
     options = dict(TF_EXACT_OPTIONS)
     align_corners = options.pop("align_corners")
+    rates = tuple(atrous_rates)
+    # TensorFlow's usual rates for the stride are the builder's default (None): the model (its config, the file
+    # save_weights writes) then rescales them when the output stride changes (set_output_stride, eval's
+    # --set model.output_stride=8) rather than keeping the OS16 rates at OS8
+    default = tuple(r * 16 // output_stride for r in (6, 12, 18)) if output_stride in (8, 16, 32) else None
     return deeplabv3plus(
         MODEL_VARIANTS[model_variant],
         num_classes,
@@ -235,7 +240,7 @@ def _tf_exact_model(
         separable=True,
         decoder=decoder_output_stride is not None,
         align_corners=align_corners,
-        aspp_rates=tuple(atrous_rates),
+        aspp_rates=None if rates == default else rates,
         image_pooling_crop_size=None if image_pooling_crop_size is None else tuple(image_pooling_crop_size),
         **options,
     )

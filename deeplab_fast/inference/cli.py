@@ -68,10 +68,20 @@ def register(subparsers: Any) -> None:
         "for 150, generic otherwise)",
     )
     p.add_argument(
-        "--mean", type=float, nargs=3, default=None, metavar="M", help="RGB mean (default: the weights', else ImageNet)"
+        "--mean",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar="M",
+        help="RGB mean (default: the weights', else the model config's, else ImageNet)",
     )
     p.add_argument(
-        "--std", type=float, nargs=3, default=None, metavar="S", help="RGB std (default: the weights', else ImageNet)"
+        "--std",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar="S",
+        help="RGB std (default: the weights', else the model config's, else ImageNet)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="compute dtype")
@@ -166,7 +176,6 @@ def _run(args: argparse.Namespace) -> int:
 
     from deeplab_fast.inference import io
     from deeplab_fast.inference.palettes import get_palette, overlay
-    from deeplab_fast.inference.preprocess import IMAGENET_MEAN, IMAGENET_STD
     from deeplab_fast.inference.segmenter import Segmenter
 
     inputs = list(args.inputs)
@@ -206,8 +215,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         seg = Segmenter(
             model,
-            mean=args.mean or (info or {}).get("mean") or IMAGENET_MEAN,
-            std=args.std or (info or {}).get("std") or IMAGENET_STD,
+            # None: the model config's input_mean / input_std, else ImageNet's (the Segmenter decides)
+            mean=args.mean or (info or {}).get("mean"),
+            std=args.std or (info or {}).get("std"),
             scales=args.scales,
             flip=args.flip,
             window=_pair_arg(args.window, "--window"),

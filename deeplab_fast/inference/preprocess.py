@@ -21,6 +21,7 @@ __all__ = [
     "all_finite",
     "check_finite_image",
     "check_mean_std",
+    "model_normalization",
     "normalize",
     "pad_to_min",
     "rescale",
@@ -156,12 +157,23 @@ def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
-def rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Bilinear (align_corners=False) resize of x (N, C, H, W) to scaled_size((H, W), scale); s = 1 is x itself."""
+def rescale(x: torch.Tensor, scale: float, align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize of x (N, C, H, W) to scaled_size((H, W), scale) with the given align_corners convention (the
+    model's: TensorFlow DeepLab resizes its scaled inputs with align_corners=True); s = 1 is x itself."""
     size = scaled_size((x.shape[-2], x.shape[-1]), scale)
     if size == tuple(x.shape[-2:]):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def model_normalization(model: object) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a model expects of RGB in [0, 1]: its config's input_mean / input_std where set (a
+    deeplab_fast model built with them, e.g. from_timm's TensorFlow (0.5, 0.5, 0.5)), else ImageNet's."""
+    config = getattr(model, "config", None)
+    config = config if isinstance(config, dict) else {}
+    mean = config.get("input_mean") or IMAGENET_MEAN
+    std = config.get("input_std") or IMAGENET_STD
+    return check_mean_std(mean, std)
 
 
 def pad_to_min(x: torch.Tensor, min_size: int) -> tuple[torch.Tensor, tuple[int, int]]:

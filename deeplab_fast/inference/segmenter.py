@@ -2,9 +2,11 @@
 
 Semantics (the slow reference in tests/test_inference.py composes exactly this from F.interpolate + softmax):
 
-1. The image becomes float RGB in [0, 1] (uint8 / 255), then (x - mean) / std.
+1. The image becomes float RGB in [0, 1] (uint8 / 255), then (x - mean) / std (by default the model config's
+   input_mean / input_std, else ImageNet's).
 2. For every scale s and (with flip=True) both orientations, the normalised image is resized bilinearly
-   (align_corners=False) to (int(H*s + 0.5), int(W*s + 0.5)), flipped left-right for the flipped pass, and
+   (with `align_corners`, the model's by default) to (int(H*s + 0.5), int(W*s + 0.5)), flipped left-right for
+   the flipped pass, and
    run through the model. Inputs smaller than `min_size` are zero-padded at the bottom/right and the pad is
    cropped off the logits.
 3. Each pass's logits are flipped back, resized bilinearly to (H, W) and softmaxed over classes; the passes'
@@ -40,11 +42,10 @@ from deeplab_fast import ops
 from deeplab_fast.data._checks import check_bool, float_tuple, positive_int, positive_pair
 from deeplab_fast.dtypes import parse_dtype
 from deeplab_fast.inference.preprocess import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ImageLike,
     all_finite,
     check_mean_std,
+    model_normalization,
     normalize,
     pad_to_min,
     rescale,
@@ -62,7 +63,8 @@ class Segmenter:
         changed: when it must move to `device` or be cast to `dtype` (or be optimized) the Segmenter runs a
         copy; otherwise it runs the model itself, in eval mode for the duration of each call (its own mode is
         restored afterwards).
-    mean, std: per-channel normalisation of RGB in [0, 1] (ImageNet's by default).
+    mean, std: per-channel normalisation of RGB in [0, 1]; None (default): the model config's input_mean /
+        input_std where set (e.g. TensorFlow's 0.5 / 0.5 of deeplab_fast.from_timm), else ImageNet's.
     scales: image scales of the passes (e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) for the paper's evaluation).
     flip: also run each scale on the left-right flipped image (a bool).
     window: (H, W) or int: tile inputs larger than this into overlapping windows (Cityscapes-size images).
@@ -74,7 +76,8 @@ class Segmenter:
         None for the dtype the model already has; probabilities are always accumulated in float32.
     optimize: for a deeplab_fast DeepLab, run on deeplab_fast.optimize(model) (BN folded, fused kernels; a copy,
         so `model` keeps its modules); other models run as they are.
-    align_corners: how logits are resized (default: the model's `align_corners` attribute, else False).
+    align_corners: how the scaled inputs and the logits are resized (default: the model's `align_corners`
+        attribute, else False).
     min_size: inputs smaller than this (either side) are padded up to it, and the pad is cropped away.
     batch_size: most images (or sliding windows) per forward.
 
@@ -87,8 +90,8 @@ class Segmenter:
         self,
         model: nn.Module,
         *,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
         window: int | Sequence[int] | None = None,
@@ -102,7 +105,10 @@ class Segmenter:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        self.mean, self.std = check_mean_std(mean, std)
+        default_mean, default_std = model_normalization(model)
+        self.mean, self.std = check_mean_std(
+            default_mean if mean is None else mean, default_std if std is None else std
+        )
         self.scales = _check_scales(scales)
         self.flip = check_bool(flip, "flip")
         optimize = check_bool(optimize, "optimize")
@@ -220,7 +226,7 @@ class Segmenter:
         size = (x.shape[-2], x.shape[-1])
         if len(self.passes) == 1:
             scale = self.scales[0]
-            xs = rescale(x, scale)
+            xs = rescale(x, scale, self.align_corners)
             if not needs_sliding(tuple(xs.shape[-2:]), self.window):
                 return ops.upsample_argmax(self._logits(xs), size, align_corners=self.align_corners)
         return self._probabilities(x).argmax(1)
@@ -232,7 +238,7 @@ class Segmenter:
         weight = 1.0 / len(passes)
         accum: torch.Tensor | None = None
         for scale in self.scales:
-            xs = rescale(x, scale)
+            xs = rescale(x, scale, self.align_corners)
             for flipped in (False, True) if self.flip else (False,):
                 xin = xs.flip(-1) if flipped else xs
                 if needs_sliding(tuple(xin.shape[-2:]), self.window):

@@ -9,13 +9,22 @@ import torch
 from torch import nn
 
 from deeplab_fast.models.aspp import ASPP
-from deeplab_fast.models.backbones.mobilenetv2 import MobileNetV2
-from deeplab_fast.models.backbones.resnet import ResNet
+from deeplab_fast.models.backbones.mobilenetv2 import PADDINGS, InvertedResidual, MobileNetV2
+from deeplab_fast.models.backbones.resnet import ResNet, Subsample
 from deeplab_fast.models.backbones.xception import Xception
 from deeplab_fast.models.decoder import Decoder
 from deeplab_fast.models.layers import ConvBNAct, ResizeConcat, conv_block
 
-BACKBONES = ("resnet50", "resnet101", "xception65", "xception71", "mobilenet_v2")
+BACKBONES = (
+    "resnet50",
+    "resnet101",
+    "xception65",
+    "xception71",
+    "mobilenet_v2",
+    "resnet50_beta",
+    "resnet101_beta",
+    "xception41",
+)
 OUTPUT_STRIDES = (8, 16, 32)
 MIN_SIZE = 32
 
@@ -39,14 +48,27 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "decoder_convs": (2, "number of 3x3 conv blocks in the decoder"),
     "decoder_separable": (None, "separable decoder convs; default: `separable`"),
     "low_level_channels": (48, "channels the stride-4 features are reduced to in the decoder"),
-    "bn_eps": (None, "BatchNorm eps; default 1e-3 for Xception (TensorFlow), 1e-5 otherwise (MobileNetV2: 1e-5)"),
+    "bn_eps": (None, "backbone BatchNorm eps; default 1e-3 for Xception (TensorFlow), 1e-5 otherwise"),
     "head_bn_eps": (None, "BatchNorm eps of ASPP, decoder and aux head; default: the backbone's (TensorFlow: 1e-5)"),
     "input_mean": (None, "per-channel mean of the input normalisation, of pixels in [0, 1]; default ImageNet's"),
     "input_std": (None, "per-channel std of the input normalisation; default ImageNet's (TensorFlow: 0.5 and 0.5)"),
-    "multi_grid": (None, "ResNet: dilation multipliers of layer4's units, e.g. (1, 2, 4)"),
-    "dilate_first_block": (True, "ResNet: first unit of a dilated stage uses the new dilation (False: torchvision)"),
+    "multi_grid": (
+        None,
+        "dilation multipliers of the last block: ResNet layer4's 3 units, Xception's last 3 separable convs, "
+        "e.g. (1, 2, 4); default all ones (resnet*_beta: (1, 2, 4))",
+    ),
+    "dilate_first_block": (
+        None,
+        "the unit whose stride became a dilation uses the new dilation (True) or the old one (False: torchvision, "
+        "TensorFlow, exact atrous); default True for resnet50/101 and MobileNetV2, False for Xception and *_beta",
+    ),
     "width_mult": (1.0, "scales every backbone width (small models for tests)"),
     "mobilenet_last_conv": (True, "MobileNetV2: keep the final 1x1 conv to 1280 channels"),
+    "mobilenet_padding": (
+        "zero",
+        "MobileNetV2: 'zero' pads each 3x3 conv (torchvision); 'block_input' pads each unit's input before its "
+        "expansion and not the stem (VainF/DeepLabV3Plus-Pytorch)",
+    ),
     "aux_head": (False, "auxiliary FCN head on the stride-16 stage (torchvision's aux classifier)"),
     "output_dict": (False, "forward returns {'out': logits[, 'aux': aux logits]} (torchvision style)"),
 }
@@ -132,6 +154,54 @@ class DeepLab(nn.Module):
         self.channels_last = False
         self.optimized: dict[str, Any] | None = None
 
+    def set_output_stride(self, output_stride: int) -> None:
+        """Switch the encoder to another output stride in place (8, 16 or 32), keeping every weight.
+
+        The strides and dilations of the backbone's convolutions and the ASPP rates become those that
+        deeplabv3plus(**config, output_stride=output_stride) builds (explicit `aspp_rates` are scaled by
+        old / new stride), and config["output_stride"] follows; the paper evaluates OS16-trained weights at OS8
+        this way. With dilate_first_block=False (the exact atrous rule) the OS8 backbone output subsampled by 2
+        (x[..., ::2, ::2], odd input sizes) equals the OS16 one. Call it on the eager model, before optimize().
+
+        Raises ValueError for another stride or explicit ASPP rates that do not scale to ints, RuntimeError on an
+        optimize()d copy.
+        """
+        if self.optimized is not None:
+            raise RuntimeError(
+                "set_output_stride changes the eager model's convolutions; call it before deeplab_fast.optimize() "
+                "(or on the model this optimized copy came from) and optimize again"
+            )
+        if not _is_int(output_stride) or output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of the ints {OUTPUT_STRIDES}, got {output_stride!r}")
+        old = self.config["output_stride"]
+        if output_stride == old:
+            return
+        config = {**self.config, "output_stride": output_stride}
+        if config.get("aspp_rates") is not None:
+            rates = [r * old / output_stride for r in config["aspp_rates"]]
+            if not all(r == int(r) and r >= 1 for r in rates):
+                raise ValueError(
+                    f"aspp_rates {self.config['aspp_rates']} at output stride {old} do not scale to ints at output "
+                    f"stride {output_stride} ({rates})"
+                )
+            config["aspp_rates"] = [int(r) for r in rates]
+        with torch.device("meta"):  # the same architecture at the new stride, without memory or initialisation
+            template = deeplabv3plus(**config)
+        own = dict(self.named_modules())
+        for name, t in template.named_modules():
+            m = own.get(name)
+            if type(m) is not type(t):
+                raise RuntimeError(f"set_output_stride: module {name!r} is {type(m).__name__}, expected {type(t)}")
+            if isinstance(t, nn.Conv2d):
+                m.stride, m.padding, m.dilation = t.stride, t.padding, t.dilation
+            elif isinstance(t, Subsample):
+                m.stride = t.stride
+            elif isinstance(t, InvertedResidual):
+                m.input_pad = t.input_pad
+        self.aspp.rates = template.aspp.rates
+        self.aspp.output_stride = template.aspp.output_stride  # sets the image_pooling_crop_size kernel
+        self.config = template.config
+
     def _check_batch(self, x: torch.Tensor) -> None:
         check_image_batch(x)
         _check_input_dtype(x, self)
@@ -184,7 +254,7 @@ def _mark_nonfinite(logits: torch.Tensor, finite: torch.Tensor | None) -> torch.
     return torch.where(finite.view(-1, 1, 1, 1), logits, float("nan"))
 
 
-_BOOL_OPTIONS = ("separable_inner_bn", "dilate_first_block", "mobilenet_last_conv", "aux_head", "output_dict")
+_BOOL_OPTIONS = ("separable_inner_bn", "mobilenet_last_conv", "aux_head", "output_dict")
 _BOOL_OR_NONE_OPTIONS = ("aspp_separable", "decoder_separable")
 _POSITIVE_INT_OPTIONS = ("aspp_channels", "low_level_channels", "decoder_convs")
 
@@ -223,12 +293,17 @@ def _check_arguments(
     for name in _BOOL_OPTIONS:
         if not isinstance(opt[name], bool):
             raise TypeError(f"{name} must be True or False, got {opt[name]!r}")
+    dilate_first = opt["dilate_first_block"]
+    if dilate_first is not None and not isinstance(dilate_first, bool):
+        raise TypeError(f"dilate_first_block must be True or False (or None: per backbone), got {dilate_first!r}")
     for name in _BOOL_OR_NONE_OPTIONS:
         if opt[name] is not None and not isinstance(opt[name], bool):
             raise TypeError(f"{name} must be True, False or None (follow `separable`), got {opt[name]!r}")
     for name in _POSITIVE_INT_OPTIONS:
         if not _is_int(opt[name]) or opt[name] < 1:
             raise ValueError(f"{name} must be an int >= 1, got {opt[name]!r}")
+    if opt["mobilenet_padding"] not in PADDINGS:
+        raise ValueError(f"mobilenet_padding must be one of {PADDINGS}, got {opt['mobilenet_padding']!r}")
     if opt["post_aspp_conv"] not in ("none", "dense", "separable"):
         raise ValueError(f"post_aspp_conv must be 'none', 'dense' or 'separable', got {opt['post_aspp_conv']!r}")
     if not _is_number(opt["width_mult"]) or opt["width_mult"] <= 0:
@@ -251,6 +326,8 @@ def _check_arguments(
     if grid is not None:
         if not isinstance(grid, (list, tuple)) or not all(_is_int(g) and g >= 1 for g in grid):
             raise ValueError(f"multi_grid must be a sequence of ints >= 1 (or None), got {grid!r}")
+        if backbone == "mobilenet_v2":
+            raise ValueError("multi_grid applies to ResNet and Xception backbones; mobilenet_v2 has no multi-grid")
         opt["multi_grid"] = tuple(grid)
     rates = opt["aspp_rates"]
     if rates is not None:
@@ -288,19 +365,36 @@ def deeplabv3plus(
     eps = opt["bn_eps"] if opt["bn_eps"] is not None else (1e-3 if backbone.startswith("xception") else 1e-5)
     head_eps = opt["head_bn_eps"] if opt["head_bn_eps"] is not None else eps
     width = opt["width_mult"]
+    dilate_first = opt["dilate_first_block"]
+    if dilate_first is None:
+        dilate_first = not (backbone.startswith("xception") or backbone.endswith("_beta"))
     if backbone.startswith("resnet"):
         net: nn.Module = ResNet(
             backbone,
             output_stride=output_stride,
             multi_grid=opt["multi_grid"],
-            dilate_first_block=opt["dilate_first_block"],
+            dilate_first_block=dilate_first,
             width_mult=width,
             eps=eps,
         )
     elif backbone.startswith("xception"):
-        net = Xception(backbone, output_stride=output_stride, width_mult=width, eps=eps)
+        net = Xception(
+            backbone,
+            output_stride=output_stride,
+            multi_grid=opt["multi_grid"],
+            dilate_first_block=dilate_first,
+            width_mult=width,
+            eps=eps,
+        )
     else:
-        net = MobileNetV2(output_stride=output_stride, width_mult=width, last_conv=opt["mobilenet_last_conv"])
+        net = MobileNetV2(
+            output_stride=output_stride,
+            dilate_first_block=dilate_first,
+            width_mult=width,
+            last_conv=opt["mobilenet_last_conv"],
+            eps=eps,
+            padding=opt["mobilenet_padding"],
+        )
     rates = opt["aspp_rates"]
     if rates is None:
         rates = tuple(r * 16 // output_stride for r in (6, 12, 18))

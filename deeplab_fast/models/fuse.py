@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from deeplab_fast import _ext
 from deeplab_fast.malloc_tuning import keep_freed_memory
 from deeplab_fast.models.aspp import ASPP
-from deeplab_fast.models.backbones.mobilenetv2 import InvertedResidual, MobileNetV2
+from deeplab_fast.models.backbones.mobilenetv2 import InvertedResidual, MobileNetV2, pad_input
 from deeplab_fast.models.backbones.resnet import Bottleneck, ResNet
 from deeplab_fast.models.backbones.xception import Xception, XceptionBlock
 from deeplab_fast.models.deeplab import DeepLab
@@ -287,19 +287,24 @@ def _fuse_leaf(m: nn.Module, backend: str, engine: str) -> nn.Module:
 
 
 class FusedBottleneck(nn.Module):
-    """ResNet Bottleneck with BN folded; the skip addition and the last ReLU ride on conv3 (same names)."""
+    """ResNet Bottleneck with BN folded; the skip addition and the last ReLU ride on conv3 (same names), except in
+    the unit whose pre-addition conv3 output is the low-level tap (resnet*_beta). A Subsample shortcut stays."""
 
     def __init__(self, m: Bottleneck, backend: str, engine: str) -> None:
         super().__init__()
+        self.tap = m.tap
         self.conv1 = FusedConv.from_modules(m.conv1, m.bn1, "relu", backend, engine)
         self.conv2 = FusedConv.from_modules(m.conv2, m.bn2, "relu", backend, engine)
-        self.conv3 = FusedConv.from_modules(m.conv3, m.bn3, "relu", backend, engine)
-        self.downsample = None
-        if m.downsample is not None:
+        self.conv3 = FusedConv.from_modules(m.conv3, m.bn3, "none" if m.tap else "relu", backend, engine)
+        self.downsample = m.downsample
+        if isinstance(m.downsample, nn.Sequential):
             self.downsample = FusedConv.from_modules(m.downsample[0], m.downsample[1], "none", backend, engine)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         identity = x if self.downsample is None else self.downsample(x)
+        if self.tap:
+            pre = self.conv3(self.conv2(self.conv1(x)))
+            return F.relu(pre + identity), pre
         return self.conv3(self.conv2(self.conv1(x)), identity)
 
 
@@ -327,14 +332,16 @@ class FusedXceptionBlock(nn.Module):
 
 
 class FusedInvertedResidual(nn.Module):
-    """MobileNetV2 unit with a skip: its fused layers (`conv`), the skip addition riding on the projection."""
+    """MobileNetV2 unit with a skip: its fused layers (`conv`), the skip addition riding on the projection (the
+    input zero-padded by `input_pad` first, as the unit it replaces does)."""
 
-    def __init__(self, conv: nn.Sequential) -> None:
+    def __init__(self, conv: nn.Sequential, input_pad: int = 0) -> None:
         super().__init__()
         self.conv = conv
+        self.input_pad = input_pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv[-1](self.conv[:-1](x), x)
+        return self.conv[-1](self.conv[:-1](pad_input(x, self.input_pad)), x)
 
 
 class FusedASPP(nn.Module):
@@ -387,14 +394,19 @@ class FusedASPP(nn.Module):
 def _fuse_conv_bn_act_seq(seq: nn.Sequential, backend: str, engine: str) -> nn.Module:
     """Sequential(Conv2d, BatchNorm2d, ReLU6) (MobileNetV2) -> FusedDWConv if depthwise, else FusedConv."""
     conv, bn = seq[0], seq[1]
-    if conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels:
+    # dwconv_bn_act pads by the dilation; a depthwise conv padded otherwise (VainF's units) stays a FusedConv
+    same_padding = conv.padding[0] == conv.dilation[0] * (conv.kernel_size[0] - 1) // 2
+    if conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels and same_padding:
         return FusedDWConv(conv, bn, "relu6", backend)
     return FusedConv.from_modules(conv, bn, "relu6", backend, engine)
 
 
 def _fuse_resnet(net: ResNet, backend: str, engine: str) -> None:
-    net.conv1 = FusedConv.from_modules(net.conv1, net.bn1, "relu", backend, engine)
-    net.bn1, net.relu = nn.Identity(), nn.Identity()  # ResNet.forward keeps calling them
+    if net.beta:
+        net.stem = nn.Sequential(*(_fuse_leaf(m, backend, engine) for m in net.stem))
+    else:
+        net.conv1 = FusedConv.from_modules(net.conv1, net.bn1, "relu", backend, engine)
+        net.bn1, net.relu = nn.Identity(), nn.Identity()  # ResNet.forward keeps calling them
     for i in range(1, 5):
         layer = getattr(net, f"layer{i}")
         for j, unit in enumerate(layer):
@@ -417,7 +429,7 @@ def _fuse_mobilenet(net: MobileNetV2, backend: str, engine: str) -> None:
         layers = [_fuse_conv_bn_act_seq(s, backend, engine) for s in f.conv[:-2]]
         layers.append(FusedConv.from_modules(f.conv[-2], f.conv[-1], "none", backend, engine))
         if f.use_res_connect:
-            net.features[j] = FusedInvertedResidual(nn.Sequential(*layers))
+            net.features[j] = FusedInvertedResidual(nn.Sequential(*layers), f.input_pad)
         else:
             f.conv = nn.Sequential(*layers)
 

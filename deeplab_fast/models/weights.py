@@ -362,17 +362,23 @@ def write_weights_file(
             torch.save(sd if info is None else {"state_dict": sd, MODEL_INFO_KEY: json.dumps(info)}, str(tmp))
 
 
+SOURCES = ("vainf",)
+
+
 def load_model(
-    path: str | os.PathLike, *, device: str | torch.device = "cpu", source: Mapping[str, Any] | None = None
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", source: Mapping[str, Any] | str | None = None
 ) -> nn.Module:
     """Rebuild the model a weights file describes and load its weights (strictly); returns it in eval mode.
 
     Args:
-        path: .safetensors or .pt/.pth written by save_weights or the trainer (best.safetensors, ckpt_*.safetensors).
+        path: .safetensors or .pt/.pth written by save_weights or the trainer (best.safetensors, ckpt_*.safetensors),
+            or another library's checkpoint named by `source`.
         device: where the model goes ("cpu", "cuda", torch.device ...).
         source: builder keyword arguments of deeplab_fast.models.deeplabv3plus that replace the stored ones (or,
             for a file that describes no model, the whole description, e.g. {"backbone": "resnet101",
-            "num_classes": 19}).
+            "num_classes": 19}); or "vainf": a VainF/DeepLabV3Plus-Pytorch checkpoint (ResNet-50/101 or
+            MobileNetV2, DeepLabV3 or V3+, dense or separable heads), whose architecture is read off its keys
+            (output stride 16; model.set_output_stride(8) gives its OS8 model).
 
     Returns:
         The DeepLab (float32 weights), `model.config` as built.
@@ -382,9 +388,16 @@ def load_model(
         is given, was made by another factory, or does not match the rebuilt model.
     """
     p = Path(path)
+    if isinstance(source, str):
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES} or a mapping of deeplabv3plus arguments, got {source!r}")
+        return _load_vainf(p).to(device).eval()
     info = read_model_info(p)
     if source is not None and not isinstance(source, Mapping):
-        raise TypeError(f"source must be a mapping of deeplabv3plus keyword arguments, got {type(source).__name__}")
+        raise TypeError(
+            f"source must be a mapping of deeplabv3plus keyword arguments or one of {SOURCES}, got "
+            f"{type(source).__name__}"
+        )
     if info is None and not source:
         raise ValueError(
             f"{str(p)!r} does not describe its model (written before checkpoints did, or by another library): "
@@ -405,3 +418,30 @@ def load_model(
         raise ValueError(f"{str(p)!r}: cannot rebuild deeplabv3plus({kwargs}): {exc}") from None
     load_weights(model, p)
     return model.to(device).eval()
+
+
+def _load_vainf(p: Path) -> nn.Module:
+    """The deeplabv3plus model of a VainF/DeepLabV3Plus-Pytorch checkpoint, its weights loaded strictly."""
+    from deeplab_fast.models.deeplab import deeplabv3plus
+    from deeplab_fast.models.vainf import map_vainf_state_dict, read_vainf_checkpoint
+
+    if not p.is_file():
+        raise FileNotFoundError(f"path: no such weights file: {str(p)!r}")
+    try:
+        kwargs, sd = map_vainf_state_dict(read_vainf_checkpoint(str(p)))
+    except ValueError as exc:
+        raise ValueError(f"{str(p)!r} (source='vainf'): {exc}") from None
+    model = deeplabv3plus(**kwargs)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
+                  if k in own and v.shape != own[k].shape]  # fmt: skip
+    if missing or mismatched:
+        lines = [f"{str(p)!r} (source='vainf') does not fit deeplabv3plus({kwargs})"]
+        if missing:
+            lines.append(f"model keys the checkpoint lacks ({len(missing)}): {', '.join(missing[:20])}")
+        if mismatched:
+            lines.append(f"shape mismatches ({len(mismatched)}): {', '.join(mismatched[:20])}")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()})
+    return model

@@ -1,9 +1,10 @@
 """The one dispatch path of every fused op: backend resolution and its cache, availability errors, the
 no-grad fast call, and registrations made on first use.
 
-Backends: "auto", "cuda", "cpu", "triton", "reference". `resolve_backend` answers from one cache and is
-evaluated once at trace time under torch.compile (it queries the dispatcher, which Dynamo cannot trace);
-`run_op` calls a compiled op below the Autograd key when there is nothing to record.
+Backends: "auto", "cuda", "cpu", "triton", "reference", and "cuda_emu": the CUDA kernels run on CPU tensors
+through the host emulation of CUDA (csrc/emu), a test backend that "auto" never chooses. `resolve_backend`
+answers from one cache and is evaluated once at trace time under torch.compile (it queries the dispatcher,
+which Dynamo cannot trace); `run_op` calls a compiled op below the Autograd key when there is nothing to record.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ import torch
 
 from deeplab_fast import _ext
 
-BACKENDS = ("auto", "cuda", "cpu", "triton", "reference")
+BACKENDS = ("auto", "cuda", "cpu", "triton", "reference", "cuda_emu")
+
+# The ops with CUDA kernels, which the "cuda_emu" backend runs (each as its `<op>_cuda_emu` twin).
+CUDA_EMU_OPS = ("dwconv_bn_act", "upsample_concat", "upsample_argmax", "upsample_softmax_accumulate")
+_CUDA_EMU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,6 +85,18 @@ def _resolve(backend: object, device_type: str, op: str) -> str:
         return "reference"
     if backend == "reference":
         return backend
+    if backend == "cuda_emu":
+        if op not in CUDA_EMU_OPS:
+            raise RuntimeError(f"backend='cuda_emu' is unavailable for {op}: it has no CUDA kernel")
+        if device_type != "cpu":
+            raise RuntimeError(
+                f"backend='cuda_emu' runs the CUDA kernels of {op} on the CPU through the host emulation and takes "
+                f"CPU tensors, but the input is on {device_type} (use backend='cuda' for CUDA tensors)"
+            )
+        _ext.require_ext(backend)
+        if not _ext.has_kernel(f"{op}_cuda_emu", "cpu"):
+            raise RuntimeError(f"backend='cuda_emu' has no kernel for {op} in this build. {_ext.BUILD_HINT}")
+        return backend
     if backend == "triton":
         if op == "winograd_conv3x3":
             raise RuntimeError("backend='triton' is unavailable for winograd_conv3x3: it has no Triton kernel")
@@ -102,6 +119,21 @@ def _resolve(backend: object, device_type: str, op: str) -> str:
             )
         raise RuntimeError(f"backend={backend!r} has no kernel for {op} in this build. {_ext.BUILD_HINT}")
     return backend
+
+
+def check_cuda_emu_input(t: torch.Tensor, name: str, op: str) -> None:
+    """What the emulated CUDA kernels accept for tensor argument `name` of `op`: the C++ check of the
+    `<op>_cuda_emu` ops (csrc/common/checks.h, check_cuda_emu_input) in the same words, for the fake impls."""
+    if t.device.type != "cpu":
+        raise ValueError(
+            f"{op}: backend='cuda_emu' runs the CUDA kernels on the CPU through the host emulation, so {name} must "
+            f"be a CPU tensor, got one on {t.device} (use backend='cuda' for CUDA tensors)"
+        )
+    if t.dtype not in _CUDA_EMU_DTYPES:
+        raise ValueError(
+            f"{op}: backend='cuda_emu' runs the CUDA kernels, which support float32, float16 and bfloat16; {name} is "
+            f"{str(t.dtype).removeprefix('torch.')} (use backend='cpu' or 'reference')"
+        )
 
 
 def device_of(t: object, name: str) -> torch.device:

@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from deeplab_fast import _ext
-from deeplab_fast.ops._backend import device_of, registered_on_first_use, resolve_backend, run_op
+from deeplab_fast.ops._backend import (
+    check_cuda_emu_input,
+    device_of,
+    registered_on_first_use,
+    resolve_backend,
+    run_op,
+)
 from deeplab_fast.ops._common import (
     ACTIVATION_NAMES,
     INT64_MAX,
@@ -113,7 +119,8 @@ def dwconv_bn_act(
             skipped: a dilation of at least max(H, W) keeps only the centre tap.
         activation: "relu", "relu6" or "none"; NaN propagates as in torch (relu(NaN) = NaN).
         backend: "auto" (the CUDA kernels on CUDA tensors, the C++ kernels on CPU tensors), "cuda",
-            "cpu", "triton" or "reference".
+            "cpu", "triton", "reference", or "cuda_emu" (the CUDA kernels run on CPU tensors through the
+            host emulation: a slow test backend, float32/float16/bfloat16 only).
 
     Returns:
         (N, C, Ho, Wo) with Ho = ceil(H / stride) (likewise Wo), in x's dtype and memory format.
@@ -126,6 +133,8 @@ def dwconv_bn_act(
         chosen = "reference"  # the GPU kernels are fp32/fp16/bf16 only; float64 is a checking dtype
     if chosen in ("cpu", "cuda"):  # the C++ op checks the tensors
         return run_op(torch.ops.deeplab_fast.dwconv_bn_act, x, weight, scale, shift, stride, dilation, code)
+    if chosen == "cuda_emu":
+        return run_op(torch.ops.deeplab_fast.dwconv_bn_act_cuda_emu, x, weight, scale, shift, stride, dilation, code)
     check_inputs(x, weight, scale, shift, stride, dilation, code, kernel=chosen == "triton")
     if chosen == "reference":
         return dwconv_bn_act_reference(x, weight, scale, shift, stride, dilation, activation)
@@ -185,6 +194,16 @@ def kernel_backward(
         lambda a, b, c, d: dwconv_bn_act_reference(a, b, c, d, stride, dilation, act_name), x, weight, scale, shift
     )
     return vjp(grad_out)
+
+
+def _cuda_emu_backward(ctx, grad_out: torch.Tensor):
+    # The emulated op's gradient runs the emulated CUDA backward kernels.
+    x, weight, scale, shift = ctx.saved_tensors
+    stride, dilation, activation = ctx.conf
+    gx, gw, gs, gb = torch.ops.deeplab_fast.dwconv_bn_act_backward_cuda_emu(
+        grad_out, x, weight, scale, shift, stride, dilation, activation
+    )
+    return gx, gw, gs, gb, None, None, None
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -256,3 +275,24 @@ if _ext.HAS_EXT:
         )
 
     torch.library.register_autograd("deeplab_fast::dwconv_bn_act", _backward, setup_context=_setup_context)
+
+    @torch.library.register_fake("deeplab_fast::dwconv_bn_act_cuda_emu")
+    def _(x, weight, scale, shift, stride, dilation, activation):
+        check_inputs(x, weight, scale, shift, stride, dilation, activation)
+        check_cuda_emu_input(x, "x", "dwconv_bn_act")
+        return fake_output(x, stride)
+
+    @torch.library.register_fake("deeplab_fast::dwconv_bn_act_backward_cuda_emu")
+    def _(grad_out, x, weight, scale, shift, stride, dilation, activation):
+        check_inputs(x, weight, scale, shift, stride, dilation, activation)
+        check_cuda_emu_input(x, "x", "dwconv_bn_act")
+        return (
+            torch.empty_like(x, memory_format=memory_format_of(x)),
+            torch.empty_like(weight, memory_format=torch.contiguous_format),
+            torch.empty_like(scale, memory_format=torch.contiguous_format),
+            torch.empty_like(shift, memory_format=torch.contiguous_format),
+        )
+
+    torch.library.register_autograd(
+        "deeplab_fast::dwconv_bn_act_cuda_emu", _cuda_emu_backward, setup_context=_setup_context
+    )

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_fast import _ext
-from deeplab_fast.ops._backend import registered_on_first_use, resolve_backend, run_op
+from deeplab_fast.ops._backend import check_cuda_emu_input, registered_on_first_use, resolve_backend, run_op
 from deeplab_fast.ops._common import check_tensor, dtype_name, memory_format_of, sizes
 from deeplab_fast.ops.reference import (
     upsample_argmax_reference,
@@ -164,7 +164,8 @@ def upsample_concat(
             broadcast, inputs already at `size` a copy, smaller sizes a bilinear downsample).
         size: (H, W) of the output, two positive ints.
         align_corners: as in F.interpolate.
-        backend: "auto" (C++ kernels for CPU and CUDA tensors), "cuda", "cpu", "triton" or "reference".
+        backend: "auto" (C++ kernels for CPU and CUDA tensors), "cuda", "cpu", "triton", "reference" or
+            "cuda_emu" (the CUDA kernel on CPU tensors through the host emulation; a slow test backend).
 
     Returns:
         (N, sum C_i, H, W) tensor in the inputs' dtype, in the first input's memory format (NCHW or
@@ -176,6 +177,8 @@ def upsample_concat(
     chosen = resolve_backend(backend, tensors[0].device, "upsample_concat")
     if chosen in ("cpu", "cuda"):  # the C++ op checks the values
         return run_op(torch.ops.deeplab_fast.upsample_concat, tensors, list(size), align_corners)
+    if chosen == "cuda_emu":
+        return run_op(torch.ops.deeplab_fast.upsample_concat_cuda_emu, tensors, list(size), align_corners)
     check_concat_values(tensors, size)
     if chosen == "reference":
         return upsample_concat_reference(tensors, size, align_corners)
@@ -197,7 +200,7 @@ def upsample_argmax(
         logits: (N, K, h, w) float32/float16/bfloat16, any memory format; K >= 1.
         size: (H, W) of the label map, two positive ints.
         align_corners: as in F.interpolate.
-        backend: "auto", "cuda", "cpu", "triton" or "reference".
+        backend: "auto", "cuda", "cpu", "triton", "reference" or "cuda_emu" (see upsample_concat).
 
     Returns:
         (N, H, W) int64 labels; ties resolve to the lowest class index and NaN counts as the maximum,
@@ -210,6 +213,8 @@ def upsample_argmax(
     logits = logits.detach()
     if chosen in ("cpu", "cuda"):  # the C++ op checks the values
         return run_op(torch.ops.deeplab_fast.upsample_argmax, logits, list(size), align_corners)
+    if chosen == "cuda_emu":
+        return run_op(torch.ops.deeplab_fast.upsample_argmax_cuda_emu, logits, list(size), align_corners)
     check_argmax_values(logits, size)
     if chosen == "reference":
         return upsample_argmax_reference(logits, size, align_corners)
@@ -237,7 +242,7 @@ def upsample_softmax_accumulate(
         weight: scale of this contribution (e.g. 1 / number of scales and flips).
         flip: mirror the logits along W first (undoes a horizontally flipped input).
         align_corners: as in F.interpolate.
-        backend: "auto", "cuda", "cpu", "triton" or "reference".
+        backend: "auto", "cuda", "cpu", "triton", "reference" or "cuda_emu" (see upsample_concat).
 
     Returns:
         `accum` itself. Inference only: no gradient flows (logits are read detached).
@@ -248,6 +253,10 @@ def upsample_softmax_accumulate(
     logits = logits.detach()
     if chosen in ("cpu", "cuda"):  # the C++ op checks the values
         run_op(torch.ops.deeplab_fast.upsample_softmax_accumulate, logits, accum, float(weight), flip, align_corners)
+        return accum
+    if chosen == "cuda_emu":
+        op = torch.ops.deeplab_fast.upsample_softmax_accumulate_cuda_emu
+        run_op(op, logits, accum, float(weight), flip, align_corners)
         return accum
     check_softmax_accumulate_values(logits, accum)
     if chosen == "reference":
@@ -349,4 +358,27 @@ if _ext.HAS_EXT:
     torch.library.register_fake("deeplab_fast::upsample_softmax_accumulate")(_softmax_accumulate_fake)
     torch.library.register_autograd(
         "deeplab_fast::upsample_concat", _concat_backward, setup_context=_concat_setup_context
+    )
+
+    # The "cuda_emu" twins: the same checks plus what the emulated CUDA kernels accept. upsample_concat's
+    # gradient has no CUDA kernel, so its twin shares the ATen-based backward above.
+    @torch.library.register_fake("deeplab_fast::upsample_concat_cuda_emu")
+    def _(tensors, size, align_corners):
+        out = _concat_fake(tensors, size, align_corners)
+        check_cuda_emu_input(tensors[0], "tensors[0]", "upsample_concat")
+        return out
+
+    @torch.library.register_fake("deeplab_fast::upsample_argmax_cuda_emu")
+    def _(logits, size, align_corners):
+        out = _argmax_fake(logits, size, align_corners)
+        check_cuda_emu_input(logits, "logits", "upsample_argmax")
+        return out
+
+    @torch.library.register_fake("deeplab_fast::upsample_softmax_accumulate_cuda_emu")
+    def _(logits, accum, weight, flip, align_corners):
+        _softmax_accumulate_fake(logits, accum, weight, flip, align_corners)
+        check_cuda_emu_input(logits, "logits", "upsample_softmax_accumulate")
+
+    torch.library.register_autograd(
+        "deeplab_fast::upsample_concat_cuda_emu", _concat_backward, setup_context=_concat_setup_context
     )

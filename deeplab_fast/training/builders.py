@@ -16,7 +16,7 @@ from deeplab_fast.data import (
     TrainTransform,
     VOCSegmentation,
 )
-from deeplab_fast.training.config import Config, ConfigError, ModelConfig
+from deeplab_fast.training.config import Config, ConfigError, DataConfig, ModelConfig
 
 _DATASET_CLASSES = {"voc": 21, "cityscapes": 19}
 
@@ -67,6 +67,27 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
+def normalization(cfg: Config) -> tuple[list[float], list[float]]:
+    """The input (mean, std) of training and evaluation: the model's own (model.options input_mean/input_std,
+    e.g. TensorFlow DeepLab's 0.5/0.5) when set, else data.mean/data.std. A data.mean/std that differs from
+    the model's is a ConfigError: the weights would be trained on one normalisation and used with another."""
+    d = cfg.data
+    result = []
+    for key, data_value in (("mean", d.mean), ("std", d.std)):
+        model_value = cfg.model.options.get(f"input_{key}")
+        if model_value is None:
+            result.append([float(v) for v in data_value])
+            continue
+        default = getattr(DataConfig(), key)
+        if [float(v) for v in data_value] not in ([float(v) for v in default], [float(v) for v in model_value]):
+            raise ConfigError(
+                f"data.{key}={list(data_value)} differs from the model's model.options.input_{key}="
+                f"{list(model_value)}; set one of them"
+            )
+        result.append([float(v) for v in model_value])
+    return result[0], result[1]
+
+
 def build_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[Dataset | None, Dataset | None]:
     """(train dataset with TrainTransform, validation dataset with EvalTransform); None where not asked for or
     not configured (a folder dataset without val_images)."""
@@ -75,8 +96,9 @@ def build_datasets(cfg: Config, train: bool = True, val: bool = True) -> tuple[D
     expected = _DATASET_CLASSES.get(d.dataset)
     if expected is not None and expected != k:
         raise ConfigError(f"data.dataset={d.dataset} has {expected} classes but model.num_classes={k}")
-    train_tf = TrainTransform(d.crop_size, d.scale_range, d.flip, d.mean, d.std)
-    eval_tf = EvalTransform(d.eval_crop_size, d.mean, d.std)
+    mean, std = normalization(cfg)
+    train_tf = TrainTransform(d.crop_size, d.scale_range, d.flip, mean, std)
+    eval_tf = EvalTransform(d.eval_crop_size, mean, std)
     train_ds = val_ds = None
     if d.dataset == "voc":
         train_ds = VOCSegmentation(d.root, d.train_split, train_tf) if train else None

@@ -25,7 +25,7 @@ from deeplab_fast.dtypes import amp_dtype
 from deeplab_fast.metrics import format_table
 from deeplab_fast.models.weights import model_info
 from deeplab_fast.training import checkpoint as ckpt
-from deeplab_fast.training.builders import build_datasets, build_model, describe_model
+from deeplab_fast.training.builders import build_datasets, build_model, describe_model, normalization
 from deeplab_fast.training.config import Config, ConfigError
 from deeplab_fast.training.distributed import (
     DistInfo,
@@ -198,7 +198,8 @@ class Trainer:
             from deeplab_fast.inference.palettes import get_palette
 
             palette = get_palette(d.dataset, m.num_classes)[: m.num_classes]
-        extras = {"class_names": names, "palette": palette, "mean": d.mean, "std": d.std}
+        mean, std = normalization(self.config)
+        extras = {"class_names": names, "palette": palette, "mean": mean, "std": std}
         if isinstance(getattr(self.model, "config", None), dict):
             return model_info(self.model, **extras)
         if from_config and m.factory is not None:  # a custom factory: record its spec and keyword arguments
