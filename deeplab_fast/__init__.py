@@ -21,6 +21,7 @@ _LAZY = {
     "from_torchvision": "deeplab_fast.models.convert",
     "from_smp": "deeplab_fast.models.convert",
     "from_timm": "deeplab_fast.models.timm_import",
+    "from_tf_checkpoint": "deeplab_fast.convert.tf_deeplab",
     "count_macs": "deeplab_fast.models.macs",
     "load_weights": "deeplab_fast.models.weights",
     "load_model": "deeplab_fast.models.weights",

@@ -1,4 +1,4 @@
-"""The `deeplab-fast` command (also `python -m deeplab_fast`): predict, train and eval subcommands.
+"""The `deeplab-fast` command (also `python -m deeplab_fast`): predict, train, eval and convert-tf subcommands.
 
 Each subcommand lives in its own module that provides `register(subparsers)`, which adds a parser whose
 `func` default takes the parsed args and returns an exit code.
@@ -13,6 +13,7 @@ import sys
 _SUBCOMMAND_MODULES = (
     "deeplab_fast.inference.cli",  # predict
     "deeplab_fast.training.cli",  # train, eval
+    "deeplab_fast.convert.cli",  # convert-tf
 )
 
 
@@ -20,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level argument parser with every available subcommand."""
     parser = argparse.ArgumentParser(
         prog="deeplab-fast",
-        description="DeepLabV3+ segmentation: predict on images, train and evaluate models.",
+        description="DeepLabV3+ segmentation: predict on images, train and evaluate models, convert TensorFlow "
+        "DeepLab checkpoints.",
     )
     from deeplab_fast import __version__
 

@@ -38,6 +38,11 @@ OPTIONS: dict[str, tuple[Any, str]] = {
         "first",
         "image-pool branch 'first' (TensorFlow) or 'last' (torchvision, smp) in the concat",
     ),
+    "image_pooling_crop_size": (
+        None,
+        "(h, w): image pooling averages with TensorFlow's kernel for that crop, (crop - 1) // output_stride + 1; "
+        "None: global mean",
+    ),
     "separable_inner_bn": (True, "BN + ReLU between depthwise and pointwise convs of the heads (False: smp)"),
     "post_aspp_conv": ("none", "extra 3x3 conv + BN + ReLU after ASPP: 'none', 'dense' or 'separable'"),
     "decoder_convs": (2, "number of 3x3 conv blocks in the decoder"),
@@ -194,6 +199,7 @@ class DeepLab(nn.Module):
             elif isinstance(t, InvertedResidual):
                 m.input_pad = t.input_pad
         self.aspp.rates = template.aspp.rates
+        self.aspp.output_stride = template.aspp.output_stride  # sets the image_pooling_crop_size kernel
         self.config = template.config
 
     def _check_batch(self, x: torch.Tensor) -> None:
@@ -404,6 +410,9 @@ def deeplabv3plus(
         pool_position=opt["aspp_pool_position"],
         dropout=opt["aspp_dropout"],
         eps=head_eps,
+        image_pooling_crop_size=opt["image_pooling_crop_size"],
+        output_stride=output_stride,
+        align_corners=align_corners,
     )
     post = None
     if opt["post_aspp_conv"] != "none":

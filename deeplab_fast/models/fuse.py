@@ -368,13 +368,27 @@ class FusedASPP(nn.Module):
         )
         self.project_bias = nn.Parameter(bias, requires_grad=False)
         self.concat = FusedResizeConcat(False, backend)
+        # TensorFlow's image pooling (ASPP.pool_input): a pooled map larger than 1x1 makes the bias a map,
+        # W_pool * resize(pool) = resize(W_pool * pool) (bilinear weights sum to 1)
+        self.image_pooling_crop_size = m.image_pooling_crop_size
+        self.output_stride = m.output_stride
+        self.align_corners = m.align_corners
+
+    pool_kernel = ASPP.pool_kernel
+    pool_input = ASPP.pool_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(x.mean(dim=(2, 3), keepdim=True)).flatten(1)
-        bias = F.linear(pooled, self.pool_weight, self.project_bias)
+        pooled = self.pool(self.pool_input(x))
+        if pooled.shape[2:] == (1, 1):
+            bias = F.linear(pooled.flatten(1), self.pool_weight, self.project_bias)[:, :, None, None]
+        else:
+            bias = F.conv2d(pooled, self.pool_weight[:, :, None, None])
+            size = (x.shape[2], x.shape[3])
+            bias = F.interpolate(bias, size, mode="bilinear", align_corners=self.align_corners)
+            bias = bias + self.project_bias[:, None, None]
         feats = [self.branch1x1(x), *(b(x) for b in self.branches)]
         y = self.concat(feats, (x.shape[2], x.shape[3]))
-        return F.relu(self.project(y) + bias[:, :, None, None])
+        return F.relu(self.project(y) + bias)
 
 
 def _fuse_conv_bn_act_seq(seq: nn.Sequential, backend: str, engine: str) -> nn.Module:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from deeplab_fast.dtypes import amp_dtype
 from deeplab_fast.training.checkpoint import CheckpointError
 from deeplab_fast.training.config import ConfigError, check_device_available
@@ -179,5 +181,6 @@ def _model_overrides(weights: str) -> list[str]:
     kwargs = info["model"]
     out = [f"model.{k}={json.dumps(kwargs[k])}" for k in fixed if k in kwargs]
     options = {k: v for k, v in kwargs.items() if k not in fixed}
-    out.append(f"model.options={json.dumps(options)}")
+    # YAML, not JSON: the value is read back with yaml.safe_load, which takes JSON's 1e-05 for a string
+    out.append("model.options=" + yaml.safe_dump(options, default_flow_style=True, width=float("inf")).strip())
     return out
