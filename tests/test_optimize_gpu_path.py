@@ -202,3 +202,23 @@ def test_optimize_low_precision_against_fp32_eager(backend, dtype, tiny):
 def test_optimize_dtype_is_checked(tiny):
     with pytest.raises(ValueError, match="dtype must be None, torch.float32, torch.float16 or torch.bfloat16"):
         optimize(tiny[0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda_emu"])
+def test_autocast_on_an_optimized_model_casts_weights_once(backend, tiny):
+    from deeplab_fast.models.fuse import FusedConv
+
+    model, x, ref = tiny
+    fused = optimize(model, backend=backend, tune_malloc=False)
+    convs = [m for m in fused.modules() if isinstance(m, FusedConv)]
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        out = fused(x)
+        first = [m._cast[1][0] for m in convs]
+        again = fused(x)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, again)
+    assert all(a is b and a.dtype == torch.bfloat16 for a, b in zip(first, [m._cast[1][0] for m in convs], strict=True))
+    assert all(m.weight.dtype == torch.float32 for m in convs)  # the model itself is not cast
+    rel = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+    assert rel < 2e-2, rel
+    with torch.no_grad():
+        assert fused(x).dtype == torch.float32  # outside autocast: fp32 again

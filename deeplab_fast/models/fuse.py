@@ -83,6 +83,18 @@ class DevicePlan:
     dense_weights_channels_last: bool
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype the fused modules compute in under torch.autocast on `device_type`, or None outside autocast.
+
+    The one autocast rule of the fused modules (both devices): activations are cast to this dtype, dense
+    weights cast once and cached (FusedConv), depthwise weights read as packed float32 (FusedDWConv).
+    Under torch.compile autocast's own rules apply.
+    """
+    if torch.compiler.is_compiling() or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
 @functools.cache
 def device_plan(device_type: str, backend: str, channels_last: bool = True) -> DevicePlan:
     """The DevicePlan for tensors on `device_type` ("cpu", "cuda", ...) run with op `backend` and layout."""
@@ -162,6 +174,8 @@ class FusedConv(nn.Module):
         self.engine = _conv_engine(engine, weight, stride, padding, dilation, groups)
         self._packed: tuple[torch.Tensor, tuple] | None = None
         self._wino: tuple[torch.Tensor, tuple] | None = None
+        # weight and bias cast to the autocast dtype, with the key they were cast under
+        self._cast: tuple[tuple, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
     @classmethod
     def from_modules(
@@ -185,7 +199,7 @@ class FusedConv(nn.Module):
         # copies and pickles leave out the engine caches (an opaque oneDNN tensor cannot be copied); the next
         # forward rebuilds them
         state = dict(self.__dict__)
-        state["_packed"] = state["_wino"] = None
+        state["_packed"] = state["_wino"] = state["_cast"] = None
         return state
 
     def _fast_path_ok(self, x: torch.Tensor) -> bool:
@@ -226,7 +240,25 @@ class FusedConv(nn.Module):
             self._wino = (winograd_weight(self.weight, tile=4), key)
         return self._wino[0]
 
+    def _params_in(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight and bias cast to `dtype` once, re-cast only when a parameter changes (autocast)."""
+        params = (self.weight, self.bias)
+        key = (dtype, *((p.data_ptr(), p._version) for p in params if p is not None))
+        if self._cast is None or self._cast[0] != key:
+            with torch.no_grad():
+                bias = None if self.bias is None else self.bias.detach().to(dtype)
+                self._cast = (key, (self.weight.detach().to(dtype), bias))
+        return self._cast[1]
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        cast = autocast_dtype(x.device.type)
+        if cast is not None and (self.weight.dtype != cast or x.dtype != cast):
+            # Under autocast: compute in its dtype with the weight cast once (autocast's own weight cache keeps
+            # only weights that require grad, so F.conv2d would cast this one on every call).
+            weight, bias = self._params_in(cast)
+            with torch.autocast(x.device.type, enabled=False):
+                res = None if residual is None else residual.to(cast)
+                return self._conv_act(x.to(cast), res, weight, bias)
         if self._use_winograd(x):
             return winograd_conv3x3(
                 x, self._winograd_weight(), self.bias, residual, dilation=self.dilation, activation=self.act
@@ -244,7 +276,12 @@ class FusedConv(nn.Module):
                     x, residual, self._packed_weight(x), self.bias, *args, "add", None, unary,
                     scalars if unary else [], None,
                 )  # fmt: skip
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self._conv_act(x, residual, self.weight, self.bias)
+
+    def _conv_act(
+        self, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        y = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:
             y = y + residual
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -320,7 +357,10 @@ class FusedDWConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = {"stride": self.stride, "dilation": self.dilation, "activation": self.act, "backend": self.backend}
-        kernels = self.kernel_backend(device_of(x, "x"), x.dtype)
+        cast = autocast_dtype(device_of(x, "x").type)
+        if cast is not None and x.is_floating_point() and x.dtype != cast:
+            x = x.to(cast)  # under autocast the op computes in its dtype (the packed weight stays float32)
+        kernels = self.kernel_backend(x.device, x.dtype)
         if kernels is not None:
             w, s, b = self.packed_params(x.dtype, kernels, is_channels_last(x))
             return dwconv_bn_act_packed(x, w, s, b, k=self.weight.shape[-1], **args)
