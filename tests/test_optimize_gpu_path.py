@@ -222,3 +222,46 @@ def test_autocast_on_an_optimized_model_casts_weights_once(backend, tiny):
     assert rel < 2e-2, rel
     with torch.no_grad():
         assert fused(x).dtype == torch.float32  # outside autocast: fp32 again
+
+
+def test_segmenter_cuda_graphs_needs_a_cuda_device(tiny):
+    from deeplab_fast import Segmenter
+
+    with pytest.raises(ValueError, match="cuda_graphs=True .* needs a CUDA device; this Segmenter runs on cpu"):
+        Segmenter(tiny[0], device="cpu", cuda_graphs=True)
+    with pytest.raises(TypeError, match="cuda_graphs"):
+        Segmenter(tiny[0], device="cpu", cuda_graphs=1)
+
+
+def test_graphed_forward_captures_once_per_input_layout(monkeypatch):
+    # The CUDA capture is stubbed by a "graph" that reruns fn on the static input into the static outputs: what
+    # a replay does. Checked: one capture per layout, replays see the new input, results outlive the next replay.
+    from deeplab_fast.inference import cuda_graphs
+
+    captures = []
+
+    class FakeGraph:
+        def __init__(self, fn, static_in, static_out):
+            self.fn, self.static_in, self.static_out = fn, static_in, static_out
+
+        def replay(self):
+            new = self.fn(self.static_in)
+            self.static_out["out"].copy_(new["out"])
+
+    def fake_capture(fn, static_in, warmup):
+        captures.append(tuple(static_in.shape))
+        out = fn(static_in)
+        return FakeGraph(fn, static_in, out), out
+
+    monkeypatch.setattr(cuda_graphs, "_capture_graph", fake_capture)
+    graphed = cuda_graphs.GraphedForward(lambda x: {"out": x * 2.0, "n": 1})
+    a, b = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    ya = graphed(a)
+    yb = graphed(b)
+    yc = graphed(torch.randn(2, 3, 4, 4))
+    assert captures == [(1, 3, 4, 4), (2, 3, 4, 4)] and graphed.captured == 2
+    torch.testing.assert_close(ya["out"], a * 2.0)  # not overwritten by the replay for b
+    torch.testing.assert_close(yb["out"], b * 2.0)
+    assert yc["out"].shape == (2, 3, 4, 4) and ya["n"] == 1
+    graphed(a.contiguous(memory_format=torch.channels_last))  # another layout: another graph
+    assert graphed.captured == 3
