@@ -126,7 +126,9 @@ namespace {
 int64_t kernel_weight_block(const at::Tensor& x, const at::Tensor& y, bool channels_last, Target target) {
   if (!channels_last) return 1;
   const int64_t C = x.size(1);
-  if (target == Target::kCudaEmu) return emu::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
+  if (target == Target::kCudaEmu) {
+    return emu::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
+  }
   if (x.is_cuda()) {
 #ifdef DLF_WITH_CUDA
     return cuda::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());

@@ -90,7 +90,9 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     weights cast once and cached (FusedConv), depthwise weights read as packed float32 (FusedDWConv).
     Under torch.compile autocast's own rules apply.
     """
-    if torch.compiler.is_compiling() or not torch.is_autocast_enabled(device_type):
+    if torch.compiler.is_compiling() or not torch.amp.is_autocast_available(device_type):
+        return None  # (meta tensors, for one, have no autocast)
+    if not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
 
