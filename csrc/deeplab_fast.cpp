@@ -30,6 +30,17 @@ TORCH_LIBRARY(deeplab_fast, m) {
   m.def(
       "dwconv_bn_act_backward_cuda_emu(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, Tensor shift, "
       "int stride, int dilation, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  // dwconv_bn_act with its weight prepared once (deeplab_fast.ops.pack_dwconv_weight): weight is the packed
+  // (ceil(C / V), k*k, V) float32 weight (float64 for float64 x), scale and shift (C,) in that dtype; the
+  // width V to pack with for a backend, dtype and layout; the packing itself.
+  m.def(
+      "dwconv_bn_act_packed(Tensor x, Tensor weight, Tensor scale, Tensor shift, int k, int stride, int dilation, "
+      "int activation) -> Tensor");
+  m.def(
+      "dwconv_bn_act_packed_cuda_emu(Tensor x, Tensor weight, Tensor scale, Tensor shift, int k, int stride, "
+      "int dilation, int activation) -> Tensor");
+  m.def("dwconv_bn_act_pack_width(str backend, ScalarType dtype, bool channels_last) -> int");
+  m.def("dwconv_bn_act_pack_weight(Tensor weight, int width) -> Tensor");
   m.def("upsample_concat_cuda_emu(Tensor[] tensors, int[] size, bool align_corners) -> Tensor");
   m.def("upsample_argmax_cuda_emu(Tensor logits, int[] size, bool align_corners) -> Tensor");
   m.def(

@@ -64,7 +64,8 @@ def test_optimize_swaps_leaves_in_the_models_own_structure(backbone, backbone_ty
     n_dw = sum(1 for mod in m.modules() if isinstance(mod, nn.Conv2d) and mod.groups > 1)
     assert sum(1 for mod in f.modules() if isinstance(mod, FusedDWConv)) == n_dw
     assert not f.training and all(not p.requires_grad for p in f.parameters())
-    assert f.config == m.config and f.optimized == {"backend": "auto", "channels_last": True, "conv_engine": "auto"}
+    assert f.config == m.config
+    assert f.optimized == {"backend": "auto", "channels_last": True, "conv_engine": "auto", "dtype": None}
     assert m.optimized is None and not m.channels_last
     with torch.no_grad():
         low, _, _ = f.backbone(torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last))
@@ -154,7 +155,7 @@ def test_reoptimizing_reconfigures_the_copy():
     once = deeplab_fast.optimize(m, conv_engine="aten")
     twice = deeplab_fast.optimize(once, conv_engine="winograd", backend="cpu", channels_last=False)
     assert set(_engines(once).values()) == {"aten"} and "winograd" in set(_engines(twice).values())
-    assert twice.optimized == {"backend": "cpu", "channels_last": False, "conv_engine": "winograd"}
+    assert twice.optimized == {"backend": "cpu", "channels_last": False, "conv_engine": "winograd", "dtype": None}
     assert all(mod.backend == "cpu" for mod in twice.modules() if isinstance(mod, (FusedConv, FusedDWConv)))
     with torch.no_grad():
         assert rel_err(m(x), twice(x)) < 1e-4

@@ -69,15 +69,27 @@ int64_t effective_dilation(const at::Tensor& x, int64_t dilation) {
 
 at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-// Weight (C, 1, K, K) in the accumulation dtype, blocked by `block` channels: (ceil(C / block), K*K, block),
-// zero-padded; see weight_offset() in csrc/kernels/dwconv_bn_act.h.
+// Weight taps (C, K*K) in the accumulation dtype, blocked by `block` channels: (ceil(C / block), K*K, block),
+// zero-padded; see weight_offset() in csrc/kernels/dwconv_bn_act.h. The layout of the API's packed weight
+// (docs/ops.md, "Packed weights").
+at::Tensor block_taps(const at::Tensor& taps, int64_t block) {
+  const int64_t C = taps.size(0), KK = taps.size(1);
+  if (block == 1) return taps.contiguous();
+  const int64_t Cp = (C + block - 1) / block * block;
+  at::Tensor w = Cp != C ? at::constant_pad_nd(taps, {0, 0, 0, Cp - C}) : taps;
+  return w.view({Cp / block, block, KK}).permute({0, 2, 1}).contiguous();
+}
+
+// Weight (C, 1, K, K) in the accumulation dtype, blocked by `block` channels (block_taps).
 at::Tensor blocked_weight(const at::Tensor& weight, at::ScalarType acc, int64_t block) {
   const int64_t C = weight.size(0), KK = weight.size(2) * weight.size(3);
-  at::Tensor w = weight.to(acc).reshape({C, KK});
-  if (block == 1) return w.contiguous();
-  const int64_t Cp = (C + block - 1) / block * block;
-  if (Cp != C) w = at::constant_pad_nd(w, {0, 0, 0, Cp - C});
-  return w.view({Cp / block, block, KK}).permute({0, 2, 1}).contiguous();
+  return block_taps(weight.to(acc).reshape({C, KK}), block);
+}
+
+// The (C, K*K) taps of a packed weight (ceil(C / V), K*K, V).
+at::Tensor unpack_taps(const at::Tensor& packed, int64_t C) {
+  const int64_t blocks = packed.size(0), KK = packed.size(1), V = packed.size(2);
+  return packed.permute({0, 2, 1}).reshape({blocks * V, KK}).narrow(0, 0, C);
 }
 
 // Fill the layout-independent part of the parameters.
@@ -106,6 +118,98 @@ void set_out_strides(DwconvParams& p, const at::Tensor& y) {
 
 }  // namespace
 
+namespace {
+
+// The weight blocking the forward kernel chosen for this call reads (channels per block): the CUDA
+// channels_last kernels 16 bytes of channels when C and the x / y pointers allow aligned vector access, else
+// 1; the CPU channels_last kernels their AVX block; NCHW kernels 1.
+int64_t kernel_weight_block(const at::Tensor& x, const at::Tensor& y, bool channels_last, Target target) {
+  if (!channels_last) return 1;
+  const int64_t C = x.size(1);
+  if (target == Target::kCudaEmu) {
+    return emu::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
+  }
+  if (x.is_cuda()) {
+#ifdef DLF_WITH_CUDA
+    return cuda::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
+#else
+    TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
+#endif
+  }
+  return dwconv_bn_act_cpu_weight_block(x.scalar_type());
+}
+
+// Whether the kernel that reads a `needed`-blocked weight also reads one blocked by `V` as it is: the CUDA
+// NCHW kernels index the weight through weight_offset(), so any power-of-two blocking serves them.
+bool kernel_reads_block(const at::Tensor& x, bool channels_last, Target target, int64_t needed, int64_t V) {
+  if (V == needed) return true;
+  const bool gpu_kernels = target == Target::kCudaEmu || x.is_cuda();
+  return gpu_kernels && !channels_last;
+}
+
+// The one launch of the forward kernel: x in `fmt`, y allocated, w blocked by w_block, s / b (C,) in the
+// accumulation dtype.
+void launch_forward(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w, int64_t w_block,
+                    const at::Tensor& s, const at::Tensor& b, int64_t K, int64_t stride, int64_t dilation,
+                    int64_t activation, bool channels_last, Target target) {
+  DwconvParams p = make_params(x, w, w_block, s, b, y.size(2), y.size(3), K, stride, dilation, activation,
+                               channels_last);
+  p.y = y.data_ptr();
+  set_out_strides(p, y);
+  if (target == Target::kCudaEmu) {
+    emu::dwconv_bn_act_forward(p, x.scalar_type(), nullptr);
+  } else if (x.is_cuda()) {
+#ifdef DLF_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(x.device());
+    cuda::dwconv_bn_act_forward(p, x.scalar_type(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+#else
+    TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
+#endif
+  } else {
+    dwconv_bn_act_cpu(p, x.scalar_type());
+  }
+}
+
+// The checks of dwconv_bn_act_packed (deeplab_fast.ops.dwconv.check_packed_inputs says the same in Python).
+void check_packed_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                         const at::Tensor& shift, int64_t k, int64_t stride, int64_t dilation, int64_t activation,
+                         Target target) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "x must be a 4-D (N, C, H, W) tensor, got ", x.dim(), "-D with shape ", x.sizes());
+  DLF_CHECK_FLOATING(x, "x");
+  const int64_t C = x.size(1);
+  TORCH_CHECK_VALUE(k >= 1 && k % 2 == 1, "k must be an odd kernel size (3, 5, 7, ...), got k=", k);
+  TORCH_CHECK_VALUE(weight.dim() == 3 && weight.size(2) >= 1 && (weight.size(2) & (weight.size(2) - 1)) == 0 &&
+                        weight.size(1) == k * k && weight.size(0) == (C + weight.size(2) - 1) / weight.size(2),
+                    "weight must be a packed weight (ceil(C / V), k*k, V) with C=", C, ", k=", k,
+                    " and V a power of two (deeplab_fast.ops.pack_dwconv_weight), got ", weight.sizes());
+  const auto acc = acc_dtype(x);
+  const char* acc_name = acc == at::kDouble ? "float64 (x is float64)" : "float32";
+  const auto check_param = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.scalar_type() == acc, "dwconv_bn_act_packed: ", name, " must be ", acc_name, ", got ",
+                      dtype_name(t.scalar_type()));
+    TORCH_CHECK_VALUE(t.device() == x.device(), name, " must be on x's device ", device_name(x), ", got ",
+                      device_name(t));
+  };
+  check_param(weight, "weight");
+  check_param(scale, "scale");
+  check_param(shift, "shift");
+  TORCH_CHECK_VALUE(weight.is_contiguous(), "dwconv_bn_act_packed: weight must be contiguous");
+  TORCH_CHECK_VALUE(scale.dim() == 1 && scale.size(0) == C, "scale must have shape (", C, ",) (x's channels), got ",
+                    scale.sizes());
+  TORCH_CHECK_VALUE(shift.dim() == 1 && shift.size(0) == C, "shift must have shape (", C, ",) (x's channels), got ",
+                    shift.sizes());
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, "stride must be 1 or 2, got ", stride);
+  TORCH_CHECK_VALUE(dilation >= 1, "dilation must be an int >= 1, got ", dilation);
+  TORCH_CHECK_VALUE(activation >= 0 && activation <= 2,
+                    "activation code must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
+  TORCH_CHECK_VALUE(!(x.is_cuda() && x.scalar_type() == at::kDouble),
+                    "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
+                    "bfloat16); use float32 or backend='reference'");
+  if (target == Target::kCudaEmu) check_cuda_emu_input(x, "x", "dwconv_bn_act");
+}
+
+}  // namespace
+
 at::Tensor dwconv_bn_act_on(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scale,
                             const at::Tensor& shift, int64_t stride, int64_t dilation, int64_t activation,
                             Target target) {
@@ -119,39 +223,67 @@ at::Tensor dwconv_bn_act_on(const at::Tensor& x_in, const at::Tensor& weight, co
   at::Tensor y = new_output({N, C, Ho, Wo}, x, x.scalar_type(), fmt);
   if (y.numel() == 0) return y;
   const auto acc = acc_dtype(x);
-  // channels_last reads packs of channels per tap: block the weight so a pack's taps lie together.
-  int64_t w_block = 1;
-  if (channels_last) {
-    if (target == Target::kCudaEmu) {
-      w_block = emu::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
-    } else if (x.is_cuda()) {
-#ifdef DLF_WITH_CUDA
-      w_block = cuda::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), y.data_ptr());
-#endif
-    } else {
-      w_block = dwconv_bn_act_cpu_weight_block(x.scalar_type());
-    }
-  }
+  // Per-call weight preparation (dwconv_bn_act_packed takes it done once): channels_last reads packs of
+  // channels per tap, so the weight is blocked for a pack's taps to lie together.
+  const int64_t w_block = kernel_weight_block(x, y, channels_last, target);
   const at::Tensor w = blocked_weight(weight, acc, w_block);
   const at::Tensor s = scale.to(acc).contiguous();
   const at::Tensor b = shift.to(acc).contiguous();
-  DwconvParams p = make_params(x, w, w_block, s, b, Ho, Wo, K, stride, dilation, activation, channels_last);
-  p.y = y.data_ptr();
-  set_out_strides(p, y);
+  launch_forward(x, y, w, w_block, s, b, K, stride, dilation, activation, channels_last, target);
+  return y;
+}
 
-  if (target == Target::kCudaEmu) {
-    emu::dwconv_bn_act_forward(p, x.scalar_type(), nullptr);
-  } else if (x.is_cuda()) {
-#ifdef DLF_WITH_CUDA
-    const c10::cuda::CUDAGuard guard(x.device());
-    cuda::dwconv_bn_act_forward(p, x.scalar_type(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
-#else
-    TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
-#endif
+at::Tensor dwconv_bn_act_packed_on(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scale,
+                                   const at::Tensor& shift, int64_t k, int64_t stride, int64_t dilation,
+                                   int64_t activation, Target target) {
+  check_packed_inputs(x_in, weight, scale, shift, k, stride, dilation, activation, target);
+  const bool channels_last = is_channels_last(x_in);
+  const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = x_in.contiguous(fmt);  // no op for the layouts a model runs
+  const int64_t N = x.size(0), C = x.size(1);
+  const int64_t Ho = out_size(x.size(2), stride), Wo = out_size(x.size(3), stride);
+  dilation = effective_dilation(x, dilation);
+  at::Tensor y = new_output({N, C, Ho, Wo}, x, x.scalar_type(), fmt);
+  if (y.numel() == 0) return y;
+  const int64_t V = weight.size(2);
+  const int64_t needed = kernel_weight_block(x, y, channels_last, target);
+  if (kernel_reads_block(x, channels_last, target, needed, V)) {
+    launch_forward(x, y, weight, V, scale.contiguous(), shift.contiguous(), k, stride, dilation, activation,
+                   channels_last, target);
   } else {
-    dwconv_bn_act_cpu(p, x.scalar_type());
+    // A weight packed for another kernel (another layout, dtype or device, or an unaligned x on the CUDA
+    // channels_last path, whose V = 1 kernel reads a plain weight): re-blocked here, correct but not free.
+    const at::Tensor w = block_taps(unpack_taps(weight, C), needed);
+    launch_forward(x, y, w, needed, scale.contiguous(), shift.contiguous(), k, stride, dilation, activation,
+                   channels_last, target);
   }
   return y;
+}
+
+// The weight blocking the kernels of `backend` ("cpu", "cuda" or "cuda_emu") read for an input of `dtype` in
+// the given layout: the width to pack with (dwconv_bn_act_pack_weight). The CUDA kernels (and their
+// emulation) read 16 bytes of channels, V = 16 / sizeof(dtype), in either layout; the CPU channels_last
+// kernels their AVX block; the CPU NCHW kernel a plain weight (1).
+int64_t dwconv_bn_act_pack_width(c10::string_view backend, at::ScalarType dtype, bool channels_last) {
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
+                    "dtype must be float32, float16, bfloat16 or float64, got ", dtype_name(dtype));
+  if (backend == "cuda" || backend == "cuda_emu") return 16 / static_cast<int64_t>(c10::elementSize(dtype));
+  TORCH_CHECK_VALUE(backend == "cpu", "backend must be 'cpu', 'cuda' or 'cuda_emu', got '", std::string(backend),
+                    "'");
+  return channels_last ? dwconv_bn_act_cpu_weight_block(dtype) : 1;
+}
+
+// A (C, 1, k, k) weight packed for the kernels: (ceil(C / width), k*k, width) in float32 (float64 for a
+// float64 weight), zero-padded channels.
+at::Tensor dwconv_bn_act_pack_weight(const at::Tensor& weight, int64_t width) {
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == 1 && weight.size(2) == weight.size(3),
+                    "weight must have shape (C, 1, k, k), got ", weight.sizes());
+  DLF_CHECK_FLOATING(weight, "weight");
+  TORCH_CHECK_VALUE(width >= 1 && (width & (width - 1)) == 0, "width must be a power of two >= 1, got ", width);
+  const auto acc = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor taps = weight.to(acc).reshape({weight.size(0), weight.size(2) * weight.size(3)});
+  // clone: a width-1 packing of a float32 weight would otherwise share the weight's storage
+  return block_taps(taps, width).reshape({-1, taps.size(1), width}).clone(at::MemoryFormat::Contiguous);
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -223,6 +355,16 @@ at::Tensor dwconv_bn_act_cuda_emu(const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& shift, int64_t stride, int64_t dilation, int64_t activation) {
   return dwconv_bn_act_on(x, weight, scale, shift, stride, dilation, activation, Target::kCudaEmu);
 }
+at::Tensor dwconv_bn_act_packed(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                                const at::Tensor& shift, int64_t k, int64_t stride, int64_t dilation,
+                                int64_t activation) {
+  return dwconv_bn_act_packed_on(x, weight, scale, shift, k, stride, dilation, activation, Target::kDevice);
+}
+at::Tensor dwconv_bn_act_packed_cuda_emu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                                         const at::Tensor& shift, int64_t k, int64_t stride, int64_t dilation,
+                                         int64_t activation) {
+  return dwconv_bn_act_packed_on(x, weight, scale, shift, k, stride, dilation, activation, Target::kCudaEmu);
+}
 Grads dwconv_bn_act_backward_cuda_emu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                                       const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
                                       int64_t dilation, int64_t activation) {
@@ -235,7 +377,14 @@ TORCH_LIBRARY_IMPL(deeplab_fast, CPU, m) {
   m.impl("dwconv_bn_act_backward", &dwconv_bn_act_backward);
   m.impl("dwconv_bn_act_cuda_emu", &dwconv_bn_act_cuda_emu);
   m.impl("dwconv_bn_act_backward_cuda_emu", &dwconv_bn_act_backward_cuda_emu);
+  m.impl("dwconv_bn_act_packed", &dwconv_bn_act_packed);
+  m.impl("dwconv_bn_act_packed_cuda_emu", &dwconv_bn_act_packed_cuda_emu);
 }
+// Weight packing is plain ATen (any device, meta included, differentiable); the width is a pure function.
+TORCH_LIBRARY_IMPL(deeplab_fast, CompositeImplicitAutograd, m) {
+  m.impl("dwconv_bn_act_pack_weight", &dwconv_bn_act_pack_weight);
+}
+TORCH_LIBRARY_IMPL(deeplab_fast, CatchAll, m) { m.impl("dwconv_bn_act_pack_width", &dwconv_bn_act_pack_width); }
 #ifdef DLF_WITH_CUDA
 TORCH_LIBRARY_IMPL(deeplab_fast, CUDA, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act);
@@ -243,6 +392,8 @@ TORCH_LIBRARY_IMPL(deeplab_fast, CUDA, m) {
   // The emulation takes CPU tensors only: registered here to refuse CUDA tensors with a clear message.
   m.impl("dwconv_bn_act_cuda_emu", &dwconv_bn_act_cuda_emu);
   m.impl("dwconv_bn_act_backward_cuda_emu", &dwconv_bn_act_backward_cuda_emu);
+  m.impl("dwconv_bn_act_packed", &dwconv_bn_act_packed);
+  m.impl("dwconv_bn_act_packed_cuda_emu", &dwconv_bn_act_packed_cuda_emu);
 }
 #endif
 

@@ -41,6 +41,7 @@ from torch import nn
 from deeplab_fast import ops
 from deeplab_fast.data._checks import check_bool, float_tuple, positive_int, positive_pair
 from deeplab_fast.dtypes import parse_dtype
+from deeplab_fast.inference.cuda_graphs import GraphedForward
 from deeplab_fast.inference.preprocess import (
     ImageLike,
     all_finite,
@@ -80,6 +81,9 @@ class Segmenter:
         attribute, else False).
     min_size: inputs smaller than this (either side) are padded up to it, and the pad is cropped away.
     batch_size: most images (or sliding windows) per forward.
+    cuda_graphs: replay the model's forward from a CUDA graph captured once per input shape (a bool; CUDA devices
+        only: batch-1 latency on a GPU is bound by kernel launches). Each distinct input shape keeps its graph's
+        memory for the Segmenter's life. Compiled, never run on a GPU here.
 
     Non-finite values: an image holding NaN or inf raises ValueError, and a model that produces NaN or inf logits
     raises RuntimeError (labels cannot carry NaN, and an optimized model may not propagate it), so no call ever
@@ -102,6 +106,7 @@ class Segmenter:
         align_corners: bool | None = None,
         min_size: int = 32,
         batch_size: int = 8,
+        cuda_graphs: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -127,6 +132,12 @@ class Segmenter:
             self.stride = positive_pair(stride, "stride")
             check_stride(self.window, self.stride)
         self.device = resolve_device(device)
+        self.cuda_graphs = check_bool(cuda_graphs, "cuda_graphs")
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError(
+                f"cuda_graphs=True captures the forward in CUDA graphs and needs a CUDA device; this Segmenter runs "
+                f"on {self.device} (use device='cuda', or cuda_graphs=False)"
+            )
         if align_corners is None:
             align_corners = bool(getattr(model, "align_corners", False))
         self.align_corners = check_bool(align_corners, "align_corners")
@@ -148,6 +159,8 @@ class Segmenter:
         self._borrowed = not owned  # the caller's own model: switched to eval mode around each forward only
         self._channels_last = _uses_channels_last(self.model)
         self._lowres = lowres_logits_fn(self.model)
+        # one GraphedForward per model entry point (the low-resolution logits, the full forward)
+        self._graphed: dict[str, GraphedForward] = {}
 
     def __repr__(self) -> str:
         return (
@@ -281,8 +294,9 @@ class Segmenter:
         inp = xp.to(self.dtype)
         if self._channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
+        use_lowres = self._lowres is not None and not padded
         with _eval_mode(self.model) if self._borrowed else contextlib.nullcontext():
-            out = model_logits(self._lowres(inp) if self._lowres is not None and not padded else self.model(inp), n)
+            out = model_logits(self._run_model(inp, use_lowres), n)
         check_finite_logits(out)
         if out.dtype == torch.float64:
             out = out.float()
@@ -294,6 +308,15 @@ class Segmenter:
                 )
             out = out[..., :h, :w]
         return out
+
+    def _run_model(self, inp: torch.Tensor, lowres: bool) -> Any:
+        fn = self._lowres if lowres else self.model
+        if not self.cuda_graphs:
+            return fn(inp)
+        name = "lowres" if lowres else "forward"
+        if name not in self._graphed:
+            self._graphed[name] = GraphedForward(fn)
+        return self._graphed[name](inp)
 
 
 def lowres_logits_fn(model: nn.Module) -> Callable[[torch.Tensor], Any] | None:

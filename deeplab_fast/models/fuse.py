@@ -13,14 +13,19 @@ conv a FusedSeparable, every resize + concat (decoder, final upsampling) a Fused
 - ASPP -> FusedASPP: the image-pool branch becomes a per-image bias of the projection (its broadcast map is
   never built) and the branches are concatenated by upsample_concat.
 
-How each dense convolution runs is the `conv_engine` argument of optimize() (see CONV_ENGINES).
+How each dense convolution runs is the `conv_engine` argument of optimize() (see CONV_ENGINES). What depends on
+the device is decided in one place, `device_plan`: on a CPU the oneDNN / Winograd engines and malloc tuning; on
+a CUDA device every dense and pointwise conv runs F.conv2d (cuDNN) on channels_last activations with
+channels_last weights, and every depthwise conv the CUDA kernel with its weight packed once (FusedDWConv).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,8 +40,16 @@ from deeplab_fast.models.backbones.resnet import Bottleneck, ResNet
 from deeplab_fast.models.backbones.xception import Xception, XceptionBlock
 from deeplab_fast.models.deeplab import DeepLab
 from deeplab_fast.models.layers import ConvBNAct, SeparableConv, apply_act
-from deeplab_fast.ops import dwconv_bn_act, fold_bn, upsample_concat
-from deeplab_fast.ops._backend import BACKENDS
+from deeplab_fast.ops import (
+    dwconv_bn_act,
+    dwconv_bn_act_packed,
+    dwconv_pack_width,
+    fold_bn,
+    pack_dwconv_weight,
+    upsample_concat,
+)
+from deeplab_fast.ops._backend import BACKENDS, device_of, resolve_backend
+from deeplab_fast.ops._common import is_channels_last
 from deeplab_fast.ops.winograd import winograd_conv3x3, winograd_weight
 
 # conv_engine values of optimize():
@@ -50,6 +63,50 @@ from deeplab_fast.ops.winograd import winograd_conv3x3, winograd_weight
 # The oneDNN and Winograd engines run only on CPU fp32 inputs, with autograd off, outside torch.compile and with
 # backend "auto" or "cpu"; elsewhere every conv runs through F.conv2d.
 CONV_ENGINES = ("auto", "onednn", "winograd", "aten")
+
+# dtype values of optimize(): None keeps the model's dtype
+OPTIMIZE_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What optimize() does differently per device: the one place that looks at the device type.
+
+    cpu_engines: the oneDNN / Winograd conv engines may run (CPU tensors, backend "auto" or "cpu"; they also
+        need fp32 inputs with autograd off, checked per call). tune_malloc: glibc malloc tuning applies (a CPU
+        model). dense_weights_channels_last: dense conv weights are stored channels_last, so cuDNN reads them
+        without a per-call transpose of the weight to the activations' layout (a CUDA model with channels_last).
+    """
+
+    cpu_engines: bool
+    tune_malloc: bool
+    dense_weights_channels_last: bool
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype the fused modules compute in under torch.autocast on `device_type`, or None outside autocast.
+
+    The one autocast rule of the fused modules (both devices): activations are cast to this dtype, dense
+    weights cast once and cached (FusedConv), depthwise weights read as packed float32 (FusedDWConv).
+    Under torch.compile autocast's own rules apply.
+    """
+    if torch.compiler.is_compiling() or not torch.amp.is_autocast_available(device_type):
+        return None  # (meta tensors, for one, have no autocast)
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+@functools.cache
+def device_plan(device_type: str, backend: str, channels_last: bool = True) -> DevicePlan:
+    """The DevicePlan for tensors on `device_type` ("cpu", "cuda", ...) run with op `backend` and layout."""
+    on_cpu = device_type == "cpu"
+    return DevicePlan(
+        cpu_engines=on_cpu and backend in ("auto", "cpu"),
+        tune_malloc=on_cpu,
+        dense_weights_channels_last=device_type == "cuda" and channels_last,
+    )
+
 
 # below 64 channels Winograd's GEMMs are too thin to beat oneDNN's direct convolution here
 _WINOGRAD_MIN_CHANNELS = 64
@@ -119,6 +176,8 @@ class FusedConv(nn.Module):
         self.engine = _conv_engine(engine, weight, stride, padding, dilation, groups)
         self._packed: tuple[torch.Tensor, tuple] | None = None
         self._wino: tuple[torch.Tensor, tuple] | None = None
+        # weight and bias cast to the autocast dtype, with the key they were cast under
+        self._cast: tuple[tuple, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
     @classmethod
     def from_modules(
@@ -142,13 +201,12 @@ class FusedConv(nn.Module):
         # copies and pickles leave out the engine caches (an opaque oneDNN tensor cannot be copied); the next
         # forward rebuilds them
         state = dict(self.__dict__)
-        state["_packed"] = state["_wino"] = None
+        state["_packed"] = state["_wino"] = state["_cast"] = None
         return state
 
     def _fast_path_ok(self, x: torch.Tensor) -> bool:
         return (
-            self.backend in ("auto", "cpu")
-            and x.device.type == "cpu"
+            device_plan(x.device.type, self.backend).cpu_engines
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
             and not torch.compiler.is_compiling()
@@ -184,7 +242,25 @@ class FusedConv(nn.Module):
             self._wino = (winograd_weight(self.weight, tile=4), key)
         return self._wino[0]
 
+    def _params_in(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight and bias cast to `dtype` once, re-cast only when a parameter changes (autocast)."""
+        params = (self.weight, self.bias)
+        key = (dtype, *((p.data_ptr(), p._version) for p in params if p is not None))
+        if self._cast is None or self._cast[0] != key:
+            with torch.no_grad():
+                bias = None if self.bias is None else self.bias.detach().to(dtype)
+                self._cast = (key, (self.weight.detach().to(dtype), bias))
+        return self._cast[1]
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        cast = autocast_dtype(x.device.type)
+        if cast is not None and (self.weight.dtype != cast or x.dtype != cast):
+            # Under autocast: compute in its dtype with the weight cast once (autocast's own weight cache keeps
+            # only weights that require grad, so F.conv2d would cast this one on every call).
+            weight, bias = self._params_in(cast)
+            with torch.autocast(x.device.type, enabled=False):
+                res = None if residual is None else residual.to(cast)
+                return self._conv_act(x.to(cast), res, weight, bias)
         if self._use_winograd(x):
             return winograd_conv3x3(
                 x, self._winograd_weight(), self.bias, residual, dilation=self.dilation, activation=self.act
@@ -202,7 +278,12 @@ class FusedConv(nn.Module):
                     x, residual, self._packed_weight(x), self.bias, *args, "add", None, unary,
                     scalars if unary else [], None,
                 )  # fmt: skip
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self._conv_act(x, residual, self.weight, self.bias)
+
+    def _conv_act(
+        self, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        y = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:
             y = y + residual
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -216,9 +297,13 @@ class FusedConv(nn.Module):
 
 
 class FusedDWConv(nn.Module):
-    """Depthwise 3x3 conv + folded BN + activation through deeplab_fast.ops.dwconv_bn_act.
+    """Depthwise conv + folded BN + activation through deeplab_fast.ops.dwconv_bn_act_packed.
 
-    (N, C, H, W) float -> (N, C, Ho, Wo); parameters: weight (C, 1, 3, 3), scale (C,), shift (C,).
+    (N, C, H, W) float -> (N, C, Ho, Wo); parameters: weight (C, 1, k, k), scale (C,), shift (C,), float32 for
+    a float32 model whatever optimize()'s dtype (the kernels read float32 parameters). The weight packed for
+    the kernels (pack_dwconv_weight) is kept per (device, dtype, width) and re-packed only when a parameter
+    changes, so a call of the compiled op runs one kernel and no conversion. Under torch.compile, and with
+    the triton / reference backends, the unpacked dwconv_bn_act runs (parameters cast to x's dtype).
     """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: str, backend: str) -> None:
@@ -232,18 +317,57 @@ class FusedDWConv(nn.Module):
         self.scale = nn.Parameter(scale.clone(), requires_grad=False)
         self.shift = nn.Parameter(shift.clone(), requires_grad=False)
         self.stride, self.dilation, self.act, self.backend = conv.stride[0], conv.dilation[0], act, backend
+        # (device, accumulation dtype, width) -> (parameter stamp, (packed weight, scale, shift))
+        self._packs: dict[tuple, tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles leave the packed weights out; the next forward packs again
+        state = dict(self.__dict__)
+        state["_packs"] = {}
+        return state
+
+    def kernel_backend(self, device: torch.device, dtype: torch.dtype) -> str | None:
+        """The backend ("cpu", "cuda" or "cuda_emu") whose kernels read the packed weight for inputs of
+        `dtype` on `device`, or None when the unpacked op runs (torch.compile, triton, reference, no build)."""
+        if not _ext.HAS_EXT or torch.compiler.is_compiling():
+            return None
+        chosen = resolve_backend(self.backend, device, "dwconv_bn_act")
+        if chosen == "cuda" and dtype == torch.float64:
+            return None  # float64 is a checking dtype: the reference serves it on CUDA
+        return chosen if chosen in ("cpu", "cuda", "cuda_emu") else None
+
+    def packed_params(
+        self, dtype: torch.dtype, backend: str, channels_last: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(packed weight, scale, shift) for inputs of `dtype` and layout run by `backend`'s kernels on the
+        parameters' device: packed once, then served from the cache until a parameter changes."""
+        width = dwconv_pack_width(dtype, backend, channels_last=channels_last)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        key = (self.weight.device, acc, width)
+        params = (self.weight, self.scale, self.shift)
+        stamp = tuple((p.data_ptr(), p._version) for p in params)
+        entry = self._packs.get(key)
+        if entry is None or entry[0] != stamp:
+            with torch.no_grad():
+                packed = (
+                    pack_dwconv_weight(self.weight, width),
+                    self.scale.detach().to(acc).contiguous(),
+                    self.shift.detach().to(acc).contiguous(),
+                )
+            entry = self._packs[key] = (stamp, packed)
+        return entry[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dwconv_bn_act(
-            x,
-            self.weight,
-            self.scale,
-            self.shift,
-            stride=self.stride,
-            dilation=self.dilation,
-            activation=self.act,
-            backend=self.backend,
-        )
+        args = {"stride": self.stride, "dilation": self.dilation, "activation": self.act, "backend": self.backend}
+        cast = autocast_dtype(device_of(x, "x").type)
+        if cast is not None and x.is_floating_point() and x.dtype != cast:
+            x = x.to(cast)  # under autocast the op computes in its dtype (the packed weight stays float32)
+        kernels = self.kernel_backend(x.device, x.dtype)
+        if kernels is not None:
+            w, s, b = self.packed_params(x.dtype, kernels, is_channels_last(x))
+            return dwconv_bn_act_packed(x, w, s, b, k=self.weight.shape[-1], **args)
+        params = [p if p.dtype == x.dtype else p.to(x.dtype) for p in (self.weight, self.scale, self.shift)]
+        return dwconv_bn_act(x, *params, **args)
 
 
 class FusedSeparable(nn.Module):
@@ -484,6 +608,7 @@ def optimize(
     channels_last: bool = True,
     conv_engine: str = "auto",
     tune_malloc: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Return an inference copy of a DeepLab model with BN folded and fused ops; `model` is not changed.
 
@@ -509,6 +634,15 @@ def optimize(
         tune_malloc: for a CPU model, make glibc malloc keep and recycle freed blocks up to 1 GiB
             (deeplab_fast.malloc_tuning.keep_freed_memory). This changes the whole process (its resident
             memory stays at its peak); deeplab_fast.restore_malloc_defaults() undoes it. No effect off glibc.
+        dtype: None (keep the model's dtype), torch.float32, torch.float16 or torch.bfloat16: BatchNorm is
+            folded in the model's dtype first, then the dense conv weights and biases are cast once; the
+            depthwise parameters stay as folded (the kernels read float32 weights, packed once). The model then
+            takes inputs of that dtype and returns logits in it. On the CPU, the oneDNN and Winograd engines
+            run fp32 only: 16-bit dense convs run F.conv2d (oneDNN / AMX where the CPU has it).
+
+    The device (the model's parameters') decides the rest (device_plan): for a CUDA model the dense and
+    pointwise convs run F.conv2d (cuDNN) with channels_last weights and the depthwise convs the CUDA kernel
+    with its weight packed here, once; nothing CPU-only runs. (Compiled and emulated, never run on a GPU.)
 
     Returns:
         nn.Module in eval mode with the same forward contract ((N, 3, H, W) float -> (N, K, H, W) logits or
@@ -524,6 +658,8 @@ def optimize(
     for name, value in (("channels_last", channels_last), ("tune_malloc", tune_malloc)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or dtype not in OPTIMIZE_DTYPES):
+        raise ValueError(f"dtype must be None, torch.float32, torch.float16 or torch.bfloat16; got {dtype!r}")
     if conv_engine in ("onednn", "winograd") and backend not in ("auto", "cpu"):
         raise ValueError(
             f"conv_engine={conv_engine!r} runs on the CPU: it needs backend 'auto' or 'cpu', got {backend!r}"
@@ -541,22 +677,72 @@ def optimize(
         )
     if isinstance(model, DeepLab) and model.optimized is None:
         _fuser_for(model.backbone)  # an unknown backbone fails here, before anything changes
-    if tune_malloc and all(t.device.type == "cpu" for t in model.parameters()):
+    device = _model_device(model)
+    plan = device_plan(device.type, backend, channels_last)
+    if tune_malloc and plan.tune_malloc:
         # Large activations are freshly page-faulted on every forward otherwise (see malloc_tuning).
         keep_freed_memory()
     with torch.no_grad():
         out = copy.deepcopy(model).eval()
         if not isinstance(out, DeepLab):
-            return _fold_generic(out, channels_last).eval()
+            out = _fold_generic(out, channels_last)
+            return (out if dtype is None else out.to(dtype)).eval()
         if out.optimized is None:
             _fuse_deeplab(out, backend, conv_engine)
         else:
             _reconfigure(out, backend, conv_engine)
+        _cast_dense(out, dtype, plan.dense_weights_channels_last)
         for p in out.parameters():
             p.requires_grad_(False)
+        _pack_depthwise(out, device, dtype, channels_last)
     out.channels_last = channels_last
-    out.optimized = {"backend": backend, "channels_last": channels_last, "conv_engine": conv_engine}
+    out.optimized = {
+        "backend": backend,
+        "channels_last": channels_last,
+        "conv_engine": conv_engine,
+        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+    }
     return out.eval()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return torch.device("cpu") if param is None else param.device
+
+
+def _cast_dense(model: nn.Module, dtype: torch.dtype | None, weights_channels_last: bool) -> None:
+    """Cast every floating parameter and buffer but the depthwise ones to `dtype` (None: keep), and store 4-D
+    dense conv weights channels_last when asked (cuDNN on channels_last activations)."""
+    for m in model.modules():
+        if isinstance(m, FusedDWConv):
+            continue
+        for table in (m._parameters, m._buffers):
+            for name, t in table.items():
+                if t is None or not t.is_floating_point():
+                    continue
+                new = t if dtype is None else t.to(dtype)
+                if weights_channels_last and isinstance(m, FusedConv) and name == "weight" and new.dim() == 4:
+                    new = new.contiguous(memory_format=torch.channels_last)
+                if new is not t:
+                    table[name] = nn.Parameter(new, requires_grad=False) if isinstance(t, nn.Parameter) else new
+        if isinstance(m, FusedConv):
+            m._packed = m._wino = None
+
+
+def _pack_depthwise(model: nn.Module, device: torch.device, dtype: torch.dtype | None, channels_last: bool) -> None:
+    """Pack every depthwise weight for the kernels that will run it on `device` (the forward packs for any
+    other device, dtype or layout it meets)."""
+    for m in model.modules():
+        if not isinstance(m, FusedDWConv):
+            continue
+        act_dtype = m.weight.dtype if dtype is None else dtype
+        try:
+            kernels = m.kernel_backend(device, act_dtype)
+        except RuntimeError:
+            continue  # a backend this device cannot run: the forward raises the clear error
+        if kernels is not None:
+            m.packed_params(act_dtype, kernels, channels_last)
 
 
 def _fold_generic(model: nn.Module, channels_last: bool) -> nn.Module:

@@ -2,14 +2,21 @@
 the semantics every backend matches) and, where the op has them, "cuda" (CUDA kernels) and "triton"
 (Triton kernels; on a CPU through the interpreter only). winograd_conv3x3 has "auto", "cpu" and "reference".
 
-Modules: dwconv (dwconv_bn_act, fold_bn), upsample (upsample_concat, upsample_argmax,
-upsample_softmax_accumulate), winograd (winograd_conv3x3, winograd_weight), reference (the semantics),
-_backend (the one dispatch path), _common (activation codes, memory formats, argument checks).
+Modules: dwconv (dwconv_bn_act, fold_bn; dwconv_bn_act_packed, pack_dwconv_weight, dwconv_pack_width),
+upsample (upsample_concat, upsample_argmax, upsample_softmax_accumulate), winograd (winograd_conv3x3,
+winograd_weight), reference (the semantics), _backend (the one dispatch
+path), _common (activation codes, memory formats, argument checks).
 """
 
 from deeplab_fast.ops import dwconv as _dwconv
 from deeplab_fast.ops import upsample as _upsample
-from deeplab_fast.ops.dwconv import dwconv_bn_act, fold_bn
+from deeplab_fast.ops.dwconv import (
+    dwconv_bn_act,
+    dwconv_bn_act_packed,
+    dwconv_pack_width,
+    fold_bn,
+    pack_dwconv_weight,
+)
 from deeplab_fast.ops.upsample import upsample_argmax, upsample_concat, upsample_softmax_accumulate
 from deeplab_fast.ops.winograd import winograd_conv3x3, winograd_weight
 
@@ -28,7 +35,10 @@ def register_triton_ops() -> None:
 
 __all__ = [
     "dwconv_bn_act",
+    "dwconv_bn_act_packed",
+    "dwconv_pack_width",
     "fold_bn",
+    "pack_dwconv_weight",
     "upsample_concat",
     "upsample_argmax",
     "upsample_softmax_accumulate",

@@ -6,11 +6,19 @@ Semantics: deeplab_fast.ops.reference.dwconv_bn_act_reference. The compiled op i
 `torch.ops.deeplab_fast.dwconv_bn_act_backward`; the Triton one, `torch.ops.deeplab_fast.dwconv_bn_act_triton`,
 is registered here on first use around the kernel of deeplab_fast/kernels/triton/dwconv_bn_act.py.
 
+Packed weights (docs/ops.md): `dwconv_bn_act_packed` takes the weight prepared once by `pack_dwconv_weight`
+in the layout the kernels read, float32 (ceil(C / V), k*k, V) with V from `dwconv_pack_width`, and scale and
+shift in float32, so a call of the compiled op runs its one kernel launch and no conversion
+(`torch.ops.deeplab_fast.dwconv_bn_act_packed` and its `_cuda_emu` twin); optimize() keeps these per device,
+dtype and width in its FusedDWConv modules. `dwconv_bn_act` (training, autograd) prepares them per call.
+
 Checks: the compiled ops check their tensors in C++; `check_inputs` says the same in Python for the
 reference and Triton backends and the fake implementations.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -140,6 +148,192 @@ def dwconv_bn_act(
         return dwconv_bn_act_reference(x, weight, scale, shift, stride, dilation, activation)
     _triton_registered()
     return torch.ops.deeplab_fast.dwconv_bn_act_triton(x, weight, scale, shift, stride, dilation, code)
+
+
+# The backends whose kernels read a packed weight as it is; "triton" and "reference" unpack it.
+_PACKED_KERNEL_BACKENDS = ("cpu", "cuda", "cuda_emu")
+
+
+def dwconv_pack_width(dtype: torch.dtype, backend: str, *, channels_last: bool = True) -> int:
+    """The width V to pack a depthwise weight with for the kernels of `backend` on inputs of `dtype`.
+
+    Args:
+        dtype: the input's dtype (float32, float16, bfloat16 or float64).
+        backend: "cpu", "cuda" or "cuda_emu" (the backends whose kernels read the packed weight directly).
+        channels_last: the input's layout; the CUDA kernels read V = 16 bytes of channels (4 for float32, 8
+            for 16-bit types) in both layouts, the CPU kernels their AVX block for channels_last and 1 for NCHW.
+
+    Returns:
+        V, a power of two. Needs deeplab_fast._C.
+    """
+    if backend not in _PACKED_KERNEL_BACKENDS:
+        raise ValueError(
+            f"backend must be one of {', '.join(map(repr, _PACKED_KERNEL_BACKENDS))} (the triton and reference "
+            f"backends unpack any width); got {backend!r}"
+        )
+    if not isinstance(dtype, torch.dtype) or dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype!r}")
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be True or False, got {channels_last!r}")
+    _ext.require_ext(backend)
+    return _pack_width(dtype, backend, channels_last)
+
+
+@functools.cache
+def _pack_width(dtype: torch.dtype, backend: str, channels_last: bool) -> int:
+    # a pure function of its arguments, asked on every FusedDWConv call: answered once per key
+    return torch.ops.deeplab_fast.dwconv_bn_act_pack_width(backend, dtype, channels_last)
+
+
+def pack_dwconv_weight(weight: torch.Tensor, width: int) -> torch.Tensor:
+    """Pack a depthwise weight once for `dwconv_bn_act_packed`.
+
+    Args:
+        weight: (C, 1, k, k) float, odd k, any device.
+        width: V, a power of two (`dwconv_pack_width` gives the one the kernels read).
+
+    Returns:
+        (ceil(C / V), k*k, V) contiguous float32 (float64 for a float64 weight), a new tensor on weight's device:
+        element [c // V, t, c % V] is tap t (row-major over the k x k window) of channel c; channels past C are 0.
+    """
+    check_tensor(weight, "weight")
+    if type(width) is not int or width < 1 or width & (width - 1):
+        raise ValueError(f"width must be a power of two >= 1, got {width!r}")
+    _ext.require_ext("cpu")
+    return torch.ops.deeplab_fast.dwconv_bn_act_pack_weight(weight, width)
+
+
+def unpack_dwconv_weight(packed: torch.Tensor, channels: int) -> torch.Tensor:
+    """The (C, 1, k, k) weight of a packed one (ceil(C / V), k*k, V), in the packed weight's dtype."""
+    blocks, kk, v = packed.shape
+    k = round(kk**0.5)
+    return packed.permute(0, 2, 1).reshape(blocks * v, kk)[:channels].reshape(channels, 1, k, k)
+
+
+def check_packed_inputs(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    k: int,
+    stride: int,
+    dilation: int,
+    activation: int,
+    kernel: bool = True,
+) -> None:
+    """The C++ check of dwconv_bn_act_packed (csrc/ops/dwconv_bn_act.cpp, check_packed_inputs), in the same
+    order and words, for the backends and fake implementations written in Python."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-D (N, C, H, W) tensor, got {x.dim()}-D with shape {sizes(x)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"x must be float32, float16, bfloat16 or float64, got {dtype_name(x.dtype)}")
+    c = x.shape[1]
+    if type(k) is not int or k < 1 or k % 2 != 1:
+        raise ValueError(f"k must be an odd kernel size (3, 5, 7, ...), got k={k}")
+    v = weight.shape[2] if weight.dim() == 3 else 0
+    if not (v >= 1 and v & (v - 1) == 0 and weight.shape[1] == k * k and weight.shape[0] == -(-c // v)):
+        raise ValueError(
+            f"weight must be a packed weight (ceil(C / V), k*k, V) with C={c}, k={k} and V a power of two "
+            f"(deeplab_fast.ops.pack_dwconv_weight), got {sizes(weight)}"
+        )
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_name = "float64 (x is float64)" if acc == torch.float64 else "float32"
+    for name, t in (("weight", weight), ("scale", scale), ("shift", shift)):
+        if t.dtype != acc:
+            raise ValueError(f"dwconv_bn_act_packed: {name} must be {acc_name}, got {dtype_name(t.dtype)}")
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
+    if not weight.is_contiguous():
+        raise ValueError("dwconv_bn_act_packed: weight must be contiguous")
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t.dim() != 1 or t.shape[0] != c:
+            raise ValueError(f"{name} must have shape ({c},) (x's channels), got {sizes(t)}")
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if not 1 <= dilation <= INT64_MAX:
+        raise ValueError(f"dilation must be an int >= 1, got {dilation}")
+    if activation not in ACTIVATION_NAMES:
+        raise ValueError(f"activation code must be 0 (none), 1 (relu) or 2 (relu6), got {activation}")
+    if kernel and x.device.type == "cuda" and x.dtype == torch.float64:
+        raise ValueError(
+            "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
+            "bfloat16); use float32 or backend='reference'"
+        )
+
+
+def dwconv_bn_act_packed(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    k: int,
+    stride: int = 1,
+    dilation: int = 1,
+    activation: str = "relu",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """`dwconv_bn_act` with the weight prepared once: the inference form optimize() runs.
+
+    Args:
+        x: as for dwconv_bn_act.
+        weight: packed (ceil(C / V), k*k, V) float32 weight (float64 for float64 x) from `pack_dwconv_weight`,
+            on x's device. Packed with `dwconv_pack_width(x.dtype, backend, channels_last=...)`, a call of the
+            cpu, cuda or cuda_emu backend runs one kernel launch and no conversion; any other width is correct
+            but re-blocked on every call (as is an x whose storage breaks the CUDA kernels' 16-byte alignment).
+            The triton and reference backends unpack it.
+        scale, shift: (C,) float32 (float64 for float64 x), on x's device.
+        k: the kernel size (odd); stride, dilation, activation, backend: as for dwconv_bn_act.
+
+    Returns:
+        (N, C, ceil(H / stride), ceil(W / stride)) in x's dtype and memory format. Differentiable (through the
+        reference's vector-Jacobian product: train with dwconv_bn_act, whose backward runs the kernels).
+    """
+    code = activation_code(activation)
+    chosen = resolve_backend(backend, device_of(x, "x"), "dwconv_bn_act")
+    _check_types(weight, scale, shift, stride, dilation)
+    if backend == "auto" and chosen in ("cuda", "triton") and x.dtype == torch.float64 and x.device.type == "cuda":
+        chosen = "reference"
+    if chosen in ("cpu", "cuda"):
+        return run_op(torch.ops.deeplab_fast.dwconv_bn_act_packed, x, weight, scale, shift, k, stride, dilation, code)
+    if chosen == "cuda_emu":
+        op = torch.ops.deeplab_fast.dwconv_bn_act_packed_cuda_emu
+        return run_op(op, x, weight, scale, shift, k, stride, dilation, code)
+    check_packed_inputs(x, weight, scale, shift, k, stride, dilation, code, kernel=chosen == "triton")
+    w = unpack_dwconv_weight(weight, x.shape[1])
+    if chosen == "reference":
+        return dwconv_bn_act_reference(x, w, scale, shift, stride, dilation, activation)
+    _triton_registered()
+    # the Triton op takes its parameters in x's dtype (and computes in float32)
+    args = (w.to(x.dtype), scale.to(x.dtype), shift.to(x.dtype))
+    return torch.ops.deeplab_fast.dwconv_bn_act_triton(x, *args, stride, dilation, code)
+
+
+def _packed_reference(x, weight, scale, shift, k, stride, dilation, activation):
+    w = unpack_dwconv_weight(weight, x.shape[1])
+    return dwconv_bn_act_reference(x, w, scale, shift, stride, dilation, ACTIVATION_NAMES[activation])
+
+
+def _packed_setup_context(ctx, inputs, output) -> None:
+    x, weight, scale, shift, k, stride, dilation, activation = inputs
+    ctx.save_for_backward(x, weight, scale, shift)
+    ctx.conf = (k, stride, dilation, activation)
+
+
+def _packed_backward(ctx, grad_out: torch.Tensor):
+    # Inference is what the packed op is for: its gradient is the reference's vector-Jacobian product, taken
+    # with respect to the packed weight itself (padding channels get 0).
+    x, weight, scale, shift = ctx.saved_tensors
+    k, stride, dilation, activation = ctx.conf
+    _, vjp = torch.func.vjp(
+        lambda a, b, c, d: _packed_reference(a, b, c, d, k, stride, dilation, activation), x, weight, scale, shift
+    )
+    return (*vjp(grad_out), None, None, None, None)
+
+
+def _packed_fake(x, weight, scale, shift, k, stride, dilation, activation):
+    check_packed_inputs(x, weight, scale, shift, k, stride, dilation, activation)
+    return fake_output(x, stride)
 
 
 def fold_bn(bn: nn.BatchNorm2d, conv_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,3 +490,14 @@ if _ext.HAS_EXT:
     torch.library.register_autograd(
         "deeplab_fast::dwconv_bn_act_cuda_emu", _cuda_emu_backward, setup_context=_setup_context
     )
+
+    torch.library.register_fake("deeplab_fast::dwconv_bn_act_packed")(_packed_fake)
+
+    @torch.library.register_fake("deeplab_fast::dwconv_bn_act_packed_cuda_emu")
+    def _(x, weight, scale, shift, k, stride, dilation, activation):
+        check_packed_inputs(x, weight, scale, shift, k, stride, dilation, activation)
+        check_cuda_emu_input(x, "x", "dwconv_bn_act")
+        return fake_output(x, stride)
+
+    for _name in ("dwconv_bn_act_packed", "dwconv_bn_act_packed_cuda_emu"):
+        torch.library.register_autograd(f"deeplab_fast::{_name}", _packed_backward, setup_context=_packed_setup_context)
