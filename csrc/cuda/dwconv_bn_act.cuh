@@ -52,10 +52,9 @@ constexpr int kSlabBytes = 32;              // channels per block: one 32-byte s
 // ---------------------------------------------------------------------------------------------------
 // Bands: which rows (or columns) a tile stages, and where each lies in shared memory.
 
-DLF_HOST_DEVICE inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
-  const int64_t q = a / b;
-  return (a % b != 0 && a < 0) ? q - 1 : q;
-}
+// floor(a / s) for the strides the op takes (1 and 2): a shift, no 64-bit division (a division is a call on
+// the GPU, and its call frame spilled registers in the dx kernels).
+DLF_HOST_DEVICE inline int64_t floor_div_stride(int64_t a, int s) { return s == 1 ? a : (a >> 1); }
 
 // One axis of the conv. Forward (and the parameter-gradient kernel): tiles are over outputs and stage
 // input coordinates. Transposed (dx): tiles are over inputs and stage output coordinates.
@@ -76,8 +75,8 @@ DLF_HOST_DEVICE inline void tap_band(const Axis& a, int64_t t0, int64_t T, int i
     hi = hi < a.size_in ? hi : a.size_in;
   } else {
     const int64_t last = (t0 + T < a.size_in ? t0 + T : a.size_in) - 1;
-    lo = -floor_div(-(t0 - tap), a.stride);  // ceil
-    hi = floor_div(last - tap, a.stride) + 1;
+    lo = -floor_div_stride(-(t0 - tap), a.stride);  // ceil
+    hi = floor_div_stride(last - tap, a.stride) + 1;
     lo = lo > 0 ? lo : 0;
     hi = hi < a.size_out ? hi : a.size_out;
   }
@@ -244,17 +243,20 @@ struct BlockPos {
 };
 
 __device__ __forceinline__ BlockPos block_pos(const TileCfg& c) {
+  // The launcher keeps the block count below 2^31: 32-bit divisions.
   BlockPos b;
-  int64_t r = blockIdx.x;
-  b.slab = r % c.slabs;
-  r /= c.slabs;
+  uint32_t r = blockIdx.x;
+  const uint32_t slabs = static_cast<uint32_t>(c.slabs), tiles_w = static_cast<uint32_t>(c.tiles_w);
+  const uint32_t tiles_h = static_cast<uint32_t>(c.tiles_h);
+  b.slab = r % slabs;
+  r /= slabs;
   b.flat = r;
-  const int64_t tw = r % c.tiles_w;
-  r /= c.tiles_w;
-  const int64_t th = r % c.tiles_h;
-  b.n = r / c.tiles_h;
-  b.th0 = th * c.TH;
-  b.tw0 = tw * c.TW;
+  const uint32_t tw = r % tiles_w;
+  r /= tiles_w;
+  const uint32_t th = r % tiles_h;
+  b.n = r / tiles_h;
+  b.th0 = static_cast<int64_t>(th) * c.TH;
+  b.tw0 = static_cast<int64_t>(tw) * c.TW;
   return b;
 }
 
@@ -698,14 +700,14 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(DwconvBwdParams q, Til
     for (int i = 0; i < K; ++i) {
       const I nh = h + pad - i * d;  // decreases with i
       if (nh < 0) break;
-      const I ho = nh / s;
-      if (ho * s != nh || ho >= p.Ho) continue;
+      const I ho = nh >> (s - 1);  // stride 1 or 2
+      if ((nh & (s - 1)) != 0 || ho >= p.Ho) continue;
       const int qq = static_cast<int>(band[i] + ho);
       for (int j = 0; j < K; ++j) {
         const I nw = w + pad - j * d;
         if (nw < 0) break;
-        const I wo = nw / s;
-        if (wo * s != nw || wo >= p.Wo) continue;
+        const I wo = nw >> (s - 1);
+        if ((nw & (s - 1)) != 0 || wo >= p.Wo) continue;
         float gv[V];
         read_pack<float, V>(tile, tile_index<CL>(qq, static_cast<int>(band[3 * K + j] + wo), pk, rows, cols, c.P),
                             gv);
