@@ -743,14 +743,15 @@ template <typename T, int V, bool CL, typename I>
 void forward_with(const DwconvParams& p, void* stream) {
   const TileCfg c = choose_tile(p, Kind::kForward, shape_of<T>(V, CL, false));
   const unsigned grid = static_cast<unsigned>(p.N * c.tiles_h * c.tiles_w * c.slabs);
-  if constexpr (V > 1 || !CL) {
+  if constexpr ((V > 1 || !CL) && sizeof(I) == 4) {
     if (p.K == 3) {
       // k = 3 (every DeepLab depthwise conv): taps unrolled, the pack's weights in registers.
       launch_kernel(fwd_tiled_kernel<T, V, 3, CL, I>, grid, c.threads, c.smem, stream, p, c);
       return;
     }
   }
-  // Any odd k (and the unaligned channels_last fallback): runtime tap loops, weights in shared memory.
+  // Any odd k, the unaligned channels_last fallback, and tensors that need 64-bit offsets (the unrolled
+  // 16-bit kernel spilled with 64-bit index math): runtime tap loops, weights in shared memory.
   launch_kernel(fwd_tiled_kernel<T, V, 0, CL, I>, grid, c.threads, c.smem, stream, p, c);
 }
 
