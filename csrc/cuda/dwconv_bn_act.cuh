@@ -18,12 +18,12 @@
 // out-of-image taps are skipped, never loaded. Index math inside an image is 32-bit when the tensors
 // allow it (chosen at launch).
 //
-// Backward: one kernel recomputes the conv on the staged tile, forms g = grad_y * act'(z), writes
-// g * scale (the one full-size fp32 temporary) and reduces the parameter gradients of its slab over its
-// tile in shared memory (fixed order), then adds them with one atomicAdd per block, channel and parameter,
-// or, when deterministic algorithms are on, stores per-block partials that a second kernel sums in a
-// fixed order. A third kernel computes dx as the depthwise conv of g * scale with the flipped taps, tiled
-// the same way over the input map.
+// Backward: one kernel recomputes the conv on the staged tile, forms g = grad_y * act'(z) (grad_y or 0, so
+// exact in x's dtype), writes g (the one full-size temporary, x's dtype) and reduces the parameter gradients
+// of its slab over its tile in shared memory (fixed order), then adds them with one atomicAdd per block,
+// channel and parameter, or, when deterministic algorithms are on, stores per-block partials that a second
+// kernel sums in a fixed order. A third kernel computes dx = scale * (the depthwise conv of g with the
+// flipped taps), tiled the same way over the input map.
 //
 // float64 is not instantiated: it is a checking dtype, served by the cpu and reference backends.
 #pragma once
@@ -113,8 +113,14 @@ DLF_HOST_DEVICE inline int64_t lay_out_bands(const Axis& a, int64_t t0, int64_t 
   return total;
 }
 
-// The most positions any tile of length T along an axis of `extent` stages.
+// The most positions any tile of length T along an axis of `extent` stages: exact (every tile laid out) up
+// to 256 tiles, else a bound (the map; K bands of the longest band; the span of the K bands).
 inline int64_t max_staged(const Axis& a, int64_t T, int64_t extent) {
+  if ((extent + T - 1) / T > 256) {
+    const int64_t band = a.transposed ? (T - 1) / a.stride + 1 : (T - 1) * a.stride + 1;
+    const int64_t span = a.transposed ? (T - 1 + (a.K - 1) * a.dil) / a.stride + 2 : band + (a.K - 1) * a.dil;
+    return std::min({a.transposed ? a.size_out : a.size_in, a.K * band, span});
+  }
   int64_t most = 0;
   for (int64_t t0 = 0; t0 < extent; t0 += T) {
     most = std::max(most, lay_out_bands<int64_t>(a, t0, T, nullptr, nullptr, nullptr));
@@ -168,7 +174,7 @@ inline bool lay_out_smem(const DwconvParams& p, Kind kind, const KernelShape& s,
   c.o_g = c.o_red = c.o_tot = static_cast<int>(at);
   if (kind == Kind::kParams) {
     const int64_t items = static_cast<int64_t>(c.P) * (KK + 1);
-    c.o_g = static_cast<int>(take(outs * PV * 4));
+    c.o_g = static_cast<int>(take(outs * PV * s.elem));
     c.o_red = static_cast<int>(take(std::max<int64_t>(items, c.threads) * s.V * 4));
     c.o_tot = static_cast<int>(take(items * s.V * 4));
   }
@@ -178,44 +184,69 @@ inline bool lay_out_smem(const DwconvParams& p, Kind kind, const KernelShape& s,
   return at <= kSmemBudget;
 }
 
-// The largest tile that fits: the whole map when it can (each input read once), else full-width bands of
-// rows, else narrower tiles; a thinner slab only when nothing else fits.
+// Global sectors per output element a block moves: its staged input (channels_last: rows x cols pixels of
+// P * V channels; NCHW: runs of rows), plus the per-output accesses (the output store; the parameter kernel
+// also reads grad_y and writes g), whose sectors are only full when a pixel's slab spans 32 bytes.
+inline double tile_cost(const TileCfg& c, Kind kind, const KernelShape& s) {
+  const int64_t slab_bytes = static_cast<int64_t>(c.P) * s.V * s.elem;
+  const int64_t run_sectors = (static_cast<int64_t>(c.cols) * s.elem + 31) / 32 + 1;
+  const double outs = static_cast<double>(c.TH) * c.TW * c.P * s.V;
+  const double staged = s.cl ? static_cast<double>(c.rows) * c.cols * ((slab_bytes + 31) / 32)
+                             : static_cast<double>(c.P) * c.rows * run_sectors;
+  const double per_out = s.cl ? static_cast<double>((slab_bytes + 31) / 32) / (c.P * s.V)
+                              : static_cast<double>((static_cast<int64_t>(c.TW) * s.elem + 31) / 32 + 1) / c.TW;
+  return staged / outs + per_out * (kind == Kind::kParams ? 3 : 1);
+}
+
+// The tile (and slab) that fits the shared memory with the least staged input per output: the whole map when
+// it fits (each input read once), else bands of rows or narrower tiles, or a thinner slab, whichever re-reads
+// least; among near-equal ones the largest (fewer blocks, fewer weight loads).
 inline TileCfg choose_tile(const DwconvParams& p, Kind kind, const KernelShape& s) {
   const bool tr = kind == Kind::kDx;
   const int64_t eh = tr ? p.H : p.Ho, ew = tr ? p.W : p.Wo;
   const int64_t lanes = s.cl ? std::max<int64_t>(kSlabBytes / (s.V * s.elem), 1) : 1;
   const int64_t packs = (p.C + s.V - 1) / s.V;
-  int P = 1;
-  while (P < lanes && P < packs) P *= 2;
-  for (; P >= 1; P /= 2) {
+  int P0 = 1;
+  while (P0 < lanes && P0 < packs) P0 *= 2;
+  TileCfg best{};
+  double best_cost = 0;
+  for (int P = P0; P >= 1; P /= 2) {
     for (int64_t tw = std::min<int64_t>(ew, 1 << 20);; tw = (tw + 1) / 2) {
       for (int64_t th = std::min<int64_t>(eh, 1 << 20);; th = (th + 1) / 2) {
         TileCfg c{};
         c.P = P, c.TH = static_cast<int>(th), c.TW = static_cast<int>(tw);
         if (th * tw <= (1 << 24) && lay_out_smem(p, kind, s, c)) {
-          // NCHW: several channels per block when a tile is small, so the block has work for its threads.
-          while (!s.cl && c.P < 8 && c.P * 2 <= p.C && static_cast<int64_t>(c.P) * th * tw < kThreads) {
-            TileCfg more = c;
-            more.P *= 2;
-            if (!lay_out_smem(p, kind, s, more)) break;
-            c = more;
+          const double cost = tile_cost(c, kind, s);
+          const int64_t size = static_cast<int64_t>(c.P) * c.TH * c.TW;
+          const int64_t best_size = static_cast<int64_t>(best.P) * best.TH * best.TW;
+          if (best.P == 0 || cost < 0.98 * best_cost || (cost <= 1.02 * best_cost && size > best_size)) {
+            best = c;
+            best_cost = cost;
           }
-          c.tiles_h = (eh + th - 1) / th;
-          c.tiles_w = (ew + tw - 1) / tw;
-          c.slabs = (packs + c.P - 1) / c.P;
-          const int64_t blocks = p.N * c.tiles_h * c.tiles_w * c.slabs;
-          TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "dwconv_bn_act: ", blocks,
-                      " blocks exceed the CUDA grid limit (2^31 - 1)");
-          return c;
+          break;  // smaller th at this width only re-read more
         }
         if (th == 1) break;
       }
       if (tw == 1) break;
     }
   }
-  TORCH_CHECK(false, "dwconv_bn_act: kernel size k=", p.K, " needs more shared memory than a CUDA block has (",
+  TORCH_CHECK(best.P > 0, "dwconv_bn_act: kernel size k=", p.K, " needs more shared memory than a CUDA block has (",
               kSmemBudget, " bytes) for its weights; use backend='cpu' or 'reference'");
-  return TileCfg{};
+  TileCfg c = best;
+  // NCHW: several channels per block when a tile is small, so the block has work for its threads.
+  while (!s.cl && c.P < 8 && c.P * 2 <= p.C && static_cast<int64_t>(c.P) * c.TH * c.TW < kThreads) {
+    TileCfg more = c;
+    more.P *= 2;
+    if (!lay_out_smem(p, kind, s, more)) break;
+    c = more;
+  }
+  c.tiles_h = (eh + c.TH - 1) / c.TH;
+  c.tiles_w = (ew + c.TW - 1) / c.TW;
+  c.slabs = (packs + c.P - 1) / c.P;
+  const int64_t blocks = p.N * c.tiles_h * c.tiles_w * c.slabs;
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "dwconv_bn_act: ", blocks,
+              " blocks exceed the CUDA grid limit (2^31 - 1)");
+  return c;
 }
 
 // 32-bit index math inside an image when every offset and tap coordinate fits.
@@ -362,6 +393,20 @@ __device__ __forceinline__ void read_pack(const S* tile, int idx, float (&out)[V
   }
 }
 
+// Write fp32 lanes as a staged pack of S.
+template <typename S, int V>
+__device__ __forceinline__ void write_pack(S* tile, int idx, const float (&in)[V]) {
+  using Ch = Chunks<S, V>;
+  typename Ch::C* dst = reinterpret_cast<typename Ch::C*>(tile + static_cast<int64_t>(idx) * V);
+  DLF_UNROLL
+  for (int k = 0; k < Ch::N; ++k) {
+    typename Ch::C raw;
+    DLF_UNROLL
+    for (int l = 0; l < Ch::L; ++l) raw.v[l] = static_cast<S>(in[k * Ch::L + l]);
+    dst[k] = raw;
+  }
+}
+
 // Global pack access of V elements of S (16-byte chunks; V = 1 a scalar).
 template <typename S, int V>
 __device__ __forceinline__ void load_pack(const S* src, float (&out)[V]) {
@@ -500,7 +545,7 @@ __global__ void __launch_bounds__(kThreads) fwd_tiled_kernel(DwconvParams p, Til
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Backward, kernel 1: g = grad_y * act'(z) over the block's output tile; g * scale to q.gpre (fp32, y's
+// Backward, kernel 1: g = grad_y * act'(z) over the block's output tile; g to q.gpre (x's dtype, y's
 // strides); the slab's parameter gradients summed over the tile, then added to q.gparams (C, K*K + 2) with
 // one atomicAdd per block, channel and parameter, or stored as the block's partials (deterministic).
 //   d w[c, t] = scale[c] * G[c, t],  G[c, t] = sum g * x[tap t];  d shift[c] = sum g;
@@ -521,7 +566,7 @@ __global__ void __launch_bounds__(kThreads) bwd_params_kernel(DwconvBwdParams q,
   I* rmap = reinterpret_cast<I*>(smem + c.o_rmap);
   I* cmap = reinterpret_cast<I*>(smem + c.o_cmap);
   T* tile = reinterpret_cast<T*>(smem + c.o_tile);
-  float* gs = reinterpret_cast<float*>(smem + c.o_g);
+  T* gs = reinterpret_cast<T*>(smem + c.o_g);
   float* red = reinterpret_cast<float*>(smem + c.o_red);
   float* tot = reinterpret_cast<float*>(smem + c.o_tot);
 
@@ -552,20 +597,17 @@ __global__ void __launch_bounds__(kThreads) bwd_params_kernel(DwconvBwdParams q,
         conv_at<T, V, 0, CL, I>(p, tile, band, rows, cols, c.P, pk, ho, wo, wpk, nullptr, acc);
         const I off = ho * ys_h + wo * ys_w + pk * (CL ? I(V) : ys_c);
         load_pack<T, V>(static_cast<const T*>(q.go) + yoff + off, go);
-        float gt[V];
         DLF_UNROLL
         for (int l = 0; l < V; ++l) {
           const float z = acc[l] * ss[pk * V + l] + bs[pk * V + l];
-          g[l] = go[l] * activation_grad_mask(z, p.act);
-          gt[l] = g[l] * ss[pk * V + l];
+          g[l] = go[l] * activation_grad_mask(z, p.act);  // grad_y or 0: exact in T
         }
-        store_pack<float, V>(static_cast<float*>(q.gpre) + yoff + off, gt);
+        store_pack<T, V>(static_cast<T*>(q.gpre) + yoff + off, g);
       } else {
         DLF_UNROLL
         for (int l = 0; l < V; ++l) g[l] = 0.f;
       }
-      DLF_UNROLL
-      for (int l = 0; l < V; ++l) gs[(o * c.P + pk) * V + l] = g[l];
+      write_pack<T, V>(gs, o * c.P + pk, g);
     }
   }
   __syncthreads();
@@ -587,7 +629,8 @@ __global__ void __launch_bounds__(kThreads) bwd_params_kernel(DwconvBwdParams q,
         const int oh = o / c.TW, ow = o - oh * c.TW;
         const I ho = static_cast<I>(b.th0 + oh), wo = static_cast<I>(b.tw0 + ow);
         if (ho >= p.Ho || wo >= p.Wo) continue;
-        const float* g = gs + (o * c.P + pk) * V;
+        float g[V];
+        read_pack<T, V>(gs, o * c.P + pk, g);
         if (slot == KK) {
           DLF_UNROLL
           for (int l = 0; l < V; ++l) a[l] += g[l];
@@ -656,8 +699,8 @@ __global__ void __launch_bounds__(kThreads) bwd_params_sum_kernel(DwconvBwdParam
   }
 }
 
-// Backward, kernel 2: dx = sum over taps of (g * scale)[output the tap maps x to] * w[tap], tiled over the
-// input map; the staged tile holds the fp32 g * scale of the outputs the input tile reaches.
+// Backward, kernel 2: dx = scale * sum over taps of g[output the tap maps x to] * w[tap], tiled over the
+// input map; the staged tile holds g of the outputs the input tile reaches.
 template <typename T, int V, bool CL, typename I>
 __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(DwconvBwdParams q, TileCfg c) {
   DLF_DYNAMIC_SHARED(unsigned char, smem);
@@ -668,18 +711,20 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(DwconvBwdParams q, Til
   const int64_t c0 = b.slab * c.P * V;
   const int npk = static_cast<int>(dlf_min<int64_t>(c.P, (p.C - c0 + V - 1) / V));
   float* ws = reinterpret_cast<float*>(smem + c.o_w);
+  float* ss = reinterpret_cast<float*>(smem + c.o_scale);
+  float* bs = reinterpret_cast<float*>(smem + c.o_shift);
   I* band = reinterpret_cast<I*>(smem + c.o_band);
   I* rmap = reinterpret_cast<I*>(smem + c.o_rmap);
   I* cmap = reinterpret_cast<I*>(smem + c.o_cmap);
-  float* tile = reinterpret_cast<float*>(smem + c.o_tile);
+  T* tile = reinterpret_cast<T*>(smem + c.o_tile);
 
-  stage_weights<V, false>(p, c0, npk, KK, ws, nullptr, nullptr, t, nt);
+  stage_weights<V, true>(p, c0, npk, KK, ws, ss, bs, t, nt);
   const Axis ah{p.H, p.Ho, p.pad, p.dilation, p.stride, K, true};
   const Axis aw{p.W, p.Wo, p.pad, p.dilation, p.stride, K, true};
   stage_bands<I>(ah, aw, b.th0, c.TH, b.tw0, c.TW, band, rmap, cmap, t, nt);
   const int rows = static_cast<int>(band[6 * K]), cols = static_cast<int>(band[6 * K + 1]);
-  const float* gb = static_cast<const float*>(q.gpre) + b.n * p.ys_n + c0 * p.ys_c;
-  stage_tile<float, V, CL, I>(gb, static_cast<I>(p.ys_c), static_cast<I>(p.ys_h), static_cast<I>(p.ys_w), rmap,
+  const T* gb = static_cast<const T*>(q.gpre) + b.n * p.ys_n + c0 * p.ys_c;
+  stage_tile<T, V, CL, I>(gb, static_cast<I>(p.ys_c), static_cast<I>(p.ys_h), static_cast<I>(p.ys_w), rmap,
                               cmap, rows, cols, c.P, npk, tile, t, nt);
   __syncthreads();
 
@@ -709,13 +754,14 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(DwconvBwdParams q, Til
         const I wo = nw >> (s - 1);
         if ((nw & (s - 1)) != 0 || wo >= p.Wo) continue;
         float gv[V];
-        read_pack<float, V>(tile, tile_index<CL>(qq, static_cast<int>(band[3 * K + j] + wo), pk, rows, cols, c.P),
-                            gv);
+        read_pack<T, V>(tile, tile_index<CL>(qq, static_cast<int>(band[3 * K + j] + wo), pk, rows, cols, c.P), gv);
         const float* wt = wpk + (i * K + j) * V;
         DLF_UNROLL
         for (int l = 0; l < V; ++l) acc[l] += gv[l] * wt[l];
       }
     }
+    DLF_UNROLL
+    for (int l = 0; l < V; ++l) acc[l] *= ss[pk * V + l];
     store_pack<T, V>(xb + (h * xs_h + w * xs_w + pk * (CL ? I(V) : xs_c)), acc);
   }
 }
@@ -725,7 +771,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(DwconvBwdParams q, Til
 
 template <typename T>
 KernelShape shape_of(int V, bool cl, bool dx) {
-  return KernelShape{V, cl, dx ? 4 : static_cast<int>(sizeof(T)), static_cast<int>(sizeof(T))};
+  (void)dx;
+  return KernelShape{V, cl, static_cast<int>(sizeof(T)), static_cast<int>(sizeof(T))};
 }
 
 // The 16-byte pack kernels need channels_last, whole packs, the weight blocked by V, and aligned pointers.

@@ -14,7 +14,7 @@
 // thread when the channel count and the x / y pointers allow aligned vector access, else 1.
 // dwconv_bn_act_backward_partials: floats of the partials buffer the backward needs when q.deterministic
 // (0 otherwise); with q.deterministic false, q.gparams must hold zeros (the kernels add into it). The CUDA
-// backward uses q.gpre (fp32, y's strides) as its one full-size temporary and ignores q.gprod.
+// backward uses q.gpre (x's dtype, y's strides) as its one full-size temporary and ignores q.gprod.
 #define DLF_DECLARE_GPU_LAUNCHERS                                                                              \
   int64_t dwconv_bn_act_weight_block(c10::ScalarType dtype, int64_t C, const void* x, const void* y);          \
   void dwconv_bn_act_forward(const DwconvParams& p, c10::ScalarType dtype, void* stream);                      \

@@ -189,13 +189,15 @@ Grads dwconv_bn_act_backward_on(const at::Tensor& grad_out, const at::Tensor& x_
   const at::Tensor w = blocked_weight(weight, acc, w_block);
   const at::Tensor s = scale.to(acc).contiguous();
   const at::Tensor b = shift.to(acc).contiguous();
-  // gpre: g = grad_y * act'(z) per output (the CUDA kernels store g * scale): the one full-size temporary of
-  // the CUDA path; the CPU path also keeps g * conv (gprod).
-  at::Tensor gpre = at::empty(go.sizes(), go.options().dtype(acc).memory_format(fmt));
+  // gpre: g = grad_y * act'(z) per output. The CUDA kernels keep it in x's dtype (grad_y or 0: exact), their one
+  // full-size temporary; the CPU path keeps it in fp32 with g * conv (gprod).
+  const auto gpre_dtype = on_gpu_kernels ? x.scalar_type() : acc;
+  at::Tensor gpre = at::empty(go.sizes(), go.options().dtype(gpre_dtype).memory_format(fmt));
   at::Tensor gprod = on_gpu_kernels ? at::Tensor() : at::empty_like(gpre);
   // The CUDA kernels add each block's parameter gradients into zeros, or, under
   // torch.use_deterministic_algorithms(True), sum per-block partials in a fixed order.
-  at::Tensor gparams = on_gpu_kernels ? at::zeros({C, K * K + 2}, w.options()) : at::empty({C, K * K + 2}, w.options());
+  at::Tensor gparams =
+      on_gpu_kernels ? at::zeros({C, K * K + 2}, w.options()) : at::empty({C, K * K + 2}, w.options());
 
   DwconvBwdParams q{};
   q.f = make_params(x, w, w_block, s, b, Ho, Wo, K, stride, dilation, activation, channels_last);
