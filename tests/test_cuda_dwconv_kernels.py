@@ -159,6 +159,25 @@ def test_backward_low_precision(dtype):
     _check_grads(dtype, "nchw", (1, 3, 5, 6), 3, 2, 2, "none", seed=3)
 
 
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_backward_non_finite_inputs_as_the_reference(layout):
+    """NaN and inf in x: the gradients have NaN and inf where the reference's autograd has them (a NaN
+    pre-activation passes the gradient through relu, as torch's relu backward does). relu6 is left out: torch's
+    own hardtanh backward passes the gradient at NaN for channels_last tensors and blocks it for NCHW ones."""
+    x, weight, scale, shift = _inputs((2, 8, 7, 8), torch.float32, layout)
+    x[0, 1, 2, 3] = float("nan")
+    x[1, 5, 0, 0] = float("inf")
+    for activation in ("relu", "none"):
+        inputs = [t.clone().requires_grad_() for t in (x, weight, scale, shift)]
+        ref_inputs = [t.clone().requires_grad_() for t in (x, weight, scale, shift)]
+        ref = dwconv_bn_act_reference(*ref_inputs, 1, 2, activation)
+        grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2))
+        expected = torch.autograd.grad(ref, ref_inputs, grad)
+        ours = _grads(inputs, 1, 2, activation, grad, "cuda_emu")
+        for name, a, b in zip(("x", "weight", "scale", "shift"), ours, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, equal_nan=True, msg=f"{layout} {activation} d{name}")
+
+
 def test_backward_misaligned_fallback():
     _check_grads(torch.float32, "channels_last", (2, 8, 5, 6), 3, 1, 1, "relu", misaligned=True)
 
