@@ -142,10 +142,9 @@ struct TileCfg {
 enum class Kind { kForward, kParams, kDx };
 
 struct KernelShape {
-  int V;          // channels per pack
-  bool cl;        // channels_last
-  int stage;      // bytes per staged element (x's dtype, or fp32 for dx)
-  int elem;       // bytes of x's dtype
+  int V;     // channels per pack
+  bool cl;   // channels_last
+  int elem;  // bytes of x's dtype (the staged input, g and the outputs all have it)
 };
 
 inline int round_up(int64_t v, int64_t m) { return static_cast<int>((v + m - 1) / m * m); }
@@ -170,7 +169,7 @@ inline bool lay_out_smem(const DwconvParams& p, Kind kind, const KernelShape& s,
   c.o_band = static_cast<int>(take((6 * static_cast<int64_t>(p.K) + 2) * 8));
   c.o_rmap = static_cast<int>(take(rows * 8));
   c.o_cmap = static_cast<int>(take(cols * 8));
-  c.o_tile = static_cast<int>(take(rows * cols * PV * s.stage));
+  c.o_tile = static_cast<int>(take(rows * cols * PV * s.elem));
   c.o_g = c.o_red = c.o_tot = static_cast<int>(at);
   if (kind == Kind::kParams) {
     const int64_t items = static_cast<int64_t>(c.P) * (KK + 1);
@@ -778,9 +777,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(DwconvBwdParams q, Til
 // Launch logic.
 
 template <typename T>
-KernelShape shape_of(int V, bool cl, bool dx) {
-  (void)dx;
-  return KernelShape{V, cl, static_cast<int>(sizeof(T)), static_cast<int>(sizeof(T))};
+KernelShape shape_of(int V, bool cl) {
+  return KernelShape{V, cl, static_cast<int>(sizeof(T))};
 }
 
 // The 16-byte pack kernels need channels_last, whole packs, the weight blocked by V, and aligned pointers.
@@ -796,7 +794,7 @@ bool use_packs(const DwconvParams& p, std::initializer_list<const void*> ptrs) {
 
 template <typename T, int V, bool CL, typename I>
 void forward_with(const DwconvParams& p, void* stream) {
-  const TileCfg c = choose_tile(p, Kind::kForward, shape_of<T>(V, CL, false));
+  const TileCfg c = choose_tile(p, Kind::kForward, shape_of<T>(V, CL));
   const unsigned grid = static_cast<unsigned>(p.N * c.tiles_h * c.tiles_w * c.slabs);
   if constexpr ((V > 1 || !CL) && sizeof(I) == 4) {
     if (p.K == 3) {
@@ -825,7 +823,7 @@ void forward(const DwconvParams& p, void* stream) {
 template <typename T, int V, bool CL, typename I>
 void backward_with(const DwconvBwdParams& q, void* stream) {
   const DwconvParams& p = q.f;
-  const TileCfg c1 = choose_tile(p, Kind::kParams, shape_of<T>(V, CL, false));
+  const TileCfg c1 = choose_tile(p, Kind::kParams, shape_of<T>(V, CL));
   const unsigned g1 = static_cast<unsigned>(p.N * c1.tiles_h * c1.tiles_w * c1.slabs);
   launch_kernel(bwd_params_kernel<T, V, CL, I>, g1, c1.threads, c1.smem, stream, q, c1);
   check_launch("dwconv_bn_act_backward");
@@ -835,7 +833,7 @@ void backward_with(const DwconvBwdParams& q, void* stream) {
                   p.N * c1.tiles_h * c1.tiles_w);
     check_launch("dwconv_bn_act_backward");
   }
-  const TileCfg c2 = choose_tile(p, Kind::kDx, shape_of<T>(V, CL, true));
+  const TileCfg c2 = choose_tile(p, Kind::kDx, shape_of<T>(V, CL));
   const unsigned g2 = static_cast<unsigned>(p.N * c2.tiles_h * c2.tiles_w * c2.slabs);
   launch_kernel(bwd_dx_kernel<T, V, CL, I>, g2, c2.threads, c2.smem, stream, q, c2);
 }
@@ -885,8 +883,7 @@ int64_t dwconv_bn_act_backward_partials(const DwconvBwdParams& q, c10::ScalarTyp
     using T = decltype(tag);
     const DwconvParams& p = q.f;
     const int V = dwconv::backward_packs<T>(q) ? DeviceLanes<T>::value : 1;
-    const dwconv::TileCfg c = dwconv::choose_tile(p, dwconv::Kind::kParams, dwconv::shape_of<T>(V, p.channels_last,
-                                                                                                  false));
+    const dwconv::TileCfg c = dwconv::choose_tile(p, dwconv::Kind::kParams, dwconv::shape_of<T>(V, p.channels_last));
     blocks = p.N * c.tiles_h * c.tiles_w;
   });
   return blocks * q.f.C * (static_cast<int64_t>(q.f.K) * q.f.K + 2);
