@@ -92,4 +92,4 @@ def test_every_cuda_kernel_is_clean_under_asan(programs):
 def test_an_out_of_bounds_read_is_caught(programs):
     done = _run(programs["asan_check"], "--broken")
     assert done.returncode != 0
-    assert "heap-buffer-overflow" in done.stderr and "fwd_nhwc_kernel" in done.stderr, done.stderr[-4000:]
+    assert "heap-buffer-overflow" in done.stderr and "fwd_tiled_kernel" in done.stderr, done.stderr[-4000:]

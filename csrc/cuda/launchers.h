@@ -12,9 +12,13 @@
 
 // dwconv_bn_act_weight_block: the weight blocking the channels_last forward uses, 16 bytes of channels per
 // thread when the channel count and the x / y pointers allow aligned vector access, else 1.
+// dwconv_bn_act_backward_partials: floats of the partials buffer the backward needs when q.deterministic
+// (0 otherwise); with q.deterministic false, q.gparams must hold zeros (the kernels add into it). The CUDA
+// backward uses q.gpre (x's dtype, y's strides) as its one full-size temporary and ignores q.gprod.
 #define DLF_DECLARE_GPU_LAUNCHERS                                                                              \
   int64_t dwconv_bn_act_weight_block(c10::ScalarType dtype, int64_t C, const void* x, const void* y);          \
   void dwconv_bn_act_forward(const DwconvParams& p, c10::ScalarType dtype, void* stream);                      \
+  int64_t dwconv_bn_act_backward_partials(const DwconvBwdParams& q, c10::ScalarType dtype);                   \
   void dwconv_bn_act_backward(const DwconvBwdParams& q, c10::ScalarType dtype, void* stream);                  \
   void upsample_concat(const UpsampleConcatParams& p, c10::ScalarType dtype, void* stream);                    \
   void upsample_argmax(const UpsampleClassParams& p, c10::ScalarType dtype, void* stream);                     \

@@ -45,6 +45,10 @@ struct DwconvBwdParams {
   void* gprod;
   void* gx;
   void* gparams;
+  // The CUDA kernels only (csrc/cuda/dwconv_bn_act.cuh): deterministic parameter gradients, summed from
+  // per-block partials in a fixed order instead of atomics (dwconv_bn_act_backward_partials floats).
+  void* partials;
+  bool deterministic;
 };
 
 }  // namespace dlf

@@ -308,27 +308,53 @@ Grads dwconv_bn_act_backward_on(const at::Tensor& grad_out, const at::Tensor& x_
   if (go.numel() == 0 || x.numel() == 0) {
     return {gx.zero_(), at::zeros_like(weight), at::zeros_like(scale), at::zeros_like(shift)};
   }
-  const at::Tensor w = blocked_weight(weight, acc, 1);
+  const bool on_gpu_kernels = target == Target::kCudaEmu || x.is_cuda();
+  // The CUDA kernels read 16-byte packs of channels_last tensors with the weight blocked by the pack width.
+  int64_t w_block = 1;
+  if (channels_last && target == Target::kCudaEmu) {
+    w_block = emu::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), gx.data_ptr());
+  } else if (channels_last && x.is_cuda()) {
+#ifdef DLF_WITH_CUDA
+    w_block = cuda::dwconv_bn_act_weight_block(x.scalar_type(), C, x.data_ptr(), gx.data_ptr());
+#endif
+  }
+  const at::Tensor w = blocked_weight(weight, acc, w_block);
   const at::Tensor s = scale.to(acc).contiguous();
   const at::Tensor b = shift.to(acc).contiguous();
-  at::Tensor gpre = at::empty(go.sizes(), go.options().dtype(acc).memory_format(fmt));
-  at::Tensor gprod = at::empty_like(gpre);
-  at::Tensor gparams = at::empty({C, K * K + 2}, w.options());
+  // gpre: g = grad_y * act'(z) per output. The CUDA kernels keep it in x's dtype (grad_y or 0: exact), their one
+  // full-size temporary; the CPU path keeps it in fp32 with g * conv (gprod).
+  const auto gpre_dtype = on_gpu_kernels ? x.scalar_type() : acc;
+  at::Tensor gpre = at::empty(go.sizes(), go.options().dtype(gpre_dtype).memory_format(fmt));
+  at::Tensor gprod = on_gpu_kernels ? at::Tensor() : at::empty_like(gpre);
+  // The CUDA kernels add each block's parameter gradients into zeros, or, under
+  // torch.use_deterministic_algorithms(True), sum per-block partials in a fixed order.
+  at::Tensor gparams =
+      on_gpu_kernels ? at::zeros({C, K * K + 2}, w.options()) : at::empty({C, K * K + 2}, w.options());
 
   DwconvBwdParams q{};
-  q.f = make_params(x, w, 1, s, b, Ho, Wo, K, stride, dilation, activation, channels_last);
+  q.f = make_params(x, w, w_block, s, b, Ho, Wo, K, stride, dilation, activation, channels_last);
   set_out_strides(q.f, go);
   q.go = go.data_ptr();
   q.gpre = gpre.data_ptr();
-  q.gprod = gprod.data_ptr();
+  q.gprod = gprod.defined() ? gprod.data_ptr() : nullptr;
   q.gx = gx.data_ptr();
   q.gparams = gparams.data_ptr();
+  q.deterministic = on_gpu_kernels && at::globalContext().deterministicAlgorithms();
+  at::Tensor partials;
 
   if (target == Target::kCudaEmu) {
+    if (q.deterministic) {
+      partials = at::empty({emu::dwconv_bn_act_backward_partials(q, x.scalar_type())}, w.options());
+      q.partials = partials.data_ptr();
+    }
     emu::dwconv_bn_act_backward(q, x.scalar_type(), nullptr);
   } else if (x.is_cuda()) {
 #ifdef DLF_WITH_CUDA
     const c10::cuda::CUDAGuard guard(x.device());
+    if (q.deterministic) {
+      partials = at::empty({cuda::dwconv_bn_act_backward_partials(q, x.scalar_type())}, w.options());
+      q.partials = partials.data_ptr();
+    }
     cuda::dwconv_bn_act_backward(q, x.scalar_type(), c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
 #else
     TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
