@@ -435,3 +435,21 @@ def test_huge_dilation_is_skipped_not_loaded():
     y = dwconv_bn_act(x, weight, scale, shift, dilation=1 << 40, activation="none", backend="cpu")
     expected = x * weight[:, :, 1, 1].view(1, -1, 1, 1) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_ext
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_cpu_backward_at_a_nan_pre_activation(activation):
+    """torch's relu backward blocks the gradient only where z <= 0, so a NaN pre-activation passes it
+    (threshold_backward); relu6's blocks it on NCHW tensors. The CPU backward kernel must agree with the
+    reference's autograd (relu used to block it, changing every parameter gradient)."""
+    x, weight, scale, shift = _inputs((1, 8, 5, 6), torch.float64, "nchw")
+    x[0, 3, 2, 2] = float("nan")
+    grads = []
+    for backend in ("cpu", "reference"):
+        args = [t.clone().requires_grad_() for t in (x, weight, scale, shift)]
+        y = dwconv_bn_act(*args, activation=activation, backend=backend)
+        y.backward(torch.ones_like(y))
+        grads.append([a.grad for a in args])
+    for ours, ref, name in zip(grads[0], grads[1], ("x", "weight", "scale", "shift"), strict=True):
+        torch.testing.assert_close(ours, ref, equal_nan=True, msg=f"d{name}")

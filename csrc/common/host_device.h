@@ -67,10 +67,12 @@ DLF_HOST_DEVICE DLF_FORCEINLINE A apply_activation(A v, int act) {
   return v;
 }
 
-// d act(z) / dz as a 0/1 factor, with PyTorch's convention at the kinks (relu: z > 0; relu6: 0 < z < 6).
+// d act(z) / dz as a 0/1 factor, blocked at the kinks as torch blocks it. At a NaN pre-activation relu passes
+// the gradient (torch's threshold_backward: 0 only where z <= 0); relu6 blocks it, as torch's hardtanh_backward
+// does on contiguous tensors (its channels_last kernel passes it: torch itself is not consistent there).
 template <typename A>
 DLF_HOST_DEVICE DLF_FORCEINLINE A activation_grad_mask(A z, int act) {
-  if (act == kActRelu) return z > A(0) ? A(1) : A(0);
+  if (act == kActRelu) return z <= A(0) ? A(0) : A(1);
   if (act == kActRelu6) return (z > A(0) && z < A(6)) ? A(1) : A(0);
   return A(1);
 }

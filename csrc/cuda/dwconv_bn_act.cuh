@@ -379,14 +379,6 @@ __device__ __forceinline__ void stage_tile(const S* base, I s_c, I s_h, I s_w, c
   }
 }
 
-// d act(z) / dz as a 0/1 factor as torch's relu / relu6 backward computes it: the gradient passes unless the
-// input is at or below 0 (or at or above 6), so a NaN pre-activation passes it, as in the reference's autograd.
-__device__ __forceinline__ float act_grad_factor(float z, int act) {
-  if (act == kActRelu) return z <= 0.f ? 0.f : 1.f;
-  if (act == kActRelu6) return (z <= 0.f || z >= 6.f) ? 0.f : 1.f;
-  return 1.f;
-}
-
 // Read a staged pack into fp32 lanes.
 template <typename S, int V>
 __device__ __forceinline__ void read_pack(const S* tile, int idx, float (&out)[V]) {
@@ -607,7 +599,7 @@ __global__ void __launch_bounds__(kThreads) bwd_params_kernel(DwconvBwdParams q,
         DLF_UNROLL
         for (int l = 0; l < V; ++l) {
           const float z = acc[l] * ss[pk * V + l] + bs[pk * V + l];
-          g[l] = go[l] * act_grad_factor(z, p.act);  // grad_y or 0: exact in T
+          g[l] = go[l] * activation_grad_mask(z, p.act);  // grad_y or 0: exact in T
         }
         store_pack<T, V>(static_cast<T*>(q.gpre) + yoff + off, g);
       } else {
