@@ -17,6 +17,7 @@
   void dwconv_bn_act_forward(const DwconvParams& p, c10::ScalarType dtype, void* stream);                      \
   void dwconv_bn_act_backward(const DwconvBwdParams& q, c10::ScalarType dtype, void* stream);                  \
   void upsample_concat(const UpsampleConcatParams& p, c10::ScalarType dtype, void* stream);                    \
+  void upsample_concat_backward(const UpsampleConcatBackwardParams& p, c10::ScalarType dtype, void* stream);   \
   void upsample_argmax(const UpsampleClassParams& p, c10::ScalarType dtype, void* stream);                     \
   void upsample_softmax_accumulate(const UpsampleClassParams& p, c10::ScalarType dtype, void* stream);
 
