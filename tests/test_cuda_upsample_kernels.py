@@ -125,12 +125,17 @@ def test_class_ops_read_channels_last_logits_in_packs(dtype):
     torch.testing.assert_close(acc, expected)
 
 
-@pytest.mark.parametrize("fmt", [CL, torch.contiguous_format], ids=["channels_last", "nchw"])
+@pytest.mark.parametrize(
+    "fmt, last_channels",
+    [(CL, 8), (CL, 3), (torch.contiguous_format, 3)],
+    ids=["channels_last_packs", "channels_last_unaligned", "nchw"],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_concat_backward_gather_matches_the_reference(fmt, dtype, align_corners):
-    # upsampled, same size, 1x1 broadcast and downsampled inputs; 8 channels reach the 16-byte path in fp32
-    shapes = [(2, 8, 4, 5), (2, 8, 9, 7), (2, 8, 1, 1), (2, 3, 13, 11)]
+def test_concat_backward_gather_matches_the_reference(fmt, last_channels, dtype, align_corners):
+    # upsampled, same size, 1x1 broadcast and downsampled inputs; with 8 channels each, every channel count and
+    # the total allow 16-byte packs (4 fp32 or 8 bf16 channels); 3 channels do not
+    shapes = [(2, 8, 4, 5), (2, 8, 9, 7), (2, 8, 1, 1), (2, last_channels, 13, 11)]
     xs = _inputs(shapes, dtype, fmt, seed=5)
     a = [t.clone().requires_grad_() for t in xs]
     b = [t.float().clone().requires_grad_() for t in xs]
@@ -139,6 +144,8 @@ def test_concat_backward_gather_matches_the_reference(fmt, dtype, align_corners)
     with cuda_emu_counters() as c:
         y.backward(g.contiguous(memory_format=fmt))
     assert c["launches"] == 1
+    packed = c["store_bytes"] / c["store_instructions"] > 32 * 4  # more than a warp of scalar stores carries
+    assert packed == (fmt == CL and last_channels == 8)
     upsample_concat_reference(b, (9, 7), align_corners).backward(g.float())
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     for ga, gb in zip(a, b, strict=True):

@@ -276,7 +276,8 @@ __global__ void __launch_bounds__(kThreads) softmax_accumulate_kernel(UpsampleCl
 template <typename T>
 bool class_vector_ok(const UpsampleClassParams& p) {
   constexpr int V = DeviceLanes<T>::value;
-  const bool strides_ok = (p.W == 1 || p.xs_w % V == 0) && (p.H == 1 || p.xs_h % V == 0) && (p.N == 1 || p.xs_n % V == 0);
+  const bool strides_ok =
+      (p.W == 1 || p.xs_w % V == 0) && (p.H == 1 || p.xs_h % V == 0) && (p.N == 1 || p.xs_n % V == 0);
   return p.xs_k == 1 && p.K % V == 0 && strides_ok && aligned(p.x, 16);
 }
 
