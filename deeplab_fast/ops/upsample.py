@@ -371,13 +371,9 @@ def check_concat_backward_values(
         )
     for j, (c, h, w) in enumerate(zip(channels, heights, widths, strict=True)):
         if c < 0 or h <= 0 or w <= 0:
-            raise ValueError(
-                f"input {j} must have channels >= 0 and positive height and width, got ({c}, {h}, {w})"
-            )
+            raise ValueError(f"input {j} must have channels >= 0 and positive height and width, got ({c}, {h}, {w})")
     if grad_out.shape[1] != sum(channels):
-        raise ValueError(
-            f"grad_out must have sum(channels) = {sum(channels)} channels, got shape {sizes(grad_out)}"
-        )
+        raise ValueError(f"grad_out must have sum(channels) = {sum(channels)} channels, got shape {sizes(grad_out)}")
     if grad_out.shape[2] <= 0 or grad_out.shape[3] <= 0:
         raise ValueError(f"grad_out must have positive height and width, got shape {sizes(grad_out)}")
 
