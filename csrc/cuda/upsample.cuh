@@ -16,7 +16,8 @@
 // upsample_argmax / upsample_softmax_accumulate: one thread per output pixel walking the classes; channels_last
 // logits are read as 16-byte packs of classes when the class count and pointer allow it.
 // upsample_concat backward: a gather, one thread per input pixel and channel pack summing the output
-// gradient over the outputs whose taps read that pixel (bilinear_touching_range): no atomics, deterministic.
+// gradient over the outputs whose taps read that pixel (bilinear_touching_range), and a warp per image and
+// pack for a 1x1 input (it reads every output pixel); no atomics, deterministic.
 #pragma once
 
 #include "common/memory.h"
@@ -38,9 +39,10 @@ constexpr int kNchwChannels = 8;         // channels per thread of the NCHW conc
 template <typename T, int V>
 using PackOf = Vec<T, V>;
 
-// Work items of the backward gather: input j owns [begin[j], begin[j + 1]).
+// Work items of the backward gather: input j owns [begin[j], begin[j] + items[j]) within [begin[j], begin[j + 1]).
 struct ConcatWork {
   int64_t begin[kMaxConcatInputs + 1];
+  int64_t items[kMaxConcatInputs];
 };
 
 template <typename T, int V>
@@ -291,13 +293,61 @@ __device__ __forceinline__ int backward_input_of(const int64_t* work_begin, int 
   return j;
 }
 
+// The gradient of one output pixel (ho, wo) read by input pixel (hi, wi), added to acc: each tap pair that
+// reads (hi, wi) separately, as the scatter of the reference adds them (so 0 * inf is NaN there too).
+template <typename T, int V>
+__device__ __forceinline__ void gather_output_pixel(float* acc, const PackOf<T, V>& g, const LinearTap& th,
+                                                    const LinearTap& tw, int64_t hi, int64_t wi) {
+  const bool h0 = th.i0 == hi, h1 = th.i1 == hi, w0 = tw.i0 == wi, w1 = tw.i1 == wi;
+  DLF_UNROLL
+  for (int l = 0; l < V; ++l) {
+    const float gv = static_cast<float>(g.v[l]);
+    if (h0 && w0) acc[l] += (th.l0 * tw.l0) * gv;
+    if (h0 && w1) acc[l] += (th.l0 * tw.l1) * gv;
+    if (h1 && w0) acc[l] += (th.l1 * tw.l0) * gv;
+    if (h1 && w1) acc[l] += (th.l1 * tw.l1) * gv;
+  }
+}
+
+// A 1x1 input (image pooling) gathers from every output pixel: a warp per (image, pack) instead of a thread,
+// its lanes summing strided pixels, then a fixed shuffle tree (deterministic).
+DLF_HOST_DEVICE DLF_FORCEINLINE bool broadcast_gather(const UpsampleConcatBackwardParams& p, int j) {
+  return p.H[j] == 1 && p.W[j] == 1 && p.Ho * p.Wo > 32;
+}
+
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads) concat_backward_kernel(UpsampleConcatBackwardParams p,
                                                                    ConcatWork work) {
   DLF_GRID_STRIDE_LOOP(idx, work.begin[p.num_inputs]) {
     const int j = backward_input_of(work.begin, p.num_inputs, idx);
     const int64_t i = idx - work.begin[j];
+    if (i >= work.items[j]) continue;  // padding that aligns a broadcast input's range to whole warps
     const int64_t H = p.H[j], W = p.W[j], packs = p.C[j] / V;
+    float acc[V];
+    DLF_UNROLL
+    for (int l = 0; l < V; ++l) acc[l] = 0.f;
+    if (broadcast_gather(p, j)) {  // uniform over the warp: its range starts and ends on warp boundaries
+      const int lane = static_cast<int>(i % 32);
+      const int64_t pk = (i / 32) % packs, n = i / (32 * packs);
+      const T* gy = static_cast<const T*>(p.gy) + n * p.ys_n + (p.c_begin[j] + pk * V) * p.ys_c;
+      for (int64_t q = lane; q < p.Ho * p.Wo; q += 32) {
+        const int64_t ho = q / p.Wo, wo = q % p.Wo;
+        gather_output_pixel<T, V>(acc, load_pack<T, V>(gy + ho * p.ys_h + wo * p.ys_w),
+                                  bilinear_tap(p.scale_h[j], ho, 1, p.Ho, p.align_corners),
+                                  bilinear_tap(p.scale_w[j], wo, 1, p.Wo, p.align_corners), 0, 0);
+      }
+      DLF_UNROLL
+      for (int l = 0; l < V; ++l) {
+        for (int offset = 16; offset > 0; offset /= 2) acc[l] += __shfl_down_sync(0xffffffffu, acc[l], offset);
+      }
+      if (lane == 0) {
+        PackOf<T, V> out;
+        DLF_UNROLL
+        for (int l = 0; l < V; ++l) out.v[l] = static_cast<T>(acc[l]);
+        store_pack<T, V>(static_cast<T*>(p.gx[j]) + n * p.gs_n[j] + pk * V * p.gs_c[j], out);
+      }
+      continue;
+    }
     int64_t n, pk, hi, wi;
     if (p.channels_last) {  // packs fastest: a warp reads and writes whole pixels
       pk = i % packs, wi = (i / packs) % W, hi = (i / (packs * W)) % H, n = i / (packs * W * H);
@@ -308,26 +358,11 @@ __global__ void __launch_bounds__(kThreads) concat_backward_kernel(UpsampleConca
     bilinear_touching_range(p.scale_h[j], hi, H, p.Ho, p.align_corners, &ho_lo, &ho_hi);
     bilinear_touching_range(p.scale_w[j], wi, W, p.Wo, p.align_corners, &wo_lo, &wo_hi);
     const T* gy = static_cast<const T*>(p.gy) + n * p.ys_n + (p.c_begin[j] + pk * V) * p.ys_c;
-    float acc[V];
-    DLF_UNROLL
-    for (int l = 0; l < V; ++l) acc[l] = 0.f;
     for (int64_t ho = ho_lo; ho < ho_hi; ++ho) {
       const LinearTap th = bilinear_tap(p.scale_h[j], ho, H, p.Ho, p.align_corners);
-      // This row's weight of input row hi: each of its taps that reads hi, kept apart (as the scatter adds them).
-      const float wh0 = th.i0 == hi ? th.l0 : 0.f, wh1 = th.i1 == hi ? th.l1 : 0.f;
-      const bool h0 = th.i0 == hi, h1 = th.i1 == hi;
       for (int64_t wo = wo_lo; wo < wo_hi; ++wo) {
-        const LinearTap tw = bilinear_tap(p.scale_w[j], wo, W, p.Wo, p.align_corners);
-        const bool w0 = tw.i0 == wi, w1 = tw.i1 == wi;
-        const PackOf<T, V> g = load_pack<T, V>(gy + ho * p.ys_h + wo * p.ys_w);
-        DLF_UNROLL
-        for (int l = 0; l < V; ++l) {
-          const float gv = static_cast<float>(g.v[l]);
-          if (h0 && w0) acc[l] += (wh0 * tw.l0) * gv;
-          if (h0 && w1) acc[l] += (wh0 * tw.l1) * gv;
-          if (h1 && w0) acc[l] += (wh1 * tw.l0) * gv;
-          if (h1 && w1) acc[l] += (wh1 * tw.l1) * gv;
-        }
+        gather_output_pixel<T, V>(acc, load_pack<T, V>(gy + ho * p.ys_h + wo * p.ys_w), th,
+                                  bilinear_tap(p.scale_w[j], wo, W, p.Wo, p.align_corners), hi, wi);
       }
     }
     PackOf<T, V> out;
@@ -387,7 +422,14 @@ void upsample_concat_backward(const UpsampleConcatBackwardParams& p, c10::Scalar
     const bool vec = upsample::backward_vector_ok<T>(p);
     upsample::ConcatWork work{};
     for (int j = 0; j < p.num_inputs; ++j) {
-      work.begin[j + 1] = work.begin[j] + p.N * (p.C[j] / (vec ? V : 1)) * p.H[j] * p.W[j];
+      const int64_t packs = p.C[j] / (vec ? V : 1);
+      if (upsample::broadcast_gather(p, j)) {  // a warp per item, starting on a warp boundary
+        work.begin[j] = (work.begin[j] + 31) / 32 * 32;
+        work.items[j] = p.N * packs * 32;
+      } else {
+        work.items[j] = p.N * packs * p.H[j] * p.W[j];
+      }
+      work.begin[j + 1] = work.begin[j] + work.items[j];
     }
     const int64_t items = work.begin[p.num_inputs];
     if (items == 0) return;
