@@ -46,6 +46,14 @@ TORCH_LIBRARY(deeplab_fast, m) {
   m.def(
       "upsample_softmax_accumulate_cuda_emu(Tensor logits, Tensor(a!) accum, float weight, bool flip, "
       "bool align_corners) -> ()");
+  // Gradient of upsample_concat for each input (a gather: deterministic): grad_out (N, sum C_i, H, W); input i
+  // was (N, channels[i], heights[i], widths[i]). Each gradient is in grad_out's dtype and memory format.
+  m.def(
+      "upsample_concat_backward(Tensor grad_out, int[] channels, int[] heights, int[] widths, bool align_corners) "
+      "-> Tensor[]");
+  m.def(
+      "upsample_concat_backward_cuda_emu(Tensor grad_out, int[] channels, int[] heights, int[] widths, "
+      "bool align_corners) -> Tensor[]");
   // The emulation's schedule (deeplab_fast.testing.cuda_emu_order): order "forward", "reverse" or "shuffle",
   // and the seed of "shuffle"; process-wide.
   m.def("set_cuda_emu_order(str order, int seed) -> ()");

@@ -21,6 +21,7 @@
   int64_t dwconv_bn_act_backward_partials(const DwconvBwdParams& q, c10::ScalarType dtype);                   \
   void dwconv_bn_act_backward(const DwconvBwdParams& q, c10::ScalarType dtype, void* stream);                  \
   void upsample_concat(const UpsampleConcatParams& p, c10::ScalarType dtype, void* stream);                    \
+  void upsample_concat_backward(const UpsampleConcatBackwardParams& p, c10::ScalarType dtype, void* stream);   \
   void upsample_argmax(const UpsampleClassParams& p, c10::ScalarType dtype, void* stream);                     \
   void upsample_softmax_accumulate(const UpsampleClassParams& p, c10::ScalarType dtype, void* stream);
 

@@ -42,6 +42,22 @@ struct UpsampleConcatParams {
   bool align_corners;
 };
 
+// Gradient of upsample_concat (the CUDA gather kernel): grad_out (N, Ctot, Ho, Wo) read, the gradient of each
+// input j (N, C[j], H[j], W[j]) written. Strides in elements, (n, c, h, w) order.
+struct UpsampleConcatBackwardParams {
+  void* gx[kMaxConcatInputs];
+  int64_t C[kMaxConcatInputs], H[kMaxConcatInputs], W[kMaxConcatInputs];
+  int64_t gs_n[kMaxConcatInputs], gs_c[kMaxConcatInputs], gs_h[kMaxConcatInputs], gs_w[kMaxConcatInputs];
+  float scale_h[kMaxConcatInputs], scale_w[kMaxConcatInputs];
+  int64_t c_begin[kMaxConcatInputs + 1];  // channel offset of each input in grad_out; last = Ctot
+  int num_inputs;
+  const void* gy;
+  int64_t N, Ctot, Ho, Wo;
+  int64_t ys_n, ys_c, ys_h, ys_w;
+  bool channels_last;
+  bool align_corners;
+};
+
 struct UpsampleClassParams {
   const void* x;
   int64_t N, K, H, W, Ho, Wo;
@@ -103,6 +119,29 @@ DLF_HOST_DEVICE DLF_FORCEINLINE float bilinear_blend(float l0, float a, float l1
 DLF_HOST_DEVICE DLF_FORCEINLINE float bilinear_value(const LinearTap& th, const LinearTap& tw, float x00, float x01,
                                                      float x10, float x11) {
   return bilinear_blend(th.l0, bilinear_blend(tw.l0, x00, tw.l1, x01), th.l1, bilinear_blend(tw.l0, x10, tw.l1, x11));
+}
+
+// The output indices [*lo, *hi) along one axis whose taps (bilinear_tap) read input index `i`: what the
+// gradient of the resize gathers for input i (the backward kernels). The taps' i0 and i1 never decrease with
+// the output index, so both ends are found by bisection.
+DLF_HOST_DEVICE DLF_FORCEINLINE void bilinear_touching_range(float scale, int64_t i, int64_t in_size, int64_t out_size,
+                                                              bool align_corners, int64_t* lo, int64_t* hi) {
+  if (in_size == out_size) {
+    *lo = i, *hi = i + 1;
+    return;
+  }
+  int64_t a = 0, b = out_size;  // first output whose i1 >= i
+  while (a < b) {
+    const int64_t m = a + (b - a) / 2;
+    if (bilinear_tap(scale, m, in_size, out_size, align_corners).i1 >= i) b = m; else a = m + 1;
+  }
+  *lo = a;
+  b = out_size;  // first output whose i0 > i
+  while (a < b) {
+    const int64_t m = a + (b - a) / 2;
+    if (bilinear_tap(scale, m, in_size, out_size, align_corners).i0 > i) b = m; else a = m + 1;
+  }
+  *hi = a;
 }
 
 // The value F.interpolate gives for a source value `x` when input and output sizes are equal: the taps

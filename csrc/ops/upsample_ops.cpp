@@ -5,6 +5,8 @@
 #include <torch/library.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/checks.h"
 #include "cpu/output_pool.h"
@@ -20,6 +22,17 @@ namespace {
 
 bool is_channels_last(const at::Tensor& t) {
   return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
+
+// upsample_concat's output layout: that of the first input whose layout is decided. A tensor with one pixel
+// per channel (the 1x1 image-pooling branch) or one channel is contiguous in both formats and decides nothing
+// (deeplab_fast.ops.upsample.concat_memory_format says the same).
+bool concat_channels_last(at::TensorList tensors) {
+  for (const at::Tensor& t : tensors) {
+    const bool nchw = t.is_contiguous(), nhwc = t.is_contiguous(at::MemoryFormat::ChannelsLast);
+    if (nchw != nhwc || !nchw) return is_channels_last(t);
+  }
+  return false;
 }
 
 // The checks below are mirrored, in the same order and words, by the Python checks of the reference and
@@ -76,7 +89,7 @@ at::Tensor upsample_concat_on(at::TensorList tensors, at::IntArrayRef size, bool
     check_positive_hw(t, name);
   }
   if (target == Target::kCudaEmu) check_cuda_emu_input(first, "tensors[0]", "upsample_concat");
-  const bool cl = is_channels_last(first);
+  const bool cl = concat_channels_last(tensors);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   std::vector<at::Tensor> xs;
   int64_t ctot = 0;
@@ -119,6 +132,79 @@ at::Tensor upsample_concat_on(at::TensorList tensors, at::IntArrayRef size, bool
     upsample_concat_cpu(p, y.scalar_type());
   }
   return y;
+}
+
+// Gradient of upsample_concat: one tensor per input (N, channels[j], heights[j], widths[j]) in grad_out's dtype
+// and memory format. CUDA tensors and the emulation run the gather kernel; CPU tensors ATen's resize backward
+// per channel slice (the reference's VJP).
+std::vector<at::Tensor> upsample_concat_backward_on(const at::Tensor& grad_out, at::IntArrayRef channels,
+                                                    at::IntArrayRef heights, at::IntArrayRef widths,
+                                                    bool align_corners, Target target) {
+  DLF_CHECK_NDIM(grad_out, 4, "grad_out");
+  check_float(grad_out, "grad_out");
+  if (target == Target::kCudaEmu) check_cuda_emu_input(grad_out, "grad_out", "upsample_concat_backward");
+  const size_t inputs = channels.size();
+  TORCH_CHECK_VALUE(inputs >= 1 && static_cast<int64_t>(inputs) <= kMaxConcatInputs,
+                    "channels must hold 1 to ", kMaxConcatInputs, " channel counts, got ", inputs);
+  TORCH_CHECK_VALUE(heights.size() == inputs && widths.size() == inputs, "heights and widths must hold ", inputs,
+                    " sizes like channels, got ", heights.size(), " and ", widths.size());
+  int64_t ctot = 0;
+  for (size_t j = 0; j < inputs; ++j) {
+    TORCH_CHECK_VALUE(channels[j] >= 0 && heights[j] > 0 && widths[j] > 0, "input ", j,
+                      " must have channels >= 0 and positive height and width, got (", channels[j], ", ",
+                      heights[j], ", ", widths[j], ")");
+    ctot += channels[j];
+  }
+  TORCH_CHECK_VALUE(grad_out.size(1) == ctot, "grad_out must have sum(channels) = ", ctot, " channels, got shape ",
+                    grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.size(2) > 0 && grad_out.size(3) > 0,
+                    "grad_out must have positive height and width, got shape ", grad_out.sizes());
+  const bool cl = is_channels_last(grad_out);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor gy = grad_out.contiguous(fmt);
+  const int64_t N = gy.size(0), Ho = gy.size(2), Wo = gy.size(3);
+  std::vector<at::Tensor> grads;
+  if (target == Target::kDevice && !gy.is_cuda()) {
+    int64_t c0 = 0;
+    for (size_t j = 0; j < inputs; ++j) {
+      grads.push_back(at::upsample_bilinear2d_backward(gy.narrow(1, c0, channels[j]), {Ho, Wo},
+                                                       {N, channels[j], heights[j], widths[j]}, align_corners)
+                          .contiguous(fmt));
+      c0 += channels[j];
+    }
+    return grads;
+  }
+  UpsampleConcatBackwardParams p{};
+  p.num_inputs = static_cast<int>(inputs);
+  int64_t c0 = 0;
+  for (int j = 0; j < p.num_inputs; ++j) {
+    at::Tensor g = at::empty({N, channels[j], heights[j], widths[j]}, gy.options().memory_format(fmt));
+    p.gx[j] = g.data_ptr();
+    p.C[j] = channels[j], p.H[j] = heights[j], p.W[j] = widths[j];
+    p.gs_n[j] = g.stride(0), p.gs_c[j] = g.stride(1), p.gs_h[j] = g.stride(2), p.gs_w[j] = g.stride(3);
+    p.scale_h[j] = bilinear_scale(p.H[j], Ho, align_corners);
+    p.scale_w[j] = bilinear_scale(p.W[j], Wo, align_corners);
+    p.c_begin[j] = c0;
+    c0 += channels[j];
+    grads.push_back(std::move(g));
+  }
+  p.c_begin[p.num_inputs] = c0;
+  p.gy = gy.data_ptr();
+  p.N = N, p.Ctot = ctot, p.Ho = Ho, p.Wo = Wo;
+  p.ys_n = gy.stride(0), p.ys_c = gy.stride(1), p.ys_h = gy.stride(2), p.ys_w = gy.stride(3);
+  p.channels_last = cl;
+  p.align_corners = align_corners;
+  if (target == Target::kCudaEmu) {
+    emu::upsample_concat_backward(p, gy.scalar_type(), nullptr);
+  } else {
+#ifdef DLF_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(gy.device());
+    cuda::upsample_concat_backward(p, gy.scalar_type(), stream_of(gy));
+#else
+    TORCH_CHECK(false, "deeplab_fast._C was built without CUDA kernels");
+#endif
+  }
+  return grads;
 }
 
 at::Tensor upsample_argmax_on(const at::Tensor& logits, at::IntArrayRef size, bool align_corners, Target target) {
@@ -193,6 +279,15 @@ void upsample_softmax_accumulate(const at::Tensor& logits, const at::Tensor& acc
                                  bool align_corners) {
   upsample_softmax_accumulate_on(logits, accum, weight, flip, align_corners, Target::kDevice);
 }
+std::vector<at::Tensor> upsample_concat_backward(const at::Tensor& grad_out, at::IntArrayRef channels,
+                                                 at::IntArrayRef heights, at::IntArrayRef widths, bool align_corners) {
+  return upsample_concat_backward_on(grad_out, channels, heights, widths, align_corners, Target::kDevice);
+}
+std::vector<at::Tensor> upsample_concat_backward_cuda_emu(const at::Tensor& grad_out, at::IntArrayRef channels,
+                                                          at::IntArrayRef heights, at::IntArrayRef widths,
+                                                          bool align_corners) {
+  return upsample_concat_backward_on(grad_out, channels, heights, widths, align_corners, Target::kCudaEmu);
+}
 at::Tensor upsample_concat_cuda_emu(at::TensorList tensors, at::IntArrayRef size, bool align_corners) {
   return upsample_concat_on(tensors, size, align_corners, Target::kCudaEmu);
 }
@@ -211,6 +306,8 @@ TORCH_LIBRARY_IMPL(deeplab_fast, CPU, m) {
   m.impl("upsample_concat_cuda_emu", &upsample_concat_cuda_emu);
   m.impl("upsample_argmax_cuda_emu", &upsample_argmax_cuda_emu);
   m.impl("upsample_softmax_accumulate_cuda_emu", &upsample_softmax_accumulate_cuda_emu);
+  m.impl("upsample_concat_backward", &upsample_concat_backward);
+  m.impl("upsample_concat_backward_cuda_emu", &upsample_concat_backward_cuda_emu);
 }
 #ifdef DLF_WITH_CUDA
 TORCH_LIBRARY_IMPL(deeplab_fast, CUDA, m) {
@@ -221,6 +318,8 @@ TORCH_LIBRARY_IMPL(deeplab_fast, CUDA, m) {
   m.impl("upsample_concat_cuda_emu", &upsample_concat_cuda_emu);
   m.impl("upsample_argmax_cuda_emu", &upsample_argmax_cuda_emu);
   m.impl("upsample_softmax_accumulate_cuda_emu", &upsample_softmax_accumulate_cuda_emu);
+  m.impl("upsample_concat_backward", &upsample_concat_backward);
+  m.impl("upsample_concat_backward_cuda_emu", &upsample_concat_backward_cuda_emu);
 }
 #endif
 

@@ -10,9 +10,11 @@ csrc/ops/upsample_ops.cpp (per-pixel math in csrc/kernels/upsample.h); the Trito
 (`deeplab_fast::upsample_*_triton`) are registered here on first use around the launchers of
 deeplab_fast/kernels/triton/upsample.py.
 
-Gradient of upsample_concat: the resize backward is a scatter (each input pixel receives from every output
-pixel whose taps touch it). It is computed per input by ATen's `upsample_bilinear2d_backward` on the
-matching channel slice of the output gradient, which is exactly the VJP of the reference.
+Gradient of upsample_concat: each input pixel receives from every output pixel whose taps touch it. On CUDA
+tensors (and in the "cuda_emu" twin) the op `deeplab_fast::upsample_concat_backward` computes it as a gather:
+one thread per input pixel and channel pack sums over those outputs, no atomics, so it is deterministic. On
+other devices (and for symbolic shapes) it is ATen's `upsample_bilinear2d_backward` on the matching channel
+slice of the output gradient. Both are the VJP of the reference up to float rounding.
 """
 
 from __future__ import annotations
@@ -168,8 +170,9 @@ def upsample_concat(
             "cuda_emu" (the CUDA kernel on CPU tensors through the host emulation; a slow test backend).
 
     Returns:
-        (N, sum C_i, H, W) tensor in the inputs' dtype, in the first input's memory format (NCHW or
-        channels_last). Differentiable with respect to every input.
+        (N, sum C_i, H, W) tensor in the inputs' dtype, in the memory format (NCHW or channels_last) of the
+        first input whose layout is decided (concat_memory_format: a 1x1 or single-channel input, contiguous
+        in both formats, decides nothing). Differentiable with respect to every input.
     """
     tensors = check_tensor_list(tensors)
     size = check_size(size)
@@ -270,12 +273,26 @@ def upsample_softmax_accumulate(
 # --------------------------------------------------------------------------- fake impls, autograd, Triton
 
 
+def concat_memory_format(tensors: Sequence[torch.Tensor]) -> torch.memory_format:
+    """Memory format of upsample_concat's output: that of the first input whose layout is decided.
+
+    A tensor with one pixel per channel (the 1x1 image-pooling branch) or with one channel is contiguous in
+    both formats, so it decides nothing: with TensorFlow's order (pooling first) the output of a
+    channels_last model stays channels_last. The C++ op applies the same rule (csrc/ops/upsample_ops.cpp).
+    """
+    for t in tensors:
+        nchw, nhwc = t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
+        if nchw != nhwc or not nchw:
+            return memory_format_of(t)
+    return torch.contiguous_format
+
+
 def _concat_fake(tensors: Sequence[torch.Tensor], size: Sequence[int], align_corners: bool) -> torch.Tensor:
     check_concat_values(tensors, size)
     first = tensors[0]
     channels = sum(t.shape[1] for t in tensors)
     out = first.new_empty((first.shape[0], channels, size[0], size[1]))
-    return out.contiguous(memory_format=memory_format_of(first))
+    return out.contiguous(memory_format=concat_memory_format(tensors))
 
 
 def _argmax_fake(logits: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
@@ -306,7 +323,22 @@ def _resize_backward(g: torch.Tensor, in_shape: Sequence, size: list, align_corn
     return vjp(g.contiguous())[0]
 
 
+def _concat_backward_args(ctx, grad_out: torch.Tensor) -> tuple | None:
+    """Arguments of the upsample_concat_backward ops, or None when the shapes are symbolic (tracing with
+    dynamic sizes), which their int[] arguments cannot carry."""
+    if not all(isinstance(s, int) for shape in ctx.shapes for s in shape):
+        return None
+    channels = [shape[1] for shape in ctx.shapes]
+    heights = [shape[2] for shape in ctx.shapes]
+    widths = [shape[3] for shape in ctx.shapes]
+    return grad_out, channels, heights, widths, ctx.align_corners
+
+
 def _concat_backward(ctx, grad_out: torch.Tensor):
+    # CUDA tensors: the deterministic gather kernel (one launch for every input).
+    args = _concat_backward_args(ctx, grad_out) if grad_out.device.type == "cuda" else None
+    if args is not None and _ext.has_kernel("upsample_concat_backward", "cuda"):
+        return list(torch.ops.deeplab_fast.upsample_concat_backward(*args)), None, None
     grads = []
     offset = 0
     for shape in ctx.shapes:
@@ -314,6 +346,46 @@ def _concat_backward(ctx, grad_out: torch.Tensor):
         offset += shape[1]
         grads.append(_resize_backward(g, shape, ctx.size, ctx.align_corners))
     return grads, None, None
+
+
+def _concat_cuda_emu_backward(ctx, grad_out: torch.Tensor):
+    """The cuda_emu twin's gradient: the emulated CUDA gather kernel (the ATen VJP for symbolic shapes)."""
+    args = _concat_backward_args(ctx, grad_out)
+    if args is None:
+        return _concat_backward(ctx, grad_out)
+    return list(torch.ops.deeplab_fast.upsample_concat_backward_cuda_emu(*args)), None, None
+
+
+def check_concat_backward_values(
+    grad_out: torch.Tensor, channels: Sequence[int], heights: Sequence[int], widths: Sequence[int]
+) -> None:
+    """The C++ check of upsample_concat_backward's arguments."""
+    _check_4d(grad_out, "grad_out")
+    _check_float(grad_out, "grad_out")
+    inputs = len(channels)
+    if not 1 <= inputs <= MAX_CONCAT_INPUTS:
+        raise ValueError(f"channels must hold 1 to {MAX_CONCAT_INPUTS} channel counts, got {inputs}")
+    if len(heights) != inputs or len(widths) != inputs:
+        raise ValueError(
+            f"heights and widths must hold {inputs} sizes like channels, got {len(heights)} and {len(widths)}"
+        )
+    for j, (c, h, w) in enumerate(zip(channels, heights, widths, strict=True)):
+        if c < 0 or h <= 0 or w <= 0:
+            raise ValueError(f"input {j} must have channels >= 0 and positive height and width, got ({c}, {h}, {w})")
+    if grad_out.shape[1] != sum(channels):
+        raise ValueError(f"grad_out must have sum(channels) = {sum(channels)} channels, got shape {sizes(grad_out)}")
+    if grad_out.shape[2] <= 0 or grad_out.shape[3] <= 0:
+        raise ValueError(f"grad_out must have positive height and width, got shape {sizes(grad_out)}")
+
+
+def _concat_backward_fake(grad_out, channels, heights, widths, align_corners) -> list[torch.Tensor]:
+    check_concat_backward_values(grad_out, channels, heights, widths)
+    fmt = memory_format_of(grad_out)
+    n = grad_out.shape[0]
+    return [
+        grad_out.new_empty((n, c, h, w)).contiguous(memory_format=fmt)
+        for c, h, w in zip(channels, heights, widths, strict=True)
+    ]
 
 
 def _register_triton() -> None:
@@ -325,7 +397,7 @@ def _register_triton() -> None:
     def upsample_concat_triton(tensors: list[torch.Tensor], size: list[int], align_corners: bool) -> torch.Tensor:
         """Triton upsample_concat: tensors (N, C_i, H_i, W_i) -> (N, sum C_i, H, W) in tensors[0]'s format."""
         y = _concat_fake(tensors, size, align_corners)
-        kernels.launch_upsample_concat(tensors, y, align_corners, memory_format_of(tensors[0]) == torch.channels_last)
+        kernels.launch_upsample_concat(tensors, y, align_corners, concat_memory_format(tensors) == torch.channels_last)
         return y
 
     @triton_op("deeplab_fast::upsample_argmax_triton", mutates_args=())
@@ -360,8 +432,8 @@ if _ext.HAS_EXT:
         "deeplab_fast::upsample_concat", _concat_backward, setup_context=_concat_setup_context
     )
 
-    # The "cuda_emu" twins: the same checks plus what the emulated CUDA kernels accept. upsample_concat's
-    # gradient has no CUDA kernel, so its twin shares the ATen-based backward above.
+    # The "cuda_emu" twins: the same checks plus what the emulated CUDA kernels accept; upsample_concat's twin
+    # takes its gradient from the emulated gather kernel (upsample_concat_backward_cuda_emu).
     @torch.library.register_fake("deeplab_fast::upsample_concat_cuda_emu")
     def _(tensors, size, align_corners):
         out = _concat_fake(tensors, size, align_corners)
@@ -380,5 +452,12 @@ if _ext.HAS_EXT:
         check_cuda_emu_input(logits, "logits", "upsample_softmax_accumulate")
 
     torch.library.register_autograd(
-        "deeplab_fast::upsample_concat_cuda_emu", _concat_backward, setup_context=_concat_setup_context
+        "deeplab_fast::upsample_concat_cuda_emu", _concat_cuda_emu_backward, setup_context=_concat_setup_context
     )
+    torch.library.register_fake("deeplab_fast::upsample_concat_backward")(_concat_backward_fake)
+
+    @torch.library.register_fake("deeplab_fast::upsample_concat_backward_cuda_emu")
+    def _(grad_out, channels, heights, widths, align_corners):
+        out = _concat_backward_fake(grad_out, channels, heights, widths, align_corners)
+        check_cuda_emu_input(grad_out, "grad_out", "upsample_concat_backward")
+        return out

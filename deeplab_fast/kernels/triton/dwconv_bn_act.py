@@ -2,8 +2,10 @@
 
 Each program computes a tile of BLOCK_P output pixels x BLOCK_C channels of one image; addresses come from
 strides, so one kernel serves NCHW and channels_last (the faster-moving tile axis follows the layout).
-Out-of-image taps are masked off and never loaded. The op around it (checks, output, fake, autograd) is
-deeplab_fast.ops.dwconv.
+Out-of-image taps are masked off and never loaded. The grid is one axis of (image, pixel tile, channel tile)
+programs, so any map size stays within CUDA's grid limits (dwconv_grid). On a GPU the tile is autotuned over
+a few configs per layout; the interpreter runs one fixed tile. The op around it (checks, output, fake,
+autograd) is deeplab_fast.ops.dwconv.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from deeplab_fast.kernels.triton import INTERPRET
+from deeplab_fast.kernels.triton.common import MAX_GRID_X, check_grid, device_guard, to_output, tuned
 
 
 @triton.jit
@@ -46,9 +49,13 @@ def _dwconv_bn_act_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    n = tl.program_id(0)
-    pix = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    ch = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    # Programs enumerate (image, pixel tile, channel tile), channel tiles fastest (dwconv_grid).
+    pid = tl.program_id(0)
+    tiles_c = tl.cdiv(C, BLOCK_C)
+    tiles_p = tl.cdiv(Ho * Wo, BLOCK_P)
+    n = pid // (tiles_c * tiles_p)
+    pix = ((pid // tiles_c) % tiles_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+    ch = (pid % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = pix < Ho * Wo
     c_ok = ch < C
     ho = pix // Wo
@@ -76,22 +83,43 @@ def _dwconv_bn_act_kernel(
         out = tl.where(out < 0.0, 0.0, tl.where(out > 6.0, 6.0, out))
     y_offs = n.to(tl.int64) * ys_n + ch[None, :].to(tl.int64) * ys_c + (ho.to(tl.int64) * ys_h + wo * ys_w)[:, None]
     if OUT_BF16:
-        # Round to nearest even explicitly: the CPU interpreter's fp32 -> bf16 cast truncates.
-        u = out.to(tl.float32).to(tl.uint32, bitcast=True)
-        u = u + 0x7FFF + ((u >> 16) & 1)
-        res = (u >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        # Rounded to nearest even explicitly (the interpreter's cast truncates), NaN kept a NaN.
+        res = to_output(out.to(tl.float32), y_ptr)
     else:
         res = out.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + y_offs, res, mask=p_ok[:, None] & c_ok[None, :])
 
 
-def _blocks(hw: int, c: int, channels_last: bool, interpret: bool) -> tuple[int, int]:
-    """Tile sizes: large ones under the interpreter (each program costs ~50 ms), GPU-friendly ones otherwise."""
-    if interpret:
-        return min(1024, triton.next_power_of_2(max(hw, 1))), min(64, triton.next_power_of_2(max(c, 1)))
-    if channels_last:  # channels are contiguous: wide in C
-        return 32, min(64, triton.next_power_of_2(max(c, 1)))
-    return 128, min(4, triton.next_power_of_2(max(c, 1)))  # pixels are contiguous: wide in P
+# Tiles for a GPU, per layout: channels_last is wide in C (channels are contiguous), NCHW wide in P.
+NHWC_CONFIGS = [
+    triton.Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=4),
+    triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4),
+    triton.Config({"BLOCK_P": 16, "BLOCK_C": 128}, num_warps=4),
+    triton.Config({"BLOCK_P": 64, "BLOCK_C": 64}, num_warps=8),
+]
+NCHW_CONFIGS = [
+    triton.Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
+    triton.Config({"BLOCK_P": 256, "BLOCK_C": 2}, num_warps=4),
+    triton.Config({"BLOCK_P": 64, "BLOCK_C": 8}, num_warps=4),
+]
+_TUNE_KEY = ["C", "Ho", "Wo", "stride"]
+_nhwc_kernel = tuned(NHWC_CONFIGS, _TUNE_KEY)(_dwconv_bn_act_kernel)
+_nchw_kernel = tuned(NCHW_CONFIGS, _TUNE_KEY)(_dwconv_bn_act_kernel)
+
+
+def _interpreter_blocks(hw: int, c: int) -> dict:
+    """The interpreter's one tile: large, since each program costs tens of milliseconds there."""
+    block_p = min(1024, triton.next_power_of_2(max(hw, 1)))
+    return {"BLOCK_P": block_p, "BLOCK_C": min(64, triton.next_power_of_2(max(c, 1)))}
+
+
+def dwconv_grid(n: int, pixels: int, channels: int, block_p: int, block_c: int) -> tuple[int]:
+    """The launch grid: one axis of n * cdiv(pixels, block_p) * cdiv(channels, block_c) programs, within
+    CUDA's 2^31 - 1 for any map a GPU can hold (a ValueError beyond it)."""
+    programs = n * triton.cdiv(pixels, block_p) * triton.cdiv(channels, block_c)
+    if programs > MAX_GRID_X:
+        raise ValueError(f"dwconv_bn_act: {programs} Triton programs exceed CUDA's grid limit of {MAX_GRID_X}")
+    return check_grid((programs,))
 
 
 def launch_dwconv_bn_act(
@@ -111,14 +139,19 @@ def launch_dwconv_bn_act(
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
     channels_last = y.stride(1) == 1 and c > 1
-    block_p, block_c = _blocks(ho * wo, c, channels_last, INTERPRET)
-    grid = (n, triton.cdiv(ho * wo, block_p), triton.cdiv(c, block_c))
-    wrap_triton(_dwconv_bn_act_kernel)[grid](
-        x, w2, scale, shift, y,
-        c, h, w, ho, wo,
-        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-        y.stride(0), y.stride(1), y.stride(2), y.stride(3),
-        stride, dilation, dilation * (k - 1) // 2,
-        K=k, ACT=activation, ACC_F64=x.dtype == torch.float64, OUT_BF16=x.dtype == torch.bfloat16,
-        BLOCK_P=block_p, BLOCK_C=block_c,
-    )  # fmt: skip
+    kernel = _nhwc_kernel if channels_last else _nchw_kernel
+    meta = _interpreter_blocks(ho * wo, c) if INTERPRET else {}
+
+    def grid(m: dict) -> tuple[int]:
+        return dwconv_grid(n, ho * wo, c, m["BLOCK_P"], m["BLOCK_C"])
+
+    with device_guard(x):
+        wrap_triton(kernel)[grid](
+            x, w2, scale, shift, y,
+            c, h, w, ho, wo,
+            x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+            y.stride(0), y.stride(1), y.stride(2), y.stride(3),
+            stride, dilation, dilation * (k - 1) // 2,
+            K=k, ACT=activation, ACC_F64=x.dtype == torch.float64, OUT_BF16=x.dtype == torch.bfloat16,
+            **meta,
+        )  # fmt: skip

@@ -16,9 +16,33 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from deeplab_fast.kernels.triton import INTERPRET
+from deeplab_fast.kernels.triton.common import MAX_GRID_X, check_grid, device_guard, to_output, tuned
 
-# Few, large program instances under the interpreter (each instance costs tens of milliseconds there).
-_BLOCK = 4096 if INTERPRET else 1024
+# Program sizes: autotuned on a GPU over these; the interpreter runs few, large programs (each costs tens
+# of milliseconds there). softmax_accumulate updates accum in place, which autotuning's repeated launches
+# would add to more than once: it runs the first config.
+CONFIGS = [
+    triton.Config({"BLOCK": 1024}, num_warps=4),
+    triton.Config({"BLOCK": 2048}, num_warps=8),
+    triton.Config({"BLOCK": 512}, num_warps=4),
+]
+_INTERPRETER_BLOCK = 4096
+
+
+def _meta() -> dict:
+    return {"BLOCK": _INTERPRETER_BLOCK} if INTERPRET else {}
+
+
+def flat_grid(total: int):
+    """Grid function of a kernel over `total` items, BLOCK per program: one axis, within CUDA's limits."""
+
+    def grid(meta: dict) -> tuple[int]:
+        programs = triton.cdiv(total, meta["BLOCK"])
+        if programs > MAX_GRID_X:
+            raise ValueError(f"{programs} Triton programs exceed CUDA's grid limit of {MAX_GRID_X}")
+        return check_grid((programs,))
+
+    return grid
 
 
 def _scale(in_size: int, out_size: int, align_corners: bool) -> float:
@@ -57,19 +81,6 @@ def _value(base, sh, sw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask):
     top = tl.fma(lw0, x00, lw1 * x01)
     bot = tl.fma(lw0, x10, lw1 * x11)
     return tl.fma(lh0, top, lh1 * bot)
-
-
-@triton.jit
-def _to_output(v, ptr):
-    # fp32 -> bf16 rounded to nearest even with integer ops: the interpreter's own conversion truncates
-    # (and its round-to-nearest does not carry into the exponent). On a GPU this is a few integer ops.
-    if ptr.dtype.element_ty == tl.bfloat16:
-        bits = v.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        return tl.where(v != v, v.to(tl.bfloat16), rounded)
-    else:
-        return v.to(ptr.dtype.element_ty)
 
 
 @triton.jit
@@ -117,7 +128,10 @@ def _concat_kernel(
     h0, h1, lh0, lh1 = _tap(ho, H, Ho, scale_h, ALIGN)
     w0, w1, lw0, lw1 = _tap(wo, W, Wo, scale_w, ALIGN)
     v = _value(x_ptr + n * sxn + c * sxc, sxh, sxw, h0, h1, lh0, lh1, w0, w1, lw0, lw1, mask)
-    tl.store(y_ptr + n * syn + (c + c_off) * syc + ho * syh + wo * syw, _to_output(v, y_ptr), mask=mask)
+    tl.store(y_ptr + n * syn + (c + c_off) * syc + ho * syh + wo * syw, to_output(v, y_ptr), mask=mask)
+
+
+_concat_tuned = tuned(CONFIGS, ["C", "CL"])(_concat_kernel)
 
 
 @triton.jit
@@ -156,6 +170,9 @@ def _argmax_kernel(
         best = tl.where(take, v, best)
         arg = tl.where(take, k, arg)
     tl.store(out_ptr + idx, arg, mask=mask)
+
+
+_argmax_tuned = tuned(CONFIGS, ["K"])(_argmax_kernel)
 
 
 @triton.jit
@@ -215,28 +232,16 @@ def launch_upsample_concat(
     in its memory order (channels_last or NCHW) so stores are coalesced."""
     ho, wo = y.shape[2], y.shape[3]
     c_off = 0
-    for t in tensors:
-        total = t.shape[0] * t.shape[1] * ho * wo
-        if total > 0:
-            wrap_triton(_concat_kernel)[(triton.cdiv(total, _BLOCK),)](
-                t,
-                y,
-                total,
-                t.shape[1],
-                t.shape[2],
-                t.shape[3],
-                ho,
-                wo,
-                c_off,
-                *t.stride(),
-                *y.stride(),
-                _scale(t.shape[2], ho, align_corners),
-                _scale(t.shape[3], wo, align_corners),
-                ALIGN=align_corners,
-                CL=channels_last,
-                BLOCK=_BLOCK,
-            )
-        c_off += t.shape[1]
+    with device_guard(y):
+        for t in tensors:
+            total = t.shape[0] * t.shape[1] * ho * wo
+            if total > 0:
+                wrap_triton(_concat_tuned)[flat_grid(total)](
+                    t, y, total, t.shape[1], t.shape[2], t.shape[3], ho, wo, c_off, *t.stride(), *y.stride(),
+                    _scale(t.shape[2], ho, align_corners), _scale(t.shape[3], wo, align_corners),
+                    ALIGN=align_corners, CL=channels_last, **_meta(),
+                )  # fmt: skip
+            c_off += t.shape[1]
 
 
 def _launch_per_pixel(
@@ -247,16 +252,17 @@ def _launch_per_pixel(
     n, k, h, w = logits.shape
     total = n * ho * wo
     if total > 0:
-        wrap_triton(kernel)[(triton.cdiv(total, _BLOCK),)](
-            logits, out, total, k, h, w, ho, wo, *logits.stride(),
-            _scale(h, ho, align_corners), _scale(w, wo, align_corners), *extra,
-            ALIGN=align_corners, BLOCK=_BLOCK, **meta,
-        )  # fmt: skip
+        with device_guard(logits):
+            wrap_triton(kernel)[flat_grid(total)](
+                logits, out, total, k, h, w, ho, wo, *logits.stride(),
+                _scale(h, ho, align_corners), _scale(w, wo, align_corners), *extra,
+                ALIGN=align_corners, **meta,
+            )  # fmt: skip
 
 
 def launch_upsample_argmax(logits: torch.Tensor, out: torch.Tensor, align_corners: bool) -> None:
     """Labels (N, H, W) int64 into `out` of the bilinear resize of logits (N, K, h, w) to (H, W)."""
-    _launch_per_pixel(_argmax_kernel, logits, out, out.shape[1], out.shape[2], align_corners)
+    _launch_per_pixel(_argmax_tuned, logits, out, out.shape[1], out.shape[2], align_corners, **_meta())
 
 
 def launch_upsample_softmax_accumulate(
@@ -264,4 +270,7 @@ def launch_upsample_softmax_accumulate(
 ) -> None:
     """accum (N, K, H, W) fp32 contiguous += weight * softmax(resize(logits (N, K, h, w)))."""
     ho, wo = accum.shape[2], accum.shape[3]
-    _launch_per_pixel(_softmax_accumulate_kernel, logits, accum, ho, wo, align_corners, float(weight), FLIP=flip)
+    block = _INTERPRETER_BLOCK if INTERPRET else CONFIGS[0].kwargs["BLOCK"]
+    _launch_per_pixel(
+        _softmax_accumulate_kernel, logits, accum, ho, wo, align_corners, float(weight), FLIP=flip, BLOCK=block
+    )
