@@ -10,6 +10,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -82,6 +83,13 @@ void dwconv_case(c10::ScalarType dtype, bool channels_last, int64_t N, int64_t C
   q.go = go.data(), q.gpre = gpre.data(), q.gprod = gprod.data(), q.gx = gx.data(), q.gparams = gparams.data();
   dlf::emu::dwconv_bn_act_backward(q, dtype, nullptr);
   ++g_cases;
+  // The deterministic mode: per-block partials, then their fixed-order sum.
+  q.deterministic = true;
+  std::vector<float> partials(static_cast<size_t>(dlf::emu::dwconv_bn_act_backward_partials(q, dtype)));
+  q.partials = partials.data();
+  std::fill(gparams.begin(), gparams.end(), 0.f);
+  dlf::emu::dwconv_bn_act_backward(q, dtype, nullptr);
+  ++g_cases;
 }
 
 template <typename T>
@@ -118,6 +126,25 @@ void upsample_cases(c10::ScalarType dtype, bool channels_last, bool align_corner
   }
   p.channels_last = channels_last, p.align_corners = align_corners;
   dlf::emu::upsample_concat(p, dtype, nullptr);
+  ++g_cases;
+
+  // Its gradient: a gather from grad_out (y's shape) into each input's gradient.
+  std::vector<Buffer<T>> gxs;
+  for (int j = 0; j < 3; ++j) gxs.emplace_back(static_cast<size_t>(N * Cs[j] * Hs[j] * Ws[j]), 0, 0.f);
+  dlf::UpsampleConcatBackwardParams b{};
+  b.num_inputs = 3;
+  for (int j = 0; j < 3; ++j) {
+    b.gx[j] = gxs[j].data();
+    b.C[j] = Cs[j], b.H[j] = Hs[j], b.W[j] = Ws[j];
+    b.gs_n[j] = p.xs_n[j], b.gs_c[j] = p.xs_c[j], b.gs_h[j] = p.xs_h[j], b.gs_w[j] = p.xs_w[j];
+    b.scale_h[j] = p.scale_h[j], b.scale_w[j] = p.scale_w[j];
+    b.c_begin[j] = p.c_begin[j];
+  }
+  b.c_begin[3] = p.c_begin[3];
+  b.gy = y.data(), b.N = N, b.Ctot = Ctot, b.Ho = Ho, b.Wo = Wo;
+  b.ys_n = p.ys_n, b.ys_c = p.ys_c, b.ys_h = p.ys_h, b.ys_w = p.ys_w;
+  b.channels_last = channels_last, b.align_corners = align_corners;
+  dlf::emu::upsample_concat_backward(b, dtype, nullptr);
   ++g_cases;
 
   // Class ops: logits (N, K, h, w) resized to (Ho, Wo).
