@@ -270,8 +270,9 @@ def _tf_exact_model(
             # TensorFlow's MobileNetV2 decoder reads the expanded (depthwise) features of layer 4, not a unit's
             # output as this model's decoder does
             raise ValueError(
-                "decoder_output_stride must be None for model_variant 'mobilenet_v2' (the model zoo's MobileNetV2 "
-                "models are DeepLabV3, without a decoder; a MobileNetV2 decoder is not supported)"
+                "decoder_output_stride must be None (--decoder-output-stride none) for model_variant 'mobilenet_v2': "
+                "the model zoo's MobileNetV2 models are DeepLabV3, without a decoder (a MobileNetV2 decoder is not "
+                "supported)"
             )
         # TensorFlow DeepLab's MobileNetV2: no last 1x1 conv (features end at layer_18, 320 channels); the unit
         # that would stride keeps the old dilation; depth multipliers other than 1 round channels to multiples
