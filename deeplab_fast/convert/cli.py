@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--depth-multiplier", type=float, default=1.0, help="mobilenet_v2's depth multiplier (default 1.0; zoo: 0.5)"
     )
     p.add_argument(
+        "--multi-grid",
+        type=int,
+        nargs=3,
+        metavar="M",
+        help="atrous multipliers of the last block (TensorFlow's flag, e.g. 1 2 4; default: all ones)",
+    )
+    p.add_argument(
         "--decoder-output-stride",
         default="4",
         help="4 (DeepLabV3+, default) or none (DeepLabV3, no decoder: mobilenet_v2)",
@@ -68,6 +75,7 @@ def _convert(args: argparse.Namespace) -> int:
             decoder_output_stride=None if dos == "none" else 4,
             image_pooling_crop_size=args.image_pooling_crop_size,
             depth_multiplier=args.depth_multiplier,
+            multi_grid=args.multi_grid,
         )
         save_weights(
             model,

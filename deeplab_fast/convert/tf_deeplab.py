@@ -27,14 +27,29 @@ from deeplab_fast.models.deeplab import DeepLab, deeplabv3plus
 from deeplab_fast.models.layers import ConvBNAct, SeparableConv
 
 # TensorFlow model_variant -> deeplab_fast backbone
-MODEL_VARIANTS = {"xception_65": "xception65", "xception_71": "xception71", "mobilenet_v2": "mobilenet_v2"}
+MODEL_VARIANTS = {
+    "xception_65": "xception65",
+    "xception_71": "xception71",
+    "mobilenet_v2": "mobilenet_v2",
+    "resnet_v1_101_beta": "resnet101_beta",
+}
 
 # the variable scope of each variant's backbone in the TensorFlow graph
-_BACKBONE_SCOPES = {"xception_65": "xception_65", "xception_71": "xception_71", "mobilenet_v2": "MobilenetV2"}
+_BACKBONE_SCOPES = {
+    "xception_65": "xception_65",
+    "xception_71": "xception_71",
+    "mobilenet_v2": "MobilenetV2",
+    "resnet_v1_101_beta": "resnet_v1_101",
+}
 
 # TensorFlow's atrous_rates for the model zoo's models of each variant at output stride 16 (x 16 / output_stride
 # at other strides; its MobileNetV2 models have no atrous ASPP branches)
-_ZOO_RATES = {"xception_65": (6, 12, 18), "xception_71": (6, 12, 18), "mobilenet_v2": ()}
+_ZOO_RATES = {
+    "xception_65": (6, 12, 18),
+    "xception_71": (6, 12, 18),
+    "mobilenet_v2": (),
+    "resnet_v1_101_beta": (6, 12, 18),
+}
 
 # The options that make a deeplab_fast model compute what TensorFlow DeepLab's graph computes: every resize with
 # align_corners=True, BN eps 1e-3 in the backbone and 1e-5 in the heads, image pooling first in the ASPP concat,
@@ -132,6 +147,22 @@ def _add_mobilenet_v2(out: VariableMap, scope: str, net: nn.Module) -> None:
         _add_bn(out, f"{prefix}/project", layers[2])
 
 
+def _add_resnet_beta(out: VariableMap, scope: str, net: nn.Module) -> None:
+    """resnet_v1_beta: the stem `conv1_1..3`, then `blockB/unit_U/bottleneck_v1/{conv1,conv2,conv3,shortcut}`
+    (layerB[U - 1]; only each block's first unit has a shortcut conv, the strided last units subsample)."""
+    for i, conv in enumerate(net.stem, 1):
+        _add_conv_bn(out, f"{scope}/conv1_{i}", conv)
+    for b in range(1, 5):
+        for u, unit in enumerate(getattr(net, f"layer{b}"), 1):
+            prefix = f"{scope}/block{b}/unit_{u}/bottleneck_v1"
+            for k in (1, 2, 3):
+                _add(out, f"{prefix}/conv{k}/weights", getattr(unit, f"conv{k}").weight, "conv")
+                _add_bn(out, f"{prefix}/conv{k}", getattr(unit, f"bn{k}"))
+            if isinstance(unit.downsample, nn.Sequential):
+                _add(out, f"{prefix}/shortcut/weights", unit.downsample[0].weight, "conv")
+                _add_bn(out, f"{prefix}/shortcut", unit.downsample[1])
+
+
 def tf_variable_map(model: DeepLab, model_variant: str = "xception_65") -> VariableMap:
     """Every TensorFlow DeepLab variable name of `model` -> (the parameter or buffer it fills, its layout).
 
@@ -145,6 +176,8 @@ def tf_variable_map(model: DeepLab, model_variant: str = "xception_65") -> Varia
     out: VariableMap = {}
     if model_variant == "mobilenet_v2":
         _add_mobilenet_v2(out, _BACKBONE_SCOPES[model_variant], model.backbone)
+    elif model_variant.startswith("resnet"):
+        _add_resnet_beta(out, _BACKBONE_SCOPES[model_variant], model.backbone)
     else:
         _add_xception(out, _BACKBONE_SCOPES[model_variant], model.backbone)
     aspp = model.aspp
@@ -254,6 +287,7 @@ def _tf_exact_model(
     decoder_output_stride: int | None,
     image_pooling_crop_size: Sequence[int] | None,
     depth_multiplier: float = 1.0,
+    multi_grid: Sequence[int] | None = None,
 ) -> DeepLab:
     if model_variant not in MODEL_VARIANTS:
         raise ValueError(f"model_variant must be one of {', '.join(MODEL_VARIANTS)}; got {model_variant!r}")
@@ -285,6 +319,14 @@ def _tf_exact_model(
         )
     elif depth_multiplier != 1.0:
         raise ValueError(f"depth_multiplier applies to model_variant 'mobilenet_v2' only, got {depth_multiplier!r}")
+    if multi_grid is not None:
+        if model_variant == "mobilenet_v2":
+            raise ValueError("multi_grid applies to the Xception and ResNet variants; mobilenet_v2 has none")
+        options["multi_grid"] = multi_grid  # deeplabv3plus checks it
+    elif model_variant.startswith("resnet"):
+        options["multi_grid"] = (1, 1, 1)  # TensorFlow's default; deeplab_fast's resnet*_beta default is (1, 2, 4)
+    if model_variant.startswith("resnet"):
+        options["bn_eps"] = 1e-5  # feature_extractor's ResNet arg scope (Xception's: 1e-3)
     # TensorFlow's usual rates for the stride are the builder's default (aspp_rates=None): the model (its config,
     # the file save_weights writes) then rescales them when the output stride changes (set_output_stride, eval's
     # --set model.output_stride=8) rather than keeping the OS16 rates at OS8
@@ -354,6 +396,7 @@ def from_tf_checkpoint(
     decoder_output_stride: int | None = 4,
     image_pooling_crop_size: Sequence[int] | None = None,
     depth_multiplier: float = 1.0,
+    multi_grid: Sequence[int] | None = None,
 ) -> DeepLab:
     """Convert a TensorFlow DeepLab checkpoint (the model zoo's, or DeepLab's train.py's) to a deeplab_fast model.
 
@@ -363,8 +406,8 @@ def from_tf_checkpoint(
     Args:
         path: the checkpoint: a prefix ("model.ckpt" next to "model.ckpt.index" and "model.ckpt.data-*"), its
             .index file, a folder or a .tar.gz archive holding one checkpoint (see checkpoint_prefix).
-        model_variant: "xception_65", "xception_71" or "mobilenet_v2" (the model zoo's MobileNetV2 models:
-            DeepLabV3, so with decoder_output_stride=None).
+        model_variant: "xception_65", "xception_71", "mobilenet_v2" (the model zoo's MobileNetV2 models:
+            DeepLabV3, so with decoder_output_stride=None) or "resnet_v1_101_beta".
         num_classes: output classes; None reads them from the checkpoint's `logits/semantic` layer.
         output_stride: 8, 16 or 32 (TensorFlow evaluated VOC at 8 or 16; any works with the same weights).
         atrous_rates: the three ASPP rates at that output stride ((6, 12, 18) at 16, (12, 24, 36) at 8), or ()
@@ -376,6 +419,8 @@ def from_tf_checkpoint(
             TensorFlow derives from it (model option image_pooling_crop_size; exact at the crop size: TensorFlow
             scales that kernel with the image in multi-scale evaluation, this model keeps it).
         depth_multiplier: mobilenet_v2's width (the model zoo's 1.0 and 0.5), TensorFlow's flag of that name.
+        multi_grid: TensorFlow's flag: the atrous multipliers of the last block's three units (ResNet) or convs
+            (Xception), e.g. (1, 2, 4); None is TensorFlow's default, all ones (model option multi_grid).
 
     Returns:
         A DeepLab in eval mode in TensorFlow-exact mode (TF_EXACT_OPTIONS; its config records them, so
@@ -412,6 +457,7 @@ def from_tf_checkpoint(
             decoder_output_stride,
             image_pooling_crop_size,
             depth_multiplier,
+            multi_grid,
         )
         load_tf_variables(model, bundle, model_variant)
     return model.eval()
