@@ -5,7 +5,8 @@ Checkpoints are written here by TensorFlow itself (tensorflow-cpu, a test depend
 shapes of the official Xception-65 DeepLabV3+ graph (tests/data/tf_xception65_variables.txt and
 tf_xception71_variables.txt: listed from the graphs the official research/deeplab code builds with TensorFlow 2.21)
 and of its MobileNetV2 DeepLabV3 graphs (tf_mobilenetv2_variables.txt, depth multiplier 1.0, and
-tf_mobilenetv2_dm05_variables.txt, 0.5: no atrous rates, no decoder, as the model zoo's mnv2 models).
+tf_mobilenetv2_dm05_variables.txt, 0.5: no atrous rates, no decoder, as the model zoo's mnv2 models) and
+ResNet-101 beta DeepLabV3+ graph (tf_resnetv1101beta_variables.txt).
 """
 
 from __future__ import annotations
@@ -160,7 +161,13 @@ def test_bundle_refuses_damaged_files(tf, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("variant", "depth_multiplier"),
-    [("xception_65", 1.0), ("xception_71", 1.0), ("mobilenet_v2", 1.0), ("mobilenet_v2", 0.5)],
+    [
+        ("xception_65", 1.0),
+        ("xception_71", 1.0),
+        ("mobilenet_v2", 1.0),
+        ("mobilenet_v2", 0.5),
+        ("resnet_v1_101_beta", 1.0),
+    ],
 )
 def test_mapping_names_and_shapes_are_the_official_graphs(variant: str, depth_multiplier: float) -> None:
     decoder = None if variant == "mobilenet_v2" else 4
@@ -367,6 +374,53 @@ def test_aspp_without_atrous_branches_and_mobilenet_divisible_by() -> None:
             deeplabv3plus("mobilenet_v2", aspp_rates=bad)
     with pytest.raises(ValueError, match="mobilenet_divisible_by must be an int >= 1"):
         deeplabv3plus("mobilenet_v2", mobilenet_divisible_by=0)
+
+
+# ---- resnet_v1_101_beta
+
+
+def test_resnet_v1_101_beta_checkpoint(tf, tmp_path: Path) -> None:
+    """A TensorFlow-written checkpoint with the official names: every variable used once, BN eps 1e-5 (TensorFlow's
+    ResNet arg scope), TensorFlow's multi_grid flag (default all ones), a strided last unit's subsampling shortcut
+    and rate-2 3x3 conv against TensorFlow's ops, and optimize() parity."""
+    rng = np.random.default_rng(5)
+    values = {n: _random_value(n, shape, rng) for n, shape in _official_variables("resnet_v1_101_beta").items()}
+    prefix = _save(tf, tmp_path / "model.ckpt", values)
+    model = from_tf_checkpoint(prefix, model_variant="resnet_v1_101_beta")
+    assert model.config["backbone"] == "resnet101_beta" and model.config["multi_grid"] == [1, 1, 1]
+    assert model.config["bn_eps"] == 1e-5 and model.config["head_bn_eps"] == 1e-5
+    total = sum(float(v.astype(np.float64).sum()) for v in values.values())
+    got = sum(float(v.double().sum()) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked"))
+    assert got == pytest.approx(total, rel=1e-9)
+    grid = from_tf_checkpoint(prefix, model_variant="resnet_v1_101_beta", multi_grid=(1, 2, 4))
+    assert [u.conv2.dilation[0] for u in grid.backbone.layer4] == [2, 4, 8]
+
+    def bn(x, scope):
+        g, b, m, var = (values[f"{scope}/BatchNorm/{k}"] for k in ("gamma", "beta", "moving_mean", "moving_variance"))
+        return tf.nn.batch_normalization(x, m, var, b, g, 1e-5)
+
+    def conv(x, scope, rate=1):
+        return bn(tf.nn.conv2d(x, values[f"{scope}/weights"], 1, "SAME", dilations=rate), scope)
+
+    # block4's unit_2 (rate 2 at output stride 16) and block2's unit_4 (its stride 2 in the last unit, a subsample
+    # shortcut): conv1, conv2 (3x3; stride 2 pads explicitly as TensorFlow's conv2d_same), conv3, the skip, ReLU
+    def nchw(x):
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+
+    s = "resnet_v1_101/block4/unit_2/bottleneck_v1"
+    x = rng.standard_normal((1, 9, 11, 2048)).astype(np.float32)
+    y = conv(tf.nn.relu(conv(tf.nn.relu(conv(x, f"{s}/conv1")), f"{s}/conv2", 2)), f"{s}/conv3")
+    with torch.no_grad():
+        assert rel_err(nchw(tf.nn.relu(y + x).numpy()), model.backbone.layer4[1](nchw(x))) < 1e-5
+    s = "resnet_v1_101/block2/unit_4/bottleneck_v1"
+    x = rng.standard_normal((1, 17, 15, 512)).astype(np.float32)
+    h = tf.nn.relu(conv(x, f"{s}/conv1"))
+    h = tf.nn.conv2d(tf.pad(h, [[0, 0], [1, 1], [1, 1], [0, 0]]), values[f"{s}/conv2/weights"], 2, "VALID")
+    y = conv(tf.nn.relu(bn(h, f"{s}/conv2")), f"{s}/conv3") + x[:, ::2, ::2]
+    with torch.no_grad():
+        assert rel_err(nchw(tf.nn.relu(y).numpy()), model.backbone.layer2[3](nchw(x))) < 1e-5
+        image = torch.randn(1, 3, 65, 65)
+        assert rel_err(model(image), deeplab_fast.optimize(model, tune_malloc=False)(image)) < 1e-4
 
 
 # ---- errors and paths (small checkpoints)
