@@ -6,7 +6,7 @@ shapes of the official Xception-65 DeepLabV3+ graph (tests/data/tf_xception65_va
 tf_xception71_variables.txt: listed from the graphs the official research/deeplab code builds with TensorFlow 2.21)
 and of its MobileNetV2 DeepLabV3 graphs (tf_mobilenetv2_variables.txt, depth multiplier 1.0, and
 tf_mobilenetv2_dm05_variables.txt, 0.5: no atrous rates, no decoder, as the model zoo's mnv2 models) and
-ResNet-101 beta DeepLabV3+ graph (tf_resnetv1101beta_variables.txt).
+ResNet-50 and ResNet-101 beta DeepLabV3+ graphs (tf_resnetv150beta_variables.txt, tf_resnetv1101beta_variables.txt).
 """
 
 from __future__ import annotations
@@ -166,6 +166,7 @@ def test_bundle_refuses_damaged_files(tf, tmp_path: Path) -> None:
         ("xception_71", 1.0),
         ("mobilenet_v2", 1.0),
         ("mobilenet_v2", 0.5),
+        ("resnet_v1_50_beta", 1.0),
         ("resnet_v1_101_beta", 1.0),
     ],
 )

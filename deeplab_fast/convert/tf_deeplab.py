@@ -31,6 +31,7 @@ MODEL_VARIANTS = {
     "xception_65": "xception65",
     "xception_71": "xception71",
     "mobilenet_v2": "mobilenet_v2",
+    "resnet_v1_50_beta": "resnet50_beta",
     "resnet_v1_101_beta": "resnet101_beta",
 }
 
@@ -39,6 +40,7 @@ _BACKBONE_SCOPES = {
     "xception_65": "xception_65",
     "xception_71": "xception_71",
     "mobilenet_v2": "MobilenetV2",
+    "resnet_v1_50_beta": "resnet_v1_50",
     "resnet_v1_101_beta": "resnet_v1_101",
 }
 
@@ -48,6 +50,7 @@ _ZOO_RATES = {
     "xception_65": (6, 12, 18),
     "xception_71": (6, 12, 18),
     "mobilenet_v2": (),
+    "resnet_v1_50_beta": (6, 12, 18),
     "resnet_v1_101_beta": (6, 12, 18),
 }
 
@@ -407,7 +410,7 @@ def from_tf_checkpoint(
         path: the checkpoint: a prefix ("model.ckpt" next to "model.ckpt.index" and "model.ckpt.data-*"), its
             .index file, a folder or a .tar.gz archive holding one checkpoint (see checkpoint_prefix).
         model_variant: "xception_65", "xception_71", "mobilenet_v2" (the model zoo's MobileNetV2 models:
-            DeepLabV3, so with decoder_output_stride=None) or "resnet_v1_101_beta".
+            DeepLabV3, so with decoder_output_stride=None), "resnet_v1_50_beta" or "resnet_v1_101_beta".
         num_classes: output classes; None reads them from the checkpoint's `logits/semantic` layer.
         output_stride: 8, 16 or 32 (TensorFlow evaluated VOC at 8 or 16; any works with the same weights).
         atrous_rates: the three ASPP rates at that output stride ((6, 12, 18) at 16, (12, 24, 36) at 8), or ()
