@@ -348,6 +348,11 @@ def test_mobilenet_v2_optimize_and_cli(mobilenet_v2_ckpt, tmp_path: Path, capsys
     assert f"mobilenet_v2, {NUM_CLASSES} classes" in capsys.readouterr().out
     model = deeplab_fast.load_model(out)
     assert model.config == from_tf_checkpoint(prefix, **MNV2).config
+    # --atrous-rates with no number: no atrous branches, TensorFlow's atrous_rates=None, as the default here
+    rates = tmp_path / "rates.safetensors"
+    assert top_cli.main([*args[:3], str(rates), *args[4:], "--depth-multiplier", "0.5", "--decoder-output-stride",
+                         "none", "--atrous-rates"]) == 0  # fmt: skip
+    assert deeplab_fast.load_model(rates).config == model.config
     x = torch.randn(1, 3, 65, 65)
     with torch.no_grad():
         eager = model(x)
