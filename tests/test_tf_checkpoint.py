@@ -576,17 +576,19 @@ REFERENCE = os.environ.get("DEEPLAB_FAST_TF_REFERENCE")
 
 def _reference_arguments(prefix: Path) -> dict:
     """from_tf_checkpoint's arguments for the official graph saved at `prefix`, read from its variables: the
-    model variant, mobilenet_v2's depth multiplier (from its 32 x multiplier stem channels), the decoder."""
+    model variant, mobilenet_v2's depth multiplier (from its 32 x multiplier stem channels), the decoder (the
+    multi_grid flag, which no variable shows, comes from io.npz)."""
     bundle = TensorBundle(prefix)
     entries = bundle.entries
     if "MobilenetV2/Conv/weights" in entries:
         stem = bundle.shape("MobilenetV2/Conv/weights")[-1]
         return {"model_variant": "mobilenet_v2", "depth_multiplier": stem / 32, "decoder_output_stride": None}
-    variant = "xception_71" if any(n.startswith("xception_71/") for n in entries) else "xception_65"
-    return {
-        "model_variant": variant,
-        "decoder_output_stride": 4 if "decoder/feature_projection0/weights" in entries else None,
-    }
+    variant = "xception_65"
+    for candidate in ("xception_71", "resnet_v1_50_beta", "resnet_v1_101_beta"):
+        if any(n.startswith(candidate.removesuffix("_beta") + "/") for n in entries):
+            variant = candidate
+    decoder = 4 if "decoder/feature_projection0/weights" in entries else None
+    return {"model_variant": variant, "decoder_output_stride": decoder}
 
 
 @pytest.mark.skipif(
@@ -600,7 +602,10 @@ def test_matches_the_official_tensorflow_graph(folder: str) -> None:
     input, in fp32 (eager and optimized) and float64 (which isolates the mapping from fp32 rounding)."""
     folder = Path(folder)
     io = np.load(folder / "io.npz")
-    model = from_tf_checkpoint(folder / "model.ckpt", **_reference_arguments(folder / "model.ckpt"))
+    arguments = _reference_arguments(folder / "model.ckpt")
+    if "multi_grid" in io.files:  # the graph's TensorFlow flag multi_grid, when it was set
+        arguments["multi_grid"] = tuple(int(m) for m in io["multi_grid"])
+    model = from_tf_checkpoint(folder / "model.ckpt", **arguments)
     x = torch.from_numpy(io["image"]).permute(0, 3, 1, 2) * (2 / 255) - 1
 
     def nchw(name):
@@ -623,6 +628,9 @@ def test_matches_the_official_tensorflow_graph(folder: str) -> None:
 
     fp32 = run(model, torch.float32)
     fused = run(deeplab_fast.optimize(model, tune_malloc=False), torch.float32)
+    # optimize()'s default runs wide 3x3 convs with Winograd, whose fp32 rounding is larger than a direct conv's
+    # (a ResNet is all such convs); oneDNN's direct convs isolate the fusion itself
+    direct = run(deeplab_fast.optimize(model, tune_malloc=False, conv_engine="onednn"), torch.float32)
     exact = run(model.double(), torch.float64)
     report = []
     for name in fp32:
@@ -631,6 +639,7 @@ def test_matches_the_official_tensorflow_graph(folder: str) -> None:
         errors = {
             "fp32": (fp32[name] - ref).abs().max().item() / scale,
             "optimized": (fused[name] - ref).abs().max().item() / scale if name in fused else 0.0,
+            "optimized onednn": (direct[name] - ref).abs().max().item() / scale if name in direct else 0.0,
             "float64": (exact[name] - ref).abs().max().item() / scale,
         }
         # fp32 rounding of this network on this input: our fp32 result against our float64 one. TensorFlow's own
@@ -638,7 +647,9 @@ def test_matches_the_official_tensorflow_graph(folder: str) -> None:
         noise = (fp32[name] - exact[name]).abs().max().item() / scale
         bound = max(1e-4, 2 * noise)
         report.append(f"{name}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()) + f", fp32 noise {noise:.2e}")
-        assert all(e <= bound for e in errors.values()), "\n".join(report)
+        # Winograd's rounding (measured: up to 2.7x the direct convs' on the ResNet-101 reference) gets 4x
+        assert errors["optimized"] <= max(1e-4, 4 * noise), "\n".join(report)
+        assert all(e <= bound for k, e in errors.items() if k != "optimized"), "\n".join(report)
     assert "logits" in fp32
     print("\n".join(report))
 
