@@ -3,7 +3,10 @@ the image_pooling_crop_size option, and (with DEEPLAB_FAST_TF_REFERENCE) the com
 
 Checkpoints are written here by TensorFlow itself (tensorflow-cpu, a test dependency) with the variable names and
 shapes of the official Xception-65 DeepLabV3+ graph (tests/data/tf_xception65_variables.txt and
-tf_xception71_variables.txt: listed from the graphs the official research/deeplab code builds with TensorFlow 2.21).
+tf_xception71_variables.txt: listed from the graphs the official research/deeplab code builds with TensorFlow 2.21)
+and of its MobileNetV2 DeepLabV3 graphs (tf_mobilenetv2_variables.txt, depth multiplier 1.0, and
+tf_mobilenetv2_dm05_variables.txt, 0.5: no atrous rates, no decoder, as the model zoo's mnv2 models) and
+ResNet-50 and ResNet-101 beta DeepLabV3+ graphs (tf_resnetv150beta_variables.txt, tf_resnetv1101beta_variables.txt).
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ DATA = Path(__file__).parent / "data"
 NUM_CLASSES = 5  # not 21: the converter must read it from the checkpoint
 
 
-def _official_variables(variant: str = "xception_65") -> dict[str, tuple[int, ...]]:
-    """{name: shape} of the official DeepLabV3+ graph of `variant` (21 classes, OS 16, rates 6/12/18, decoder)."""
+def _official_variables(variant: str = "xception_65", depth_multiplier: float = 1.0) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the official graph of `variant` (21 classes, OS 16; Xception: DeepLabV3+ with rates 6/12/18;
+    mobilenet_v2: DeepLabV3 without atrous rates, of that depth multiplier)."""
     out = {}
-    for line in (DATA / f"tf_{variant.replace('_', '')}_variables.txt").read_text().splitlines():
+    suffix = "" if depth_multiplier == 1.0 else f"_dm{str(depth_multiplier).replace('.', '')}"
+    for line in (DATA / f"tf_{variant.replace('_', '')}{suffix}_variables.txt").read_text().splitlines():
         name, shape = line.split(" ", 1)
         out[name] = tuple(int(d) for d in shape.strip()[1:-1].split(",") if d.strip())
     return out
@@ -154,12 +159,24 @@ def test_bundle_refuses_damaged_files(tf, tmp_path: Path) -> None:
 # ---- the mapping
 
 
-@pytest.mark.parametrize("variant", ["xception_65", "xception_71"])
-def test_mapping_names_and_shapes_are_the_official_graphs(variant: str) -> None:
+@pytest.mark.parametrize(
+    ("variant", "depth_multiplier"),
+    [
+        ("xception_65", 1.0),
+        ("xception_71", 1.0),
+        ("mobilenet_v2", 1.0),
+        ("mobilenet_v2", 0.5),
+        ("resnet_v1_50_beta", 1.0),
+        ("resnet_v1_101_beta", 1.0),
+    ],
+)
+def test_mapping_names_and_shapes_are_the_official_graphs(variant: str, depth_multiplier: float) -> None:
+    decoder = None if variant == "mobilenet_v2" else 4
     with torch.device("meta"):
-        model = _tf_exact_model(variant, 21, 16, (6, 12, 18), 4, None)
+        model = _tf_exact_model(variant, 21, 16, None, decoder, None, depth_multiplier)
     mapping = tf_variable_map(model, variant)
-    assert {n: tf_shape(t, layout) for n, (t, layout) in mapping.items()} == _official_variables(variant)
+    official = _official_variables(variant, depth_multiplier)
+    assert {n: tf_shape(t, layout) for n, (t, layout) in mapping.items()} == official
     # and every parameter and BN statistic of the model is filled (num_batches_tracked is PyTorch's own)
     filled = {id(t) for t, _ in mapping.values()}
     state = model.state_dict(keep_vars=True)
@@ -237,6 +254,179 @@ def test_converted_model_runs_and_optimize_keeps_it(converted) -> None:
         fused = deeplab_fast.optimize(converted, tune_malloc=False)(x)
     assert eager.shape == (1, NUM_CLASSES, 65, 65) and torch.isfinite(eager).all()
     assert rel_err(eager, fused) < 1e-4
+
+
+# ---- mobilenet_v2 (the model zoo's mnv2 DeepLabV3 models)
+
+MNV2 = {"model_variant": "mobilenet_v2", "depth_multiplier": 0.5, "decoder_output_stride": None}
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v2_ckpt(tf, tmp_path_factory):
+    """(prefix, values): a depth-multiplier-0.5 mobilenet_v2 checkpoint with the official names, random values and
+    NUM_CLASSES classes, written by TensorFlow."""
+    rng = np.random.default_rng(3)
+    values = {}
+    for name, shape in _official_variables("mobilenet_v2", 0.5).items():
+        if name.startswith("logits/semantic/"):
+            shape = (*shape[:-1], NUM_CLASSES)
+        values[name] = _random_value(name, shape, rng)
+    return _save(tf, tmp_path_factory.mktemp("tf_mnv2") / "model.ckpt", values), values
+
+
+def test_mobilenet_v2_checkpoint_fills_every_variable(mobilenet_v2_ckpt) -> None:
+    prefix, values = mobilenet_v2_ckpt
+    model = from_tf_checkpoint(prefix, **MNV2)
+    config = model.config
+    assert (config["backbone"], config["num_classes"], config["decoder"]) == ("mobilenet_v2", NUM_CLASSES, False)
+    assert config["aspp_rates"] == [] and len(model.aspp.branches) == 0
+    assert model.aspp.project.conv.in_channels == 2 * 256  # [image_pooling, aspp0]
+    assert config["width_mult"] == 0.5 and config["mobilenet_divisible_by"] == 1  # 12 channels, not 16
+    assert not config["mobilenet_last_conv"] and config["dilate_first_block"] is False
+    ours = sorted(v.numel() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked"))
+    assert ours == sorted(v.size for v in values.values())
+    total = sum(float(v.astype(np.float64).sum()) for v in values.values())
+    got = sum(float(v.double().sum()) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked"))
+    assert got == pytest.approx(total, rel=1e-9)
+    # the OS8 model of the same weights (TensorFlow's other evaluation stride) has no atrous branches either
+    model.set_output_stride(8)
+    assert model.aspp.rates == () and model.config["aspp_rates"] == []
+
+
+def test_mobilenet_v2_layers_compute_what_tensorflow_ops_compute(tf, mobilenet_v2_ckpt) -> None:
+    """The stem (SAME stride-2 conv on an odd size, BN eps 1e-3, ReLU6), a whole inverted residual unit with its
+    skip and rate-2 depthwise conv (expanded_conv_15 at output stride 16), and the ASPP of image pooling + 1x1
+    branch (BN eps 1e-5), run by TensorFlow's ops on the checkpoint's values and by the converted model."""
+    prefix, v = mobilenet_v2_ckpt
+    model = from_tf_checkpoint(prefix, **MNV2)
+    rng = np.random.default_rng(4)
+
+    def bn(x, scope, eps=1e-3):
+        g, b, m, var = (v[f"{scope}/BatchNorm/{k}"] for k in ("gamma", "beta", "moving_mean", "moving_variance"))
+        return tf.nn.batch_normalization(x, m, var, b, g, eps)
+
+    def conv(x, scope, stride=1):
+        return bn(tf.nn.conv2d(x, v[f"{scope}/weights"], stride, "SAME"), scope)
+
+    def nchw(x):
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+
+    x = rng.standard_normal((1, 37, 41, 3)).astype(np.float32)
+    ref = tf.nn.relu6(conv(x, "MobilenetV2/Conv", 2)).numpy()
+    with torch.no_grad():
+        assert rel_err(nchw(ref), model.backbone.features[0](nchw(x))) < 1e-5
+
+    s = "MobilenetV2/expanded_conv_15"
+    x = rng.standard_normal((1, 9, 11, 80)).astype(np.float32)
+    hidden = tf.nn.relu6(conv(x, f"{s}/expand"))
+    dw = tf.nn.depthwise_conv2d(hidden, v[f"{s}/depthwise/depthwise_weights"], [1, 1, 1, 1], "SAME", dilations=[2, 2])
+    ref = (conv(tf.nn.relu6(bn(dw, f"{s}/depthwise")), f"{s}/project") + x).numpy()
+    with torch.no_grad():
+        assert rel_err(nchw(ref), model.backbone.features[16](nchw(x))) < 1e-5
+
+    x = rng.standard_normal((2, 9, 11, 160)).astype(np.float32)
+    pool = tf.nn.relu(
+        bn(
+            tf.nn.conv2d(tf.reduce_mean(x, [1, 2], keepdims=True), v["image_pooling/weights"], 1, "SAME"),
+            "image_pooling",
+            1e-5,
+        )
+    )
+    pool = tf.broadcast_to(pool, (2, 9, 11, 256))
+    aspp0 = tf.nn.relu(bn(tf.nn.conv2d(x, v["aspp0/weights"], 1, "SAME"), "aspp0", 1e-5))
+    cat = tf.concat([pool, aspp0], 3)
+    ref = tf.nn.relu(bn(tf.nn.conv2d(cat, v["concat_projection/weights"], 1, "SAME"), "concat_projection", 1e-5))
+    with torch.no_grad():
+        assert rel_err(nchw(ref.numpy()), model.aspp(nchw(x))) < 1e-5
+
+
+def test_mobilenet_v2_optimize_and_cli(mobilenet_v2_ckpt, tmp_path: Path, capsys) -> None:
+    prefix = mobilenet_v2_ckpt[0]
+    out = tmp_path / "mnv2.safetensors"
+    args = ["convert-tf", str(prefix), "--out", str(out), "--model-variant", "mobilenet_v2"]
+    assert top_cli.main([*args, "--depth-multiplier", "0.5", "--decoder-output-stride", "none"]) == 0
+    assert f"mobilenet_v2, {NUM_CLASSES} classes" in capsys.readouterr().out
+    model = deeplab_fast.load_model(out)
+    assert model.config == from_tf_checkpoint(prefix, **MNV2).config
+    # --atrous-rates with no number: no atrous branches, TensorFlow's atrous_rates=None, as the default here
+    rates = tmp_path / "rates.safetensors"
+    assert top_cli.main([*args[:3], str(rates), *args[4:], "--depth-multiplier", "0.5", "--decoder-output-stride",
+                         "none", "--atrous-rates"]) == 0  # fmt: skip
+    assert deeplab_fast.load_model(rates).config == model.config
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        eager = model(x)
+        fused = deeplab_fast.optimize(model, tune_malloc=False)(x)
+    assert eager.shape == (1, NUM_CLASSES, 65, 65) and torch.isfinite(eager).all()
+    assert rel_err(eager, fused) < 1e-4
+    # the wrong multiplier, a decoder, or a multiplier for Xception: refused, naming what is wrong
+    assert top_cli.main([*args, "--decoder-output-stride", "none"]) == 2
+    assert "shape mismatch (" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="decoder_output_stride must be None .* for model_variant 'mobilenet_v2'"):
+        from_tf_checkpoint(prefix, model_variant="mobilenet_v2", depth_multiplier=0.5)
+    with pytest.raises(ValueError, match="depth_multiplier applies to model_variant 'mobilenet_v2' only"):
+        from_tf_checkpoint(prefix, depth_multiplier=0.5)
+    with pytest.raises(ValueError, match=r"atrous_rates must be three ints >= 1, \(\)"):
+        from_tf_checkpoint(prefix, **MNV2, atrous_rates=(6, 12))
+
+
+def test_aspp_without_atrous_branches_and_mobilenet_divisible_by() -> None:
+    model = deeplabv3plus("mobilenet_v2", 3, aspp_rates=(), aspp_channels=16, width_mult=0.5, mobilenet_divisible_by=1)
+    assert len(model.aspp.branches) == 0 and model.aspp.project.conv.in_channels == 32
+    assert model.backbone.low_level_channels == 12  # TensorFlow's 24 x 0.5; the default divisor 8 gives 16
+    assert deeplabv3plus("mobilenet_v2", 3, width_mult=0.5).backbone.low_level_channels == 16
+    for bad in ((6, 12), (0, 1, 2)):
+        with pytest.raises(ValueError, match=r"aspp_rates must be three ints >= 1, \(\)"):
+            deeplabv3plus("mobilenet_v2", aspp_rates=bad)
+    with pytest.raises(ValueError, match="mobilenet_divisible_by must be an int >= 1"):
+        deeplabv3plus("mobilenet_v2", mobilenet_divisible_by=0)
+
+
+# ---- resnet_v1_101_beta
+
+
+def test_resnet_v1_101_beta_checkpoint(tf, tmp_path: Path) -> None:
+    """A TensorFlow-written checkpoint with the official names: every variable used once, BN eps 1e-5 (TensorFlow's
+    ResNet arg scope), TensorFlow's multi_grid flag (default all ones), a strided last unit's subsampling shortcut
+    and rate-2 3x3 conv against TensorFlow's ops, and optimize() parity."""
+    rng = np.random.default_rng(5)
+    values = {n: _random_value(n, shape, rng) for n, shape in _official_variables("resnet_v1_101_beta").items()}
+    prefix = _save(tf, tmp_path / "model.ckpt", values)
+    model = from_tf_checkpoint(prefix, model_variant="resnet_v1_101_beta")
+    assert model.config["backbone"] == "resnet101_beta" and model.config["multi_grid"] == [1, 1, 1]
+    assert model.config["bn_eps"] == 1e-5 and model.config["head_bn_eps"] == 1e-5
+    total = sum(float(v.astype(np.float64).sum()) for v in values.values())
+    got = sum(float(v.double().sum()) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked"))
+    assert got == pytest.approx(total, rel=1e-9)
+    grid = from_tf_checkpoint(prefix, model_variant="resnet_v1_101_beta", multi_grid=(1, 2, 4))
+    assert [u.conv2.dilation[0] for u in grid.backbone.layer4] == [2, 4, 8]
+
+    def bn(x, scope):
+        g, b, m, var = (values[f"{scope}/BatchNorm/{k}"] for k in ("gamma", "beta", "moving_mean", "moving_variance"))
+        return tf.nn.batch_normalization(x, m, var, b, g, 1e-5)
+
+    def conv(x, scope, rate=1):
+        return bn(tf.nn.conv2d(x, values[f"{scope}/weights"], 1, "SAME", dilations=rate), scope)
+
+    # block4's unit_2 (rate 2 at output stride 16) and block2's unit_4 (its stride 2 in the last unit, a subsample
+    # shortcut): conv1, conv2 (3x3; stride 2 pads explicitly as TensorFlow's conv2d_same), conv3, the skip, ReLU
+    def nchw(x):
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+
+    s = "resnet_v1_101/block4/unit_2/bottleneck_v1"
+    x = rng.standard_normal((1, 9, 11, 2048)).astype(np.float32)
+    y = conv(tf.nn.relu(conv(tf.nn.relu(conv(x, f"{s}/conv1")), f"{s}/conv2", 2)), f"{s}/conv3")
+    with torch.no_grad():
+        assert rel_err(nchw(tf.nn.relu(y + x).numpy()), model.backbone.layer4[1](nchw(x))) < 1e-5
+    s = "resnet_v1_101/block2/unit_4/bottleneck_v1"
+    x = rng.standard_normal((1, 17, 15, 512)).astype(np.float32)
+    h = tf.nn.relu(conv(x, f"{s}/conv1"))
+    h = tf.nn.conv2d(tf.pad(h, [[0, 0], [1, 1], [1, 1], [0, 0]]), values[f"{s}/conv2/weights"], 2, "VALID")
+    y = conv(tf.nn.relu(bn(h, f"{s}/conv2")), f"{s}/conv3") + x[:, ::2, ::2]
+    with torch.no_grad():
+        assert rel_err(nchw(tf.nn.relu(y).numpy()), model.backbone.layer2[3](nchw(x))) < 1e-5
+        image = torch.randn(1, 3, 65, 65)
+        assert rel_err(model(image), deeplab_fast.optimize(model, tune_malloc=False)(image)) < 1e-4
 
 
 # ---- errors and paths (small checkpoints)
@@ -384,17 +574,38 @@ def test_image_pooling_crop_size_is_tensorflows_average_pool(tf) -> None:
 REFERENCE = os.environ.get("DEEPLAB_FAST_TF_REFERENCE")
 
 
+def _reference_arguments(prefix: Path) -> dict:
+    """from_tf_checkpoint's arguments for the official graph saved at `prefix`, read from its variables: the
+    model variant, mobilenet_v2's depth multiplier (from its 32 x multiplier stem channels), the decoder (the
+    multi_grid flag, which no variable shows, comes from io.npz)."""
+    bundle = TensorBundle(prefix)
+    entries = bundle.entries
+    if "MobilenetV2/Conv/weights" in entries:
+        stem = bundle.shape("MobilenetV2/Conv/weights")[-1]
+        return {"model_variant": "mobilenet_v2", "depth_multiplier": stem / 32, "decoder_output_stride": None}
+    variant = "xception_65"
+    for candidate in ("xception_71", "resnet_v1_50_beta", "resnet_v1_101_beta"):
+        if any(n.startswith(candidate.removesuffix("_beta") + "/") for n in entries):
+            variant = candidate
+    decoder = 4 if "decoder/feature_projection0/weights" in entries else None
+    return {"model_variant": variant, "decoder_output_stride": decoder}
+
+
 @pytest.mark.skipif(
     not REFERENCE,
-    reason="needs DEEPLAB_FAST_TF_REFERENCE: a folder with the official TensorFlow graph's checkpoint (model.ckpt.*) "
-    "and its input and outputs (io.npz), built as docs/tf_checkpoints.md describes",
+    reason="needs DEEPLAB_FAST_TF_REFERENCE: folders (separated by os.pathsep) with the official TensorFlow graph's "
+    "checkpoint (model.ckpt.*) and its input and outputs (io.npz), built as docs/tf_checkpoints.md describes",
 )
-def test_matches_the_official_tensorflow_graph() -> None:
+@pytest.mark.parametrize("folder", (REFERENCE or "").split(os.pathsep) if REFERENCE else ["-"])
+def test_matches_the_official_tensorflow_graph(folder: str) -> None:
     """Logits and intermediate features of the converted model against the official graph's, on its checkpoint and
     input, in fp32 (eager and optimized) and float64 (which isolates the mapping from fp32 rounding)."""
-    folder = Path(REFERENCE)
+    folder = Path(folder)
     io = np.load(folder / "io.npz")
-    model = from_tf_checkpoint(folder / "model.ckpt")
+    arguments = _reference_arguments(folder / "model.ckpt")
+    if "multi_grid" in io.files:  # the graph's TensorFlow flag multi_grid, when it was set
+        arguments["multi_grid"] = tuple(int(m) for m in io["multi_grid"])
+    model = from_tf_checkpoint(folder / "model.ckpt", **arguments)
     x = torch.from_numpy(io["image"]).permute(0, 3, 1, 2) * (2 / 255) - 1
 
     def nchw(name):
@@ -417,6 +628,9 @@ def test_matches_the_official_tensorflow_graph() -> None:
 
     fp32 = run(model, torch.float32)
     fused = run(deeplab_fast.optimize(model, tune_malloc=False), torch.float32)
+    # optimize()'s default runs wide 3x3 convs with Winograd, whose fp32 rounding is larger than a direct conv's
+    # (a ResNet is all such convs); oneDNN's direct convs isolate the fusion itself
+    direct = run(deeplab_fast.optimize(model, tune_malloc=False, conv_engine="onednn"), torch.float32)
     exact = run(model.double(), torch.float64)
     report = []
     for name in fp32:
@@ -425,6 +639,7 @@ def test_matches_the_official_tensorflow_graph() -> None:
         errors = {
             "fp32": (fp32[name] - ref).abs().max().item() / scale,
             "optimized": (fused[name] - ref).abs().max().item() / scale if name in fused else 0.0,
+            "optimized onednn": (direct[name] - ref).abs().max().item() / scale if name in direct else 0.0,
             "float64": (exact[name] - ref).abs().max().item() / scale,
         }
         # fp32 rounding of this network on this input: our fp32 result against our float64 one. TensorFlow's own
@@ -432,7 +647,9 @@ def test_matches_the_official_tensorflow_graph() -> None:
         noise = (fp32[name] - exact[name]).abs().max().item() / scale
         bound = max(1e-4, 2 * noise)
         report.append(f"{name}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()) + f", fp32 noise {noise:.2e}")
-        assert all(e <= bound for e in errors.values()), "\n".join(report)
+        # Winograd's rounding (measured: up to 2.7x the direct convs' on the ResNet-101 reference) gets 4x
+        assert errors["optimized"] <= max(1e-4, 4 * noise), "\n".join(report)
+        assert all(e <= bound for k, e in errors.items() if k != "optimized"), "\n".join(report)
     assert "logits" in fp32
     print("\n".join(report))
 

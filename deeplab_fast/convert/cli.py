@@ -21,16 +21,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="checkpoint prefix (model.ckpt), its .index file, a folder or a .tar.gz holding one checkpoint",
     )
     p.add_argument("--out", required=True, help="output file, .safetensors (or .pt/.pth)")
-    p.add_argument("--model-variant", default="xception_65", help="xception_65 (default) or xception_71")
+    p.add_argument("--model-variant", default="xception_65", help="xception_65 (default), xception_71 or mobilenet_v2")
     p.add_argument("--num-classes", type=int, help="default: read from the checkpoint's logits layer")
     p.add_argument("--output-stride", type=int, default=16, help="8, 16 (default) or 32")
     p.add_argument(
-        "--atrous-rates", type=int, nargs=3, default=(6, 12, 18), metavar="R", help="ASPP rates (default 6 12 18)"
+        "--atrous-rates",
+        type=int,
+        nargs="*",
+        metavar="R",
+        help="three ASPP rates, or none after the flag for no atrous branches (default: the model zoo's, "
+        "6 12 18 at output stride 16 for Xception, none for mobilenet_v2)",
+    )
+    p.add_argument(
+        "--depth-multiplier", type=float, default=1.0, help="mobilenet_v2's depth multiplier (default 1.0; zoo: 0.5)"
+    )
+    p.add_argument(
+        "--multi-grid",
+        type=int,
+        nargs=3,
+        metavar="M",
+        help="atrous multipliers of the last block (TensorFlow's flag, e.g. 1 2 4; default: all ones)",
     )
     p.add_argument(
         "--decoder-output-stride",
         default="4",
-        help="4 (DeepLabV3+, default) or none (DeepLabV3, no decoder)",
+        help="4 (DeepLabV3+, default) or none (DeepLabV3, no decoder: mobilenet_v2)",
     )
     p.add_argument(
         "--image-pooling-crop-size",
@@ -56,9 +71,11 @@ def _convert(args: argparse.Namespace) -> int:
             model_variant=args.model_variant,
             num_classes=args.num_classes,
             output_stride=args.output_stride,
-            atrous_rates=tuple(args.atrous_rates),
+            atrous_rates=None if args.atrous_rates is None else tuple(args.atrous_rates),
             decoder_output_stride=None if dos == "none" else 4,
             image_pooling_crop_size=args.image_pooling_crop_size,
+            depth_multiplier=args.depth_multiplier,
+            multi_grid=args.multi_grid,
         )
         save_weights(
             model,

@@ -26,8 +26,33 @@ from deeplab_fast.convert.tf_bundle import TensorBundle
 from deeplab_fast.models.deeplab import DeepLab, deeplabv3plus
 from deeplab_fast.models.layers import ConvBNAct, SeparableConv
 
-# TensorFlow model_variant -> deeplab_fast backbone and the variable scope of the backbone
-MODEL_VARIANTS = {"xception_65": "xception65", "xception_71": "xception71"}
+# TensorFlow model_variant -> deeplab_fast backbone
+MODEL_VARIANTS = {
+    "xception_65": "xception65",
+    "xception_71": "xception71",
+    "mobilenet_v2": "mobilenet_v2",
+    "resnet_v1_50_beta": "resnet50_beta",
+    "resnet_v1_101_beta": "resnet101_beta",
+}
+
+# the variable scope of each variant's backbone in the TensorFlow graph
+_BACKBONE_SCOPES = {
+    "xception_65": "xception_65",
+    "xception_71": "xception_71",
+    "mobilenet_v2": "MobilenetV2",
+    "resnet_v1_50_beta": "resnet_v1_50",
+    "resnet_v1_101_beta": "resnet_v1_101",
+}
+
+# TensorFlow's atrous_rates for the model zoo's models of each variant at output stride 16 (x 16 / output_stride
+# at other strides; its MobileNetV2 models have no atrous ASPP branches)
+_ZOO_RATES = {
+    "xception_65": (6, 12, 18),
+    "xception_71": (6, 12, 18),
+    "mobilenet_v2": (),
+    "resnet_v1_50_beta": (6, 12, 18),
+    "resnet_v1_101_beta": (6, 12, 18),
+}
 
 # The options that make a deeplab_fast model compute what TensorFlow DeepLab's graph computes: every resize with
 # align_corners=True, BN eps 1e-3 in the backbone and 1e-5 in the heads, image pooling first in the ASPP concat,
@@ -102,17 +127,62 @@ def _add_xception(out: VariableMap, scope: str, net: nn.Module) -> None:
             _add_conv_bn(out, f"{prefix}/shortcut", block.shortcut)
 
 
+def _add_conv_bn_seq(out: VariableMap, scope: str, seq: nn.Sequential, layout: str = "conv") -> None:
+    """MobileNetV2's Sequential(Conv2d, BatchNorm2d, ...): `scope/weights` (or `scope/depthwise_weights`) + BN."""
+    name = "depthwise_weights" if layout == "depthwise" else "weights"
+    _add(out, f"{scope}/{name}", seq[0].weight, layout)
+    _add_bn(out, scope, seq[1])
+
+
+def _add_mobilenet_v2(out: VariableMap, scope: str, net: nn.Module) -> None:
+    """TensorFlow's `Conv` (the stem), then `expanded_conv`, `expanded_conv_1`, ... (`expand`, `depthwise`,
+    `project`; the first unit has no expansion): torchvision's features[0], features[1], features[2], ..."""
+    _add_conv_bn_seq(out, f"{scope}/Conv", net.features[0])
+    for i, unit in enumerate(net.features[1:]):
+        if not isinstance(unit.conv, nn.Sequential) or len(unit.conv) not in (3, 4):
+            raise AssertionError(f"MobileNetV2 features[{i + 1}] is not an inverted residual unit")  # a bug
+        prefix = f"{scope}/expanded_conv" + (f"_{i}" if i else "")
+        layers = list(unit.conv)
+        if len(layers) == 4:
+            _add_conv_bn_seq(out, f"{prefix}/expand", layers.pop(0))
+        _add_conv_bn_seq(out, f"{prefix}/depthwise", layers[0], "depthwise")
+        _add(out, f"{prefix}/project/weights", layers[1].weight, "conv")
+        _add_bn(out, f"{prefix}/project", layers[2])
+
+
+def _add_resnet_beta(out: VariableMap, scope: str, net: nn.Module) -> None:
+    """resnet_v1_beta: the stem `conv1_1..3`, then `blockB/unit_U/bottleneck_v1/{conv1,conv2,conv3,shortcut}`
+    (layerB[U - 1]; only each block's first unit has a shortcut conv, the strided last units subsample)."""
+    for i, conv in enumerate(net.stem, 1):
+        _add_conv_bn(out, f"{scope}/conv1_{i}", conv)
+    for b in range(1, 5):
+        for u, unit in enumerate(getattr(net, f"layer{b}"), 1):
+            prefix = f"{scope}/block{b}/unit_{u}/bottleneck_v1"
+            for k in (1, 2, 3):
+                _add(out, f"{prefix}/conv{k}/weights", getattr(unit, f"conv{k}").weight, "conv")
+                _add_bn(out, f"{prefix}/conv{k}", getattr(unit, f"bn{k}"))
+            if isinstance(unit.downsample, nn.Sequential):
+                _add(out, f"{prefix}/shortcut/weights", unit.downsample[0].weight, "conv")
+                _add_bn(out, f"{prefix}/shortcut", unit.downsample[1])
+
+
 def tf_variable_map(model: DeepLab, model_variant: str = "xception_65") -> VariableMap:
     """Every TensorFlow DeepLab variable name of `model` -> (the parameter or buffer it fills, its layout).
 
-    `model` is a DeepLab built as from_tf_checkpoint builds it (backbone of `model_variant`, separable ASPP and
-    decoder with inner BN, no post-ASPP conv, no aux head). Layout "conv": TensorFlow HWIO, "depthwise": HWCM,
+    `model` is a DeepLab built as from_tf_checkpoint builds it (backbone of `model_variant`, separable ASPP
+    (three atrous branches or none) and decoder with inner BN, no post-ASPP conv, no aux head; MobileNetV2
+    without its last conv). Layout "conv": TensorFlow HWIO, "depthwise": HWCM,
     "vector": the same 1-D tensor.
     """
     if model_variant not in MODEL_VARIANTS:
         raise ValueError(f"model_variant must be one of {', '.join(MODEL_VARIANTS)}; got {model_variant!r}")
     out: VariableMap = {}
-    _add_xception(out, model_variant, model.backbone)
+    if model_variant == "mobilenet_v2":
+        _add_mobilenet_v2(out, _BACKBONE_SCOPES[model_variant], model.backbone)
+    elif model_variant.startswith("resnet"):
+        _add_resnet_beta(out, _BACKBONE_SCOPES[model_variant], model.backbone)
+    else:
+        _add_xception(out, _BACKBONE_SCOPES[model_variant], model.backbone)
     aspp = model.aspp
     _add_conv_bn(out, "image_pooling", aspp.pool)
     _add_conv_bn(out, "aspp0", aspp.branch1x1)
@@ -216,9 +286,11 @@ def _tf_exact_model(
     model_variant: str,
     num_classes: int,
     output_stride: int,
-    atrous_rates: Sequence[int],
+    atrous_rates: Sequence[int] | None,
     decoder_output_stride: int | None,
     image_pooling_crop_size: Sequence[int] | None,
+    depth_multiplier: float = 1.0,
+    multi_grid: Sequence[int] | None = None,
 ) -> DeepLab:
     if model_variant not in MODEL_VARIANTS:
         raise ValueError(f"model_variant must be one of {', '.join(MODEL_VARIANTS)}; got {model_variant!r}")
@@ -226,13 +298,51 @@ def _tf_exact_model(
         raise ValueError(
             f"decoder_output_stride must be 4 (DeepLabV3+) or None (DeepLabV3), got {decoder_output_stride!r}"
         )
+    if not isinstance(depth_multiplier, (int, float)) or isinstance(depth_multiplier, bool) or depth_multiplier <= 0:
+        raise ValueError(f"depth_multiplier must be a number > 0, got {depth_multiplier!r}")
     options = dict(TF_EXACT_OPTIONS)
     align_corners = options.pop("align_corners")
-    rates = tuple(atrous_rates)
-    # TensorFlow's usual rates for the stride are the builder's default (None): the model (its config, the file
-    # save_weights writes) then rescales them when the output stride changes (set_output_stride, eval's
+    if model_variant == "mobilenet_v2":
+        if decoder_output_stride is not None:
+            # TensorFlow's MobileNetV2 decoder reads the expanded (depthwise) features of layer 4, not a unit's
+            # output as this model's decoder does
+            raise ValueError(
+                "decoder_output_stride must be None (--decoder-output-stride none) for model_variant 'mobilenet_v2': "
+                "the model zoo's MobileNetV2 models are DeepLabV3, without a decoder (a MobileNetV2 decoder is not "
+                "supported)"
+            )
+        # TensorFlow DeepLab's MobileNetV2: no last 1x1 conv (features end at layer_18, 320 channels); the unit
+        # that would stride keeps the old dilation; depth multipliers other than 1 round channels to multiples
+        # of 1 (feature_extractor's divisible_by and min_depth)
+        options.update(
+            mobilenet_last_conv=False,
+            dilate_first_block=False,
+            width_mult=float(depth_multiplier),
+            mobilenet_divisible_by=8 if depth_multiplier == 1.0 else 1,
+        )
+    elif depth_multiplier != 1.0:
+        raise ValueError(f"depth_multiplier applies to model_variant 'mobilenet_v2' only, got {depth_multiplier!r}")
+    if multi_grid is not None:
+        if model_variant == "mobilenet_v2":
+            raise ValueError("multi_grid applies to the Xception and ResNet variants; mobilenet_v2 has none")
+        options["multi_grid"] = multi_grid  # deeplabv3plus checks it
+    elif model_variant.startswith("resnet"):
+        options["multi_grid"] = (1, 1, 1)  # TensorFlow's default; deeplab_fast's resnet*_beta default is (1, 2, 4)
+    if model_variant.startswith("resnet"):
+        options["bn_eps"] = 1e-5  # feature_extractor's ResNet arg scope (Xception's: 1e-3)
+    # TensorFlow's usual rates for the stride are the builder's default (aspp_rates=None): the model (its config,
+    # the file save_weights writes) then rescales them when the output stride changes (set_output_stride, eval's
     # --set model.output_stride=8) rather than keeping the OS16 rates at OS8
     default = tuple(r * 16 // output_stride for r in (6, 12, 18)) if output_stride in (8, 16, 32) else None
+    if atrous_rates is None:  # the model zoo's rates of the variant
+        aspp_rates = None if _ZOO_RATES[model_variant] else ()
+    else:
+        rates = tuple(atrous_rates)
+        if len(rates) not in (0, 3) or not all(type(r) is int and r >= 1 for r in rates):
+            raise ValueError(
+                f"atrous_rates must be three ints >= 1, () (no atrous ASPP branches) or None, got {atrous_rates!r}"
+            )
+        aspp_rates = None if rates == default else rates
     return deeplabv3plus(
         MODEL_VARIANTS[model_variant],
         num_classes,
@@ -240,7 +350,7 @@ def _tf_exact_model(
         separable=True,
         decoder=decoder_output_stride is not None,
         align_corners=align_corners,
-        aspp_rates=None if rates == default else rates,
+        aspp_rates=aspp_rates,
         image_pooling_crop_size=None if image_pooling_crop_size is None else tuple(image_pooling_crop_size),
         **options,
     )
@@ -285,9 +395,11 @@ def from_tf_checkpoint(
     model_variant: str = "xception_65",
     num_classes: int | None = None,
     output_stride: int = 16,
-    atrous_rates: Sequence[int] = (6, 12, 18),
+    atrous_rates: Sequence[int] | None = None,
     decoder_output_stride: int | None = 4,
     image_pooling_crop_size: Sequence[int] | None = None,
+    depth_multiplier: float = 1.0,
+    multi_grid: Sequence[int] | None = None,
 ) -> DeepLab:
     """Convert a TensorFlow DeepLab checkpoint (the model zoo's, or DeepLab's train.py's) to a deeplab_fast model.
 
@@ -297,15 +409,21 @@ def from_tf_checkpoint(
     Args:
         path: the checkpoint: a prefix ("model.ckpt" next to "model.ckpt.index" and "model.ckpt.data-*"), its
             .index file, a folder or a .tar.gz archive holding one checkpoint (see checkpoint_prefix).
-        model_variant: "xception_65" or "xception_71".
+        model_variant: "xception_65", "xception_71", "mobilenet_v2" (the model zoo's MobileNetV2 models:
+            DeepLabV3, so with decoder_output_stride=None), "resnet_v1_50_beta" or "resnet_v1_101_beta".
         num_classes: output classes; None reads them from the checkpoint's `logits/semantic` layer.
         output_stride: 8, 16 or 32 (TensorFlow evaluated VOC at 8 or 16; any works with the same weights).
-        atrous_rates: the three ASPP rates at that output stride ((6, 12, 18) at 16, (12, 24, 36) at 8).
+        atrous_rates: the three ASPP rates at that output stride ((6, 12, 18) at 16, (12, 24, 36) at 8), or ()
+            for none (image pooling and the 1x1 branch only). None: the model zoo's for the variant, (6, 12, 18)
+            x 16 / output_stride for Xception, () for mobilenet_v2.
         decoder_output_stride: 4 (DeepLabV3+) or None (DeepLabV3).
         image_pooling_crop_size: TensorFlow's flag of that name: None (the default, and the model zoo's) pools
             over the whole crop, a global mean here at any input size; (height, width) pools with the kernel
             TensorFlow derives from it (model option image_pooling_crop_size; exact at the crop size: TensorFlow
             scales that kernel with the image in multi-scale evaluation, this model keeps it).
+        depth_multiplier: mobilenet_v2's width (the model zoo's 1.0 and 0.5), TensorFlow's flag of that name.
+        multi_grid: TensorFlow's flag: the atrous multipliers of the last block's three units (ResNet) or convs
+            (Xception), e.g. (1, 2, 4); None is TensorFlow's default, all ones (model option multi_grid).
 
     Returns:
         A DeepLab in eval mode in TensorFlow-exact mode (TF_EXACT_OPTIONS; its config records them, so
@@ -321,8 +439,8 @@ def from_tf_checkpoint(
         not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
     ):
         raise ValueError(f"num_classes must be an int >= 1 or None (read from the checkpoint), got {num_classes!r}")
-    if not isinstance(atrous_rates, Sequence) or len(atrous_rates) != 3:
-        raise ValueError(f"atrous_rates must be three ints (the ASPP rates), got {atrous_rates!r}")
+    if atrous_rates is not None and not isinstance(atrous_rates, Sequence):
+        raise ValueError(f"atrous_rates must be three ints, () or None, got {atrous_rates!r}")
     with checkpoint_prefix(path) as prefix:
         bundle = TensorBundle(prefix)
         logits = "logits/semantic/weights"
@@ -335,7 +453,14 @@ def from_tf_checkpoint(
         if num_classes is not None and num_classes != classes:
             raise ValueError(f"num_classes={num_classes} but the checkpoint's logits layer has {classes} classes")
         model = _tf_exact_model(
-            model_variant, classes, output_stride, atrous_rates, decoder_output_stride, image_pooling_crop_size
+            model_variant,
+            classes,
+            output_stride,
+            atrous_rates,
+            decoder_output_stride,
+            image_pooling_crop_size,
+            depth_multiplier,
+            multi_grid,
         )
         load_tf_variables(model, bundle, model_variant)
     return model.eval()

@@ -12,7 +12,7 @@ from deeplab_fast.models.layers import ConvBNAct, conv_block
 
 
 class ASPP(nn.Module):
-    """1x1 branch, three 3x3 atrous branches and an image-pool branch, concatenated and projected.
+    """1x1 branch, 3x3 atrous branches (three, or none) and an image-pool branch, concatenated and projected.
 
     (N, Cin, h, w) -> (N, channels, h, w). Every branch is conv + BN + ReLU with `channels` outputs; the
     image-pool branch averages over (h, w), applies its 1x1 conv and is broadcast back (a bilinear resize
@@ -25,7 +25,8 @@ class ASPP(nn.Module):
     size the kernel covers the whole map, so the branch is the global mean, as without the option.
 
     Args:
-        rates: dilations of the three 3x3 branches.
+        rates: dilations of the 3x3 branches: three ints >= 1, or () for none (TensorFlow DeepLab's MobileNetV2
+            models: image pooling and the 1x1 branch only; the projection then sees 2 * channels).
         separable: depthwise separable 3x3 branches (see SeparableConv) instead of dense ones.
         separable_inner_bn: BN + ReLU between depthwise and pointwise (paper) or not (smp).
         pool_position: "first" (TensorFlow DeepLab) or "last" (torchvision, smp) in the concatenation.
@@ -40,7 +41,7 @@ class ASPP(nn.Module):
         self,
         in_channels: int,
         channels: int = 256,
-        rates: tuple[int, int, int] = (6, 12, 18),
+        rates: tuple[int, ...] = (6, 12, 18),
         *,
         separable: bool = True,
         separable_inner_bn: bool = True,
@@ -66,8 +67,8 @@ class ASPP(nn.Module):
         self.align_corners = align_corners
         if pool_position not in ("first", "last"):
             raise ValueError(f"aspp_pool_position must be 'first' or 'last', got {pool_position!r}")
-        if len(tuple(rates)) != 3 or any(not isinstance(r, int) or r < 1 for r in rates):
-            raise ValueError(f"aspp_rates must be three ints >= 1, got {rates!r}")
+        if len(tuple(rates)) not in (0, 3) or any(not isinstance(r, int) or r < 1 for r in rates):
+            raise ValueError(f"aspp_rates must be three ints >= 1 or () (no atrous branches), got {rates!r}")
         self.rates = tuple(rates)
         self.branch1x1 = ConvBNAct(in_channels, channels, 1, eps=eps)
         self.branches = nn.ModuleList(
@@ -76,7 +77,7 @@ class ASPP(nn.Module):
         )
         self.pool = ConvBNAct(in_channels, channels, 1, eps=eps)
         self.pool_position = pool_position
-        self.project = ConvBNAct(5 * channels, channels, 1, eps=eps)
+        self.project = ConvBNAct((2 + len(self.rates)) * channels, channels, 1, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
     def pool_kernel(self, size: Sequence[int]) -> tuple[int, int] | None:

@@ -30,7 +30,11 @@ MIN_SIZE = 32
 
 # option -> (default, description); the README's options table is generated from the same words.
 OPTIONS: dict[str, tuple[Any, str]] = {
-    "aspp_rates": (None, "three ASPP dilations; default (6, 12, 18) x 16 / output_stride"),
+    "aspp_rates": (
+        None,
+        "three ASPP dilations, or () for no atrous branches (TensorFlow's MobileNetV2 models); default "
+        "(6, 12, 18) x 16 / output_stride",
+    ),
     "aspp_channels": (256, "channels of every ASPP branch and of its projection"),
     "aspp_dropout": (0.1, "dropout after the ASPP projection"),
     "aspp_separable": (None, "separable ASPP 3x3 branches; default: `separable`"),
@@ -64,6 +68,10 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     ),
     "width_mult": (1.0, "scales every backbone width (small models for tests)"),
     "mobilenet_last_conv": (True, "MobileNetV2: keep the final 1x1 conv to 1280 channels"),
+    "mobilenet_divisible_by": (
+        8,
+        "MobileNetV2: width_mult rounds channels to multiples of this (TensorFlow DeepLab's 0.5 multiplier: 1)",
+    ),
     "mobilenet_padding": (
         "zero",
         "MobileNetV2: 'zero' pads each 3x3 conv (torchvision); 'block_input' pads each unit's input before its "
@@ -256,7 +264,7 @@ def _mark_nonfinite(logits: torch.Tensor, finite: torch.Tensor | None) -> torch.
 
 _BOOL_OPTIONS = ("separable_inner_bn", "mobilenet_last_conv", "aux_head", "output_dict")
 _BOOL_OR_NONE_OPTIONS = ("aspp_separable", "decoder_separable")
-_POSITIVE_INT_OPTIONS = ("aspp_channels", "low_level_channels", "decoder_convs")
+_POSITIVE_INT_OPTIONS = ("aspp_channels", "low_level_channels", "decoder_convs", "mobilenet_divisible_by")
 
 
 def _is_int(value: Any) -> bool:
@@ -331,8 +339,12 @@ def _check_arguments(
         opt["multi_grid"] = tuple(grid)
     rates = opt["aspp_rates"]
     if rates is not None:
-        if not isinstance(rates, (list, tuple)) or len(rates) != 3 or not all(_is_int(r) and r >= 1 for r in rates):
-            raise ValueError(f"aspp_rates must be three ints >= 1 (or None), got {rates!r}")
+        if (
+            not isinstance(rates, (list, tuple))
+            or len(rates) not in (0, 3)
+            or not all(_is_int(r) and r >= 1 for r in rates)
+        ):
+            raise ValueError(f"aspp_rates must be three ints >= 1, () (no atrous branches) or None, got {rates!r}")
         opt["aspp_rates"] = tuple(rates)
     return opt
 
@@ -394,6 +406,7 @@ def deeplabv3plus(
             last_conv=opt["mobilenet_last_conv"],
             eps=eps,
             padding=opt["mobilenet_padding"],
+            divisible_by=opt["mobilenet_divisible_by"],
         )
     rates = opt["aspp_rates"]
     if rates is None:

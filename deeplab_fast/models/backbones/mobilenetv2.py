@@ -40,7 +40,8 @@ class InvertedResidual(nn.Module):
     `use_res_connect` depends on the nominal stride, so a unit whose stride became a dilation keeps no skip
     (as torchvision/smp models do). With pad_input=True the unit zero-pads its input by `input_pad` (the
     depthwise dilation) on every side before the expansion and its depthwise conv has no padding of its own
-    (VainF/DeepLabV3Plus-Pytorch's layout: the pad passes through the expansion's BN and ReLU6).
+    (VainF/DeepLabV3Plus-Pytorch's layout: the pad passes through the expansion's BN and ReLU6). `hidden`: the
+    expansion width (default inp * expand).
     """
 
     def __init__(
@@ -53,9 +54,10 @@ class InvertedResidual(nn.Module):
         expand: int,
         eps: float = 1e-5,
         pad_input: bool = False,
+        hidden: int | None = None,
     ) -> None:
         super().__init__()
-        hidden = inp * expand
+        hidden = inp * expand if hidden is None else hidden
         self.use_res_connect = nominal_stride == 1 and inp == oup
         self.input_pad = dilation if pad_input else 0
         layers: list[nn.Module] = []
@@ -91,6 +93,9 @@ class MobileNetV2(nn.Module):
         eps: BatchNorm eps (torchvision's 1e-5; TensorFlow's MobileNetV2 used 1e-3).
         padding: "zero" (each 3x3 conv pads its input: torchvision, smp, TensorFlow for odd sizes) or
             "block_input" (VainF: the stem conv has no padding, each unit pads its input before the expansion).
+        divisible_by: the multiple that width_mult rounds every unit's channels to (8: torchvision; TensorFlow
+            DeepLab's depth multipliers other than 1 use 1, e.g. 12 channels where 8 gives 16). The expansion
+            width is inputs x t rounded to a multiple of 8, as TensorFlow's MobileNetV2 rounds it.
     Forward: (N, 3, H, W) -> (features[3] [stride 4, 24 ch], features[13] [96 ch], last [1280 or 320 ch]).
     """
 
@@ -103,29 +108,32 @@ class MobileNetV2(nn.Module):
         last_conv: bool = True,
         eps: float = 1e-5,
         padding: str = "zero",
+        divisible_by: int = 8,
     ) -> None:
         super().__init__()
         if padding not in PADDINGS:
             raise ValueError(f"mobilenet_padding must be one of {PADDINGS}, got {padding!r}")
         block_input = padding == "block_input"
         strides, specs = [], []
-        cin = scaled(32, width_mult)
+        cin = scaled(32, width_mult, divisible_by)
         for t, c, n, s in _SETTINGS:
             for i in range(n):
                 strides.append(s if i == 0 else 1)
-                specs.append((t, scaled(c, width_mult)))
+                specs.append((t, scaled(c, width_mult, divisible_by)))
         sched = dilation_schedule(strides, 2, output_stride, dilate_first_block)
         layers: list[nn.Module] = [_conv_bn_relu6(3, cin, 3, stride=2, eps=eps, same_pad=not block_input)]
         for (t, c), nominal, (stride, dil, _) in zip(specs, strides, sched, strict=True):
-            layers.append(InvertedResidual(cin, c, nominal, stride, dil, t, eps, pad_input=block_input))
+            # scaled(cin, t): cin * t rounded to a multiple of 8 (cin * t itself when cin is a multiple of 8)
+            hidden = scaled(cin, t)
+            layers.append(InvertedResidual(cin, c, nominal, stride, dil, t, eps, pad_input=block_input, hidden=hidden))
             cin = c
         if last_conv:
             last = scaled(1280, max(1.0, width_mult))
             layers.append(_conv_bn_relu6(cin, last, 1, eps=eps))
             cin = last
         self.features = nn.Sequential(*layers)
-        self.low_level_channels = scaled(24, width_mult)
-        self.mid_channels = scaled(96, width_mult)
+        self.low_level_channels = scaled(24, width_mult, divisible_by)
+        self.mid_channels = scaled(96, width_mult, divisible_by)
         self.out_channels = cin
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
