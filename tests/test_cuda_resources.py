@@ -25,8 +25,9 @@ def _module():
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("cuda_resources")
+def report() -> list[dict]:
+    # Written where CI keeps build outputs (build/ is git-ignored): the per-kernel report of every run.
+    out = ROOT / "build" / "cuda_resources"
     module = _module()
     assert module.find_nvcc(), "nvcc is needed to compile the CUDA kernels (the suite builds them)"
     assert module.find_cuobjdump(), "cuobjdump is needed (pip install the test extras: nvidia-cuda-cuobjdump)"
