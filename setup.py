@@ -5,7 +5,7 @@ Environment:
   DEEPLAB_FAST_CUDA=0               CPU only
   DEEPLAB_FAST_CUDA=1               CUDA required: fail with the reason if it cannot be built
   TORCH_CUDA_ARCH_LIST              defaults to "8.0;9.0" (needed when no GPU is visible)
-  DEEPLAB_FAST_PTXAS_REPORT=1       also pass -Xptxas -v (the report itself: tests/test_build.py)
+  DEEPLAB_FAST_PTXAS_REPORT=1       also pass -Xptxas -v (per-kernel report: benchmarks/cuda_resources.py)
 """
 
 from __future__ import annotations

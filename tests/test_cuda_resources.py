@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def report() -> list[dict]:
     # Written where CI keeps build outputs (build/ is git-ignored): the per-kernel report of every run.
     out = ROOT / "build" / "cuda_resources"
     module = _module()
-    assert module.find_nvcc(), "nvcc is needed to compile the CUDA kernels (the suite builds them)"
+    if module.find_nvcc() is None:
+        if os.environ.get("DEEPLAB_FAST_CUDA") == "1" or os.environ.get("CI"):
+            pytest.fail("the CUDA kernels are expected (CI / DEEPLAB_FAST_CUDA=1), but nvcc is not installed")
+        pytest.skip("nvcc (the CUDA toolkit) is not installed on this machine")
     assert module.find_cuobjdump(), "cuobjdump is needed (pip install the test extras: nvidia-cuda-cuobjdump)"
     code = module.main(["--out", str(out)])
     kernels = json.loads((out / "cuda_resources.json").read_text())
