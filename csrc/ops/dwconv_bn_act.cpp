@@ -19,6 +19,19 @@
 namespace dlf {
 namespace {
 
+// The checks every dwconv_bn_act entry point ends with: stride, dilation, activation, and what the chosen
+// kernels accept (deeplab_fast.ops.dwconv.check_settings says the same in Python).
+void check_settings(const at::Tensor& x, int64_t stride, int64_t dilation, int64_t activation, Target target) {
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, "stride must be 1 or 2, got ", stride);
+  TORCH_CHECK_VALUE(dilation >= 1, "dilation must be an int >= 1, got ", dilation);
+  TORCH_CHECK_VALUE(activation >= 0 && activation <= 2,
+                    "activation code must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
+  TORCH_CHECK_VALUE(!(x.is_cuda() && x.scalar_type() == at::kDouble),
+                    "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
+                    "bfloat16); use float32 or backend='reference'");
+  if (target == Target::kCudaEmu) check_cuda_emu_input(x, "x", "dwconv_bn_act");
+}
+
 // The checks of deeplab_fast.ops.dwconv's Python check (reference and Triton backends, fake impls), in the
 // same order and words.
 void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& shift,
@@ -41,14 +54,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   DLF_CHECK_SAME_DEVICE(x, scale, "x", "scale");
   DLF_CHECK_SAME_DTYPE(x, shift, "x", "shift");
   DLF_CHECK_SAME_DEVICE(x, shift, "x", "shift");
-  TORCH_CHECK_VALUE(stride == 1 || stride == 2, "stride must be 1 or 2, got ", stride);
-  TORCH_CHECK_VALUE(dilation >= 1, "dilation must be an int >= 1, got ", dilation);
-  TORCH_CHECK_VALUE(activation >= 0 && activation <= 2,
-                    "activation code must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
-  TORCH_CHECK_VALUE(!(x.is_cuda() && x.scalar_type() == at::kDouble),
-                    "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
-                    "bfloat16); use float32 or backend='reference'");
-  if (target == Target::kCudaEmu) check_cuda_emu_input(x, "x", "dwconv_bn_act");
+  check_settings(x, stride, dilation, activation, target);
 }
 
 bool is_channels_last(const at::Tensor& x) {
@@ -198,14 +204,7 @@ void check_packed_inputs(const at::Tensor& x, const at::Tensor& weight, const at
                     scale.sizes());
   TORCH_CHECK_VALUE(shift.dim() == 1 && shift.size(0) == C, "shift must have shape (", C, ",) (x's channels), got ",
                     shift.sizes());
-  TORCH_CHECK_VALUE(stride == 1 || stride == 2, "stride must be 1 or 2, got ", stride);
-  TORCH_CHECK_VALUE(dilation >= 1, "dilation must be an int >= 1, got ", dilation);
-  TORCH_CHECK_VALUE(activation >= 0 && activation <= 2,
-                    "activation code must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
-  TORCH_CHECK_VALUE(!(x.is_cuda() && x.scalar_type() == at::kDouble),
-                    "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
-                    "bfloat16); use float32 or backend='reference'");
-  if (target == Target::kCudaEmu) check_cuda_emu_input(x, "x", "dwconv_bn_act");
+  check_settings(x, stride, dilation, activation, target);
 }
 
 }  // namespace

@@ -60,6 +60,22 @@ def _check_types(weight: object, scale: object, shift: object, stride: object, d
     check_dilation(dilation)
 
 
+def check_settings(x: torch.Tensor, stride: int, dilation: int, activation: int, kernel: bool = True) -> None:
+    """The checks every dwconv_bn_act variant ends with (csrc/ops/dwconv_bn_act.cpp, check_settings): stride,
+    dilation, activation code, and float64 CUDA tensors refused by the kernels (`kernel`)."""
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if not 1 <= dilation <= INT64_MAX:
+        raise ValueError(f"dilation must be an int >= 1, got {dilation}")
+    if activation not in ACTIVATION_NAMES:
+        raise ValueError(f"activation code must be 0 (none), 1 (relu) or 2 (relu6), got {activation}")
+    if kernel and x.device.type == "cuda" and x.dtype == torch.float64:
+        raise ValueError(
+            "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
+            "bfloat16); use float32 or backend='reference'"
+        )
+
+
 def check_inputs(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -90,17 +106,7 @@ def check_inputs(
             raise ValueError(f"{name} must have shape ({c},) (x's channels), got {sizes(t)}")
     for name, t in (("weight", weight), ("scale", scale), ("shift", shift)):
         check_same(t, x, name)
-    if stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride}")
-    if not 1 <= dilation <= INT64_MAX:
-        raise ValueError(f"dilation must be an int >= 1, got {dilation}")
-    if activation not in ACTIVATION_NAMES:
-        raise ValueError(f"activation code must be 0 (none), 1 (relu) or 2 (relu6), got {activation}")
-    if kernel and x.device.type == "cuda" and x.dtype == torch.float64:
-        raise ValueError(
-            "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
-            "bfloat16); use float32 or backend='reference'"
-        )
+    check_settings(x, stride, dilation, activation, kernel)
 
 
 def dwconv_bn_act(
@@ -248,17 +254,7 @@ def check_packed_inputs(
     for name, t in (("scale", scale), ("shift", shift)):
         if t.dim() != 1 or t.shape[0] != c:
             raise ValueError(f"{name} must have shape ({c},) (x's channels), got {sizes(t)}")
-    if stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride}")
-    if not 1 <= dilation <= INT64_MAX:
-        raise ValueError(f"dilation must be an int >= 1, got {dilation}")
-    if activation not in ACTIVATION_NAMES:
-        raise ValueError(f"activation code must be 0 (none), 1 (relu) or 2 (relu6), got {activation}")
-    if kernel and x.device.type == "cuda" and x.dtype == torch.float64:
-        raise ValueError(
-            "dwconv_bn_act: float64 is not supported on CUDA (the CUDA kernels cover float32, float16 and "
-            "bfloat16); use float32 or backend='reference'"
-        )
+    check_settings(x, stride, dilation, activation, kernel)
 
 
 def dwconv_bn_act_packed(
