@@ -74,7 +74,9 @@ class Segmenter:
     device: "auto" (CUDA when available, else CPU), or any torch.device / string that can hold weights (not
         "meta").
     dtype: the model's compute dtype (torch.float32, torch.float16, torch.bfloat16, or "fp16", "bf16", ...), or
-        None for the dtype the model already has; probabilities are always accumulated in float32.
+        None for the dtype the model already has; probabilities are always accumulated in float32. With
+        optimize=True a deeplab_fast DeepLab gets it through deeplab_fast.optimize(model, dtype=...) (its
+        classifier stays float32, so the logits are float32); any other model is cast whole (model.to(dtype)).
     optimize: for a deeplab_fast DeepLab, run on deeplab_fast.optimize(model) (BN folded, fused kernels; a copy,
         so `model` keeps its modules); other models run as they are.
     align_corners: how the scaled inputs and the logits are resized (default: the model's `align_corners`
@@ -151,9 +153,9 @@ class Segmenter:
         self.optimized = False
         if optimize:
             with _eval_mode(model):  # optimize() copies the model; it folds BatchNorm with running statistics
-                model, self.optimized = _try_optimize(model)
+                model, self.optimized = _try_optimize(model, self.dtype)
             owned = owned or self.optimized
-        if not _has_dtype(model, self.dtype):
+        if not _computes_in(model, self.dtype):  # not optimized (or not optimizable): cast it whole
             model, owned = (model if owned else copy.deepcopy(model)).to(dtype=self.dtype), True
         self.model = model.eval() if owned else model
         self._borrowed = not owned  # the caller's own model: switched to eval mode around each forward only
@@ -367,15 +369,25 @@ def check_finite_logits(logits: torch.Tensor) -> None:
         )
 
 
-def _try_optimize(model: nn.Module) -> tuple[nn.Module, bool]:
+def _try_optimize(model: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, bool]:
+    """(optimize(model, dtype=...), True) for a deeplab_fast DeepLab, else (model, False).
+
+    optimize() does the cast (a 16-bit model keeps its float32 classifier: float32 logits); the dtype is passed
+    only when the model does not compute in it already. An already optimized model keeps the caller's settings
+    (backend, conv engine, layout) and is re-optimized with them only to change its dtype.
+    """
     from deeplab_fast.models.deeplab import DeepLab
     from deeplab_fast.models.fuse import optimize
 
     if not isinstance(getattr(model, "model", model), DeepLab):
         return model, False  # other models run as they are
-    if getattr(model, "optimized", None) is not None:
-        return model, False  # already optimized, with the caller's settings (backend, conv engine)
-    return optimize(model), True
+    settings = getattr(model, "optimized", None)
+    if settings is not None:
+        if _computes_in(model, dtype):
+            return model, False
+        keep = {k: settings[k] for k in ("backend", "channels_last", "conv_engine") if k in settings}
+        return optimize(model, **keep, dtype=dtype), True
+    return optimize(model, dtype=None if _computes_in(model, dtype) else dtype), True
 
 
 def _tensors(model: nn.Module) -> Iterator[torch.Tensor]:
@@ -403,7 +415,12 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return next((t.dtype for t in _tensors(model) if t.is_floating_point()), torch.float32)
 
 
-def _has_dtype(model: nn.Module, dtype: torch.dtype) -> bool:
+def _computes_in(model: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether `model` computes in `dtype`: an optimize(dtype=float16/bfloat16) copy in that dtype (its float32
+    classifier included), any other model when all its floating tensors have the dtype."""
+    low = getattr(model, "low_precision_dtype", None)
+    if callable(low) and low() is not None:
+        return low() == dtype
     return all(t.dtype == dtype for t in _tensors(model) if t.is_floating_point())
 
 

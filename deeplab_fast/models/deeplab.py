@@ -210,9 +210,17 @@ class DeepLab(nn.Module):
         self.aspp.output_stride = template.aspp.output_stride  # sets the image_pooling_crop_size kernel
         self.config = template.config
 
+    def low_precision_dtype(self) -> torch.dtype | None:
+        """torch.float16 / torch.bfloat16 for a copy made by optimize(dtype=...) with that dtype, else None.
+
+        Such a model takes float32 images too (cast once at its entry) and returns float32 logits."""
+        name = None if self.optimized is None else self.optimized.get("dtype")
+        return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name)
+
     def _check_batch(self, x: torch.Tensor) -> None:
         check_image_batch(x)
-        _check_input_dtype(x, self)
+        if x.dtype not in (torch.float32, self.low_precision_dtype()):
+            _check_input_dtype(x, self)
         pool = getattr(self.aspp, "pool", None)
         if x.shape[0] == 1 and isinstance(pool, ConvBNAct) and pool.bn.training:
             raise ValueError(
@@ -224,12 +232,16 @@ class DeepLab(nn.Module):
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(logits at low resolution, the stride-16 features, which images are finite or None)."""
         self._check_batch(x)
+        # a 16-bit optimized model casts a float32 image once, together with the layout change
+        dtype = self.low_precision_dtype() or x.dtype
+        if self.channels_last or dtype != x.dtype:
+            layout = torch.channels_last if self.channels_last else torch.preserve_format
+            x = x.to(dtype=dtype, memory_format=layout)
         # oneDNN's fused activations turn NaN into 0, so an optimized model marks the logits of an image with a
         # NaN or inf pixel as NaN itself (the eager model's are non-finite too, through the image-pool branch,
-        # unless ReLU6 clamps an inf away); one pass over the input, no synchronisation.
+        # unless ReLU6 clamps an inf away); one pass over the input, no synchronisation. (After the cast: a
+        # float32 pixel beyond float16's range is inf there.)
         finite = None if self.optimized is None else torch.isfinite(x).flatten(1).all(dim=1)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         low, mid, high = self.backbone(x)
         y = self.aspp(high)
         if self.post_aspp is not None:

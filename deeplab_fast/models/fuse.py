@@ -48,6 +48,7 @@ from deeplab_fast.ops import (
     pack_dwconv_weight,
     upsample_concat,
 )
+from deeplab_fast.ops._autocast import autocast_dtype
 from deeplab_fast.ops._backend import BACKENDS, device_of, resolve_backend
 from deeplab_fast.ops._common import is_channels_last
 from deeplab_fast.ops.winograd import winograd_conv3x3, winograd_weight
@@ -66,6 +67,8 @@ CONV_ENGINES = ("auto", "onednn", "winograd", "aten")
 
 # dtype values of optimize(): None keeps the model's dtype
 OPTIMIZE_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)
+# the 16-bit ones: the classifiers stay float32 (float32 logits), the model takes float32 or 16-bit inputs
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -81,20 +84,6 @@ class DevicePlan:
     cpu_engines: bool
     tune_malloc: bool
     dense_weights_channels_last: bool
-
-
-def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype the fused modules compute in under torch.autocast on `device_type`, or None outside autocast.
-
-    The one autocast rule of the fused modules (both devices): activations are cast to this dtype, dense
-    weights cast once and cached (FusedConv), depthwise weights read as packed float32 (FusedDWConv).
-    Under torch.compile autocast's own rules apply.
-    """
-    if torch.compiler.is_compiling() or not torch.amp.is_autocast_available(device_type):
-        return None  # (meta tensors, for one, have no autocast)
-    if not torch.is_autocast_enabled(device_type):
-        return None
-    return torch.get_autocast_dtype(device_type)
 
 
 @functools.cache
@@ -118,6 +107,19 @@ _ONEDNN_ACT = {"relu": ("relu", [None]), "relu6": ("hardtanh", [0.0, 6.0]), "non
 def onednn_available() -> bool:
     """Whether this torch build has oneDNN's fused convolution (torch.ops.mkldnn._convolution_pointwise)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN computes bfloat16 natively on this CPU (AVX-512-BF16 or AMX):
+    torch.ops.mkldnn._is_mkldnn_bf16_supported(). Without it a bfloat16 conv is emulated and slow."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def onednn_runs_dtype(dtype: torch.dtype) -> bool:
+    """Whether FusedConv runs its oneDNN engine (weight pre-packed, activation and residual as post-ops) on CPU
+    inputs of `dtype`: float32 always, bfloat16 where the CPU has native bf16 (cpu_has_native_bf16), else not
+    (F.conv2d runs them)."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_has_native_bf16())
 
 
 def _conv_engine(engine: str, weight: torch.Tensor, stride: int, padding: int, dilation: int, groups: int) -> str:
@@ -150,8 +152,11 @@ class FusedConv(nn.Module):
 
     (N, Cin, H, W) float -> (N, Cout, Ho, Wo). `engine` ("auto", "onednn", "winograd" or "aten", see
     CONV_ENGINES) picks the implementation; oneDNN (weight pre-packed for the input shape, activation and
-    residual as post-ops) and Winograd (weight transformed once) run on CPU fp32 inputs with autograd off,
-    outside torch.compile and with backend "auto"/"cpu"; otherwise F.conv2d + activation.
+    residual as post-ops) and Winograd (weight transformed once) run on CPU inputs with autograd off, outside
+    torch.compile and with backend "auto"/"cpu": Winograd on float32 only, oneDNN on float32 and, where the CPU
+    has native bf16 (onednn_runs_dtype), on bfloat16 too (then for the Winograd convs as well); otherwise
+    F.conv2d + activation. `full_precision` (the classifier of a 16-bit optimized model): the input is cast to
+    the weight's dtype (float32) and autocast is ignored, so the result is in the weight's dtype.
     """
 
     def __init__(
@@ -166,6 +171,7 @@ class FusedConv(nn.Module):
         act: str = "none",
         backend: str = "auto",
         engine: str = "auto",
+        full_precision: bool = False,
     ) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
@@ -174,14 +180,24 @@ class FusedConv(nn.Module):
         self.act = act
         self.backend = backend
         self.engine = _conv_engine(engine, weight, stride, padding, dilation, groups)
+        self.full_precision = full_precision
         self._packed: tuple[torch.Tensor, tuple] | None = None
         self._wino: tuple[torch.Tensor, tuple] | None = None
         # weight and bias cast to the autocast dtype, with the key they were cast under
         self._cast: tuple[tuple, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
+    # (a class default too, for modules pickled before the attribute existed)
+    full_precision = False
+
     @classmethod
     def from_modules(
-        cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: str, backend: str, engine: str = "auto"
+        cls,
+        conv: nn.Conv2d,
+        bn: nn.BatchNorm2d | None,
+        act: str,
+        backend: str,
+        engine: str = "auto",
+        full_precision: bool = False,
     ) -> FusedConv:
         """Fold `bn` (or nothing) into `conv`; the activation is applied after the folded conv."""
         weight, bias = _fold(conv, bn)
@@ -195,6 +211,7 @@ class FusedConv(nn.Module):
             act=act,
             backend=backend,
             engine=engine,
+            full_precision=full_precision,
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -204,20 +221,26 @@ class FusedConv(nn.Module):
         state["_packed"] = state["_wino"] = state["_cast"] = None
         return state
 
-    def _fast_path_ok(self, x: torch.Tensor) -> bool:
-        return (
+    def engine_for(self, x: torch.Tensor) -> str:
+        """The engine ("onednn", "winograd" or "aten") this module runs input `x` with (outside autocast)."""
+        fast = (
             device_plan(x.device.type, self.backend).cpu_engines
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
+            and x.dtype == self.weight.dtype
             and not torch.compiler.is_compiling()
             and not torch.is_grad_enabled()
         )
+        if not fast or self.engine == "aten":
+            return "aten"
+        if x.dtype == torch.float32:
+            return self.engine
+        # 16-bit: Winograd is float32-only; oneDNN takes every conv it runs where the CPU computes the dtype
+        return "onednn" if onednn_available() and onednn_runs_dtype(x.dtype) else "aten"
 
     def _use_onednn(self, x: torch.Tensor) -> bool:
-        return self.engine == "onednn" and self._fast_path_ok(x)
+        return self.engine_for(x) == "onednn"
 
     def _use_winograd(self, x: torch.Tensor) -> bool:
-        return self.engine == "winograd" and self._fast_path_ok(x)
+        return self.engine_for(x) == "winograd"
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         # oneDNN picks the packed layout for an input shape: packed without one, a 3x3 conv measured 4x
@@ -253,6 +276,8 @@ class FusedConv(nn.Module):
         return self._cast[1]
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.full_precision:
+            return self._forward_full_precision(x, residual)
         cast = autocast_dtype(x.device.type)
         if cast is not None and (self.weight.dtype != cast or x.dtype != cast):
             # Under autocast: compute in its dtype with the weight cast once (autocast's own weight cache keeps
@@ -261,11 +286,29 @@ class FusedConv(nn.Module):
             with torch.autocast(x.device.type, enabled=False):
                 res = None if residual is None else residual.to(cast)
                 return self._conv_act(x.to(cast), res, weight, bias)
-        if self._use_winograd(x):
+        return self._run(x, residual)
+
+    def _forward_full_precision(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        # 16-bit features upcast once, float32 weights, float32 accumulation and result (argmax/softmax and the
+        # final upsampling see float32 logits), under autocast too
+        dtype = self.weight.dtype
+        x = x if x.dtype == dtype else x.to(dtype)
+        residual = residual if residual is None or residual.dtype == dtype else residual.to(dtype)
+        if autocast_dtype(x.device.type) is None:
+            return self._run(x, residual)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._run(x, residual)
+
+    def _run(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """The conv in x's dtype by the engine engine_for(x) chooses."""
+        engine = self.engine_for(x)
+        if engine == "winograd":
             return winograd_conv3x3(
                 x, self._winograd_weight(), self.bias, residual, dilation=self.dilation, activation=self.act
             )
-        if self._use_onednn(x):
+        if engine == "onednn":
+            # one path for every dtype oneDNN runs here (float32; bfloat16 on CPUs with native bf16): the weight
+            # packed once in its own dtype, activation and residual as post-ops
             args = ([self.padding] * 2, [self.stride] * 2, [self.dilation] * 2, self.groups)
             attr, scalars = _ONEDNN_ACT[self.act]
             if residual is None:
@@ -584,10 +627,13 @@ def _fuse_deeplab(model: DeepLab, backend: str, engine: str) -> None:
         for j, conv in enumerate(model.decoder.convs):
             model.decoder.convs[j] = _fuse_leaf(conv, backend, engine)
         model.decoder.merge = FusedResizeConcat(model.decoder.align_corners, backend)
-    model.classifier = FusedConv.from_modules(model.classifier, None, "none", backend, engine)
+    # the classifiers compute in full precision: float32 logits from a 16-bit model (see optimize's dtype)
+    model.classifier = FusedConv.from_modules(model.classifier, None, "none", backend, engine, full_precision=True)
     if model.aux is not None:
         model.aux.conv = _fuse_leaf(model.aux.conv, backend, engine)
-        model.aux.classifier = FusedConv.from_modules(model.aux.classifier, None, "none", backend, engine)
+        model.aux.classifier = FusedConv.from_modules(
+            model.aux.classifier, None, "none", backend, engine, full_precision=True
+        )
     model.resize = FusedResizeConcat(model.align_corners, backend)
 
 
@@ -636,9 +682,14 @@ def optimize(
             memory stays at its peak); deeplab_fast.restore_malloc_defaults() undoes it. No effect off glibc.
         dtype: None (keep the model's dtype), torch.float32, torch.float16 or torch.bfloat16: BatchNorm is
             folded in the model's dtype first, then the dense conv weights and biases are cast once; the
-            depthwise parameters stay as folded (the kernels read float32 weights, packed once). The model then
-            takes inputs of that dtype and returns logits in it. On the CPU, the oneDNN and Winograd engines
-            run fp32 only: 16-bit dense convs run F.conv2d (oneDNN / AMX where the CPU has it).
+            depthwise parameters stay as folded (the kernels read float32 weights, packed once). For float16 and
+            bfloat16 the classifiers (the final 1x1 conv and the aux head's) keep float32 weights: they take the
+            16-bit features upcast, accumulate in float32 and return float32 logits, so softmax/argmax and the
+            final upsampling see float32; the model takes float32 images (cast once at its entry) or images in
+            the dtype. On the CPU the Winograd engine runs float32 only; bfloat16 dense convs run oneDNN with
+            the weight pre-packed once where the CPU has native bf16 (AVX-512-BF16 or AMX:
+            cpu_has_native_bf16()), else F.conv2d, and optimize() then warns once per process that bfloat16
+            will be slow on this CPU. float16 dense convs run F.conv2d.
 
     The device (the model's parameters') decides the rest (device_plan): for a CUDA model the dense and
     pointwise convs run F.conv2d (cuDNN) with channels_last weights and the depthwise convs the CUDA kernel
@@ -678,6 +729,8 @@ def optimize(
     if isinstance(model, DeepLab) and model.optimized is None:
         _fuser_for(model.backbone)  # an unknown backbone fails here, before anything changes
     device = _model_device(model)
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        warn_slow_bf16_once()
     plan = device_plan(device.type, backend, channels_last)
     if tune_malloc and plan.tune_malloc:
         # Large activations are freshly page-faulted on every forward otherwise (see malloc_tuning).
@@ -705,6 +758,24 @@ def optimize(
     return out.eval()
 
 
+_SLOW_BF16_WARNED = False
+
+
+def warn_slow_bf16_once() -> None:
+    """Warn (once per process) that bfloat16 runs emulated, and slowly, on this CPU."""
+    global _SLOW_BF16_WARNED
+    if _SLOW_BF16_WARNED:
+        return
+    _SLOW_BF16_WARNED = True
+    warnings.warn(
+        "optimize(dtype=torch.bfloat16): this CPU has no native bfloat16 (no AVX-512-BF16 or AMX; "
+        "torch.ops.mkldnn._is_mkldnn_bf16_supported() is False), so bfloat16 convolutions are emulated and "
+        "slower than float32 here; use dtype=torch.float32 (or None) on this CPU",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a model without any)."""
     param = next(model.parameters(), None)
@@ -712,16 +783,20 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _cast_dense(model: nn.Module, dtype: torch.dtype | None, weights_channels_last: bool) -> None:
-    """Cast every floating parameter and buffer but the depthwise ones to `dtype` (None: keep), and store 4-D
-    dense conv weights channels_last when asked (cuDNN on channels_last activations)."""
+    """Cast every floating parameter and buffer but the depthwise ones to `dtype` (None: keep; the full-precision
+    classifiers to float32 for a 16-bit dtype), and store 4-D dense conv weights channels_last when asked (cuDNN
+    on channels_last activations)."""
     for m in model.modules():
         if isinstance(m, FusedDWConv):
             continue
+        to = dtype
+        if isinstance(m, FusedConv) and m.full_precision and dtype in LOW_PRECISION_DTYPES:
+            to = torch.float32
         for table in (m._parameters, m._buffers):
             for name, t in table.items():
                 if t is None or not t.is_floating_point():
                     continue
-                new = t if dtype is None else t.to(dtype)
+                new = t if to is None else t.to(to)
                 if weights_channels_last and isinstance(m, FusedConv) and name == "weight" and new.dim() == 4:
                     new = new.contiguous(memory_format=torch.channels_last)
                 if new is not t:
@@ -765,4 +840,13 @@ def _fold_generic(model: nn.Module, channels_last: bool) -> nn.Module:
     return model
 
 
-__all__ = ["CONV_ENGINES", "FusedConv", "FusedDWConv", "FusedResizeConcat", "FusedSeparable", "optimize"]
+__all__ = [
+    "CONV_ENGINES",
+    "FusedConv",
+    "FusedDWConv",
+    "FusedResizeConcat",
+    "FusedSeparable",
+    "cpu_has_native_bf16",
+    "onednn_runs_dtype",
+    "optimize",
+]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from deeplab_fast import _ext
+from deeplab_fast.ops._autocast import autocast_dtype, autocast_off, cast_eligible
 from deeplab_fast.ops._backend import (
     check_cuda_emu_input,
     device_of,
@@ -139,7 +140,16 @@ def dwconv_bn_act(
     Returns:
         (N, C, Ho, Wo) with Ho = ceil(H / stride) (likewise Wo), in x's dtype and memory format.
         Accumulation is fp32 (float64 for float64 inputs). Differentiable in x, weight, scale, shift.
+        Under torch.autocast (eager) x, weight, scale and shift are cast to the autocast dtype first, and the
+        result is in it (deeplab_fast.ops._autocast).
     """
+    cast = autocast_dtype(device_of(x, "x").type)
+    if cast is not None:
+        with autocast_off(x.device.type):
+            x, weight, scale, shift = (cast_eligible(t, cast) for t in (x, weight, scale, shift))
+            return dwconv_bn_act(
+                x, weight, scale, shift, stride=stride, dilation=dilation, activation=activation, backend=backend
+            )
     code = activation_code(activation)
     chosen = resolve_backend(backend, device_of(x, "x"), "dwconv_bn_act")
     _check_types(weight, scale, shift, stride, dilation)
@@ -284,7 +294,16 @@ def dwconv_bn_act_packed(
     Returns:
         (N, C, ceil(H / stride), ceil(W / stride)) in x's dtype and memory format. Differentiable (through the
         reference's vector-Jacobian product: train with dwconv_bn_act, whose backward runs the kernels).
+        Under torch.autocast (eager) x is cast to the autocast dtype first (the packed float32 parameters stay),
+        and the result is in it (deeplab_fast.ops._autocast).
     """
+    cast = autocast_dtype(device_of(x, "x").type)
+    if cast is not None:
+        with autocast_off(x.device.type):
+            return dwconv_bn_act_packed(
+                cast_eligible(x, cast), weight, scale, shift, k=k, stride=stride, dilation=dilation,
+                activation=activation, backend=backend,
+            )  # fmt: skip
     code = activation_code(activation)
     chosen = resolve_backend(backend, device_of(x, "x"), "dwconv_bn_act")
     _check_types(weight, scale, shift, stride, dilation)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_fast import _ext
+from deeplab_fast.ops._autocast import autocast_dtype, autocast_off, cast_eligible, promoted_dtype
 from deeplab_fast.ops._backend import check_cuda_emu_input, registered_on_first_use, resolve_backend, run_op
 from deeplab_fast.ops._common import check_tensor, dtype_name, memory_format_of, sizes
 from deeplab_fast.ops.reference import (
@@ -172,11 +173,19 @@ def upsample_concat(
     Returns:
         (N, sum C_i, H, W) tensor in the inputs' dtype, in the memory format (NCHW or channels_last) of the
         first input whose layout is decided (concat_memory_format: a 1x1 or single-channel input, contiguous
-        in both formats, decides nothing). Differentiable with respect to every input.
+        in both formats, decides nothing). Differentiable with respect to every input. Under torch.autocast
+        (eager) inputs of different floating dtypes are cast to the widest first, as torch.cat's autocast
+        rule does (deeplab_fast.ops._autocast).
     """
     tensors = check_tensor_list(tensors)
     size = check_size(size)
     align_corners = check_align_corners(align_corners)
+    if autocast_dtype(tensors[0].device.type) is not None:
+        with autocast_off(tensors[0].device.type):
+            wide = promoted_dtype(tensors)
+            if wide is not None:
+                tensors = [cast_eligible(t, wide) for t in tensors]
+            return upsample_concat(tensors, size, align_corners=align_corners, backend=backend)
     chosen = resolve_backend(backend, tensors[0].device, "upsample_concat")
     if chosen in ("cpu", "cuda"):  # the C++ op checks the values
         return run_op(torch.ops.deeplab_fast.upsample_concat, tensors, list(size), align_corners)
@@ -220,7 +229,8 @@ def upsample_argmax(
         return run_op(torch.ops.deeplab_fast.upsample_argmax_cuda_emu, logits, list(size), align_corners)
     check_argmax_values(logits, size)
     if chosen == "reference":
-        return upsample_argmax_reference(logits, size, align_corners)
+        with autocast_off(logits.device.type):  # in the logits' dtype under autocast too, as the kernels
+            return upsample_argmax_reference(logits, size, align_corners)
     _triton_registered()
     return torch.ops.deeplab_fast.upsample_argmax_triton(logits, list(size), align_corners)
 
@@ -263,7 +273,7 @@ def upsample_softmax_accumulate(
         return accum
     check_softmax_accumulate_values(logits, accum)
     if chosen == "reference":
-        with torch.no_grad():
+        with torch.no_grad(), autocast_off(logits.device.type):  # in the logits' dtype, as the kernels
             return upsample_softmax_accumulate_reference(logits, accum, float(weight), flip, align_corners)
     _triton_registered()
     torch.ops.deeplab_fast.upsample_softmax_accumulate_triton(logits, accum, float(weight), flip, align_corners)
