@@ -224,10 +224,10 @@ class FusedConv(nn.Module):
     def engine_for(self, x: torch.Tensor) -> str:
         """The engine ("onednn", "winograd" or "aten") this module runs input `x` with (outside autocast)."""
         fast = (
-            device_plan(x.device.type, self.backend).cpu_engines
-            and x.dtype == self.weight.dtype
-            and not torch.compiler.is_compiling()
+            not torch.compiler.is_compiling()
             and not torch.is_grad_enabled()
+            and x.dtype == self.weight.dtype
+            and device_plan(x.device.type, self.backend).cpu_engines
         )
         if not fast or self.engine == "aten":
             return "aten"
