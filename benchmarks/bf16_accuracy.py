@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -76,6 +77,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu_name(),
         "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
     }
     cpu_info = getattr(deeplab_fast, "cpu_info", None)
@@ -157,7 +159,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# bf16 accuracy: optimize(dtype=torch.bfloat16) vs float32",
         "",
-        f"CPU: {m['cpu']}; oneDNN native bf16: {m['bf16_native']}; {m['threads']} threads; torch {m['torch']}.",
+        f"CPU: {m['cpu']}; oneDNN native bf16: {m['bf16_native']}; {m['threads']} threads; torch {m['torch']}; "
+        f"load average (1 min) at the end: {m['load_average_1min']:.1f}.",
         "",
         "| model | size | label agreement | logits rel. error | fp32 forward | bf16 forward |",
         "|---|---|---|---|---|---|",
@@ -221,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         report["demo"] = demo_miou(args.demo_images)
         d = report["demo"]
         print(f"demo mIoU fp32 {d['fp32_miou_pct']:.2f}% bf16 {d['bf16_miou_pct']:.2f}%", flush=True)
+    report["machine"]["load_average_1min"] = machine()["load_average_1min"]  # how busy the CPU was
     out = Path(args.out)
     try:
         atomic_write_text(Path(f"{out}.json"), json.dumps(report, indent=2) + "\n")
