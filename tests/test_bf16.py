@@ -8,6 +8,7 @@ path is checked by its dispatch decision only (the predicate monkeypatched), nev
 
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from pathlib import Path
@@ -54,6 +55,8 @@ def test_low_precision_model_returns_fp32_logits_and_takes_fp32_images(dtype, mo
     assert rel_err(ref["out"], out["out"]) < 2e-2
     with pytest.raises(TypeError, match="input dtype torch.float64 does not match"):
         fused(x.double())
+    with pytest.raises(TypeError, match=f"input dtype torch.float32 does not match the model's dtype {dtype}"):
+        copy.deepcopy(model).to(dtype)(x)  # an eager 16-bit model takes its own dtype only, as before
 
 
 def test_float32_image_is_cast_once_at_the_entry(mobilenet, monkeypatch):

@@ -219,7 +219,8 @@ class DeepLab(nn.Module):
 
     def _check_batch(self, x: torch.Tensor) -> None:
         check_image_batch(x)
-        if x.dtype not in (torch.float32, self.low_precision_dtype()):
+        low = self.low_precision_dtype()
+        if low is None or x.dtype not in (torch.float32, low):  # a 16-bit optimized model takes float32 too
             _check_input_dtype(x, self)
         pool = getattr(self.aspp, "pool", None)
         if x.shape[0] == 1 and isinstance(pool, ConvBNAct) and pool.bn.training:
