@@ -112,7 +112,10 @@ _AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", *_AVX2_F
 # BuildWithCpuVariants). The numbers are csrc/cpu/capability.h's CpuCapability.
 CPU_VARIANTS = [("default", 0, [])]
 if platform.machine().lower() in ("x86_64", "amd64"):
-    CPU_VARIANTS += [("avx2", 1, _AVX2_FLAGS), ("avx512", 2, _AVX512_FLAGS)]
+    # -O1 for x86-64's portable variant, which only CPUs without AVX2 run: without SIMD registers the packs of
+    # csrc/common/vec.h are plain arrays of 8 lanes, and GCC 12 at -O2/-O3 spends 250-320 s of CPU on
+    # dwconv_bn_act_cpu.cpp alone (register allocation of the unrolled lanes), against 57 s at -O1 (AMD EPYC Zen 3).
+    CPU_VARIANTS = [("default", 0, ["-O1"]), ("avx2", 1, _AVX2_FLAGS), ("avx512", 2, _AVX512_FLAGS)]
 
 
 class BuildWithCpuVariants(BuildExtension):
@@ -121,7 +124,7 @@ class BuildWithCpuVariants(BuildExtension):
 
     Each variant is one ninja build in its own directory (build_temp/cpu_<variant>/build.ninja), so its objects
     carry its flags and its depfiles recompile it when its sources or headers change. The extension's `depends`
-    (CPU_KERNEL_SOURCES and every header) make setuptools relink when one of them changed.
+    (CPU_KERNEL_SOURCES, every header, this file with its flags) make setuptools relink when one of them changed.
     """
 
     def build_extension(self, ext) -> None:
@@ -156,7 +159,7 @@ if WITH_CUDA:
         cpp_sources + cuda_sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
-        depends=CPU_KERNEL_SOURCES + headers,
+        depends=CPU_KERNEL_SOURCES + headers + ["setup.py"],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
         extra_link_args=["-fopenmp"],
     )
@@ -166,7 +169,7 @@ else:
         cpp_sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
-        depends=CPU_KERNEL_SOURCES + headers,
+        depends=CPU_KERNEL_SOURCES + headers + ["setup.py"],
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=["-fopenmp"],
     )

@@ -7,6 +7,8 @@ k = 3 unrolled and k = 5 / 7 looped, the NCHW stride-1 and stride-2 kernels, and
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -47,15 +49,25 @@ def _torch_lowprec(x, weight, scale, shift, stride, dilation, activation):
     return apply_activation(y * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), activation)
 
 
-def _check_against_reference(backend, dtype, layout, shape, stride, dilation, activations=ACTS, k=3, offset=0):
-    """Our output for each activation vs the reference. PyTorch's dilated depthwise conv is slow on a CPU
-    (tens of ms at rate 36), so the pre-activation reference is computed once (on the CPU) and activated per case.
-    The backend gets its tensors on its device; `offset` > 0 starts x that many elements into its buffer."""
+@functools.lru_cache(maxsize=1024)
+def _references(dtype, layout, shape, stride, dilation, k):
+    """The inputs of one case and their pre-activation references (fp32, and PyTorch's own low-precision chain for
+    fp16/bf16), computed once: the CPU grids run every case on each CPU kernel variant, and the reference costs far
+    more than the kernels. Callers must not modify them."""
     x, weight, scale, shift = _inputs(shape, dtype, layout, k)
     low = dtype in (torch.float16, torch.bfloat16)
     args32 = [t.float() for t in (x, weight, scale, shift)] if low else (x, weight, scale, shift)
     pre = dwconv_bn_act_reference(*args32, stride, dilation, "none")
     pre_theirs = _torch_lowprec(x, weight, scale, shift, stride, dilation, "none") if low else None
+    return x, weight, scale, shift, pre, pre_theirs
+
+
+def _check_against_reference(backend, dtype, layout, shape, stride, dilation, activations=ACTS, k=3, offset=0):
+    """Our output for each activation vs the reference. PyTorch's dilated depthwise conv is slow on a CPU
+    (tens of ms at rate 36), so the pre-activation reference is computed once (on the CPU) and activated per case.
+    The backend gets its tensors on its device; `offset` > 0 starts x that many elements into its buffer."""
+    x, weight, scale, shift, pre, pre_theirs = _references(dtype, layout, shape, stride, dilation, k)
+    low = dtype in (torch.float16, torch.bfloat16)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     xb, wb, sb, bb = to_backend(backend, x, weight, scale, shift)
     if offset:
