@@ -7,6 +7,8 @@ k = 3 unrolled and k = 5 / 7 looped, the NCHW stride-1 and stride-2 kernels, and
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,7 @@ import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import dwconv_bn_act, fold_bn
 from deeplab_fast.ops.reference import apply_activation, dwconv_bn_act_reference
-from tests._devices import CUDA_KERNELS, HAS_CUDA, offset_view, to_backend
+from tests._devices import CUDA_KERNELS, HAS_CUDA, each_cpu_variant, offset_view, to_backend
 
 needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
@@ -47,15 +49,25 @@ def _torch_lowprec(x, weight, scale, shift, stride, dilation, activation):
     return apply_activation(y * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), activation)
 
 
-def _check_against_reference(backend, dtype, layout, shape, stride, dilation, activations=ACTS, k=3, offset=0):
-    """Our output for each activation vs the reference. PyTorch's dilated depthwise conv is slow on a CPU
-    (tens of ms at rate 36), so the pre-activation reference is computed once (on the CPU) and activated per case.
-    The backend gets its tensors on its device; `offset` > 0 starts x that many elements into its buffer."""
+@functools.lru_cache(maxsize=1024)
+def _references(dtype, layout, shape, stride, dilation, k):
+    """The inputs of one case and their pre-activation references (fp32, and PyTorch's own low-precision chain for
+    fp16/bf16), computed once: the CPU grids run every case on each CPU kernel variant, and the reference costs far
+    more than the kernels. Callers must not modify them."""
     x, weight, scale, shift = _inputs(shape, dtype, layout, k)
     low = dtype in (torch.float16, torch.bfloat16)
     args32 = [t.float() for t in (x, weight, scale, shift)] if low else (x, weight, scale, shift)
     pre = dwconv_bn_act_reference(*args32, stride, dilation, "none")
     pre_theirs = _torch_lowprec(x, weight, scale, shift, stride, dilation, "none") if low else None
+    return x, weight, scale, shift, pre, pre_theirs
+
+
+def _check_against_reference(backend, dtype, layout, shape, stride, dilation, activations=ACTS, k=3, offset=0):
+    """Our output for each activation vs the reference. PyTorch's dilated depthwise conv is slow on a CPU
+    (tens of ms at rate 36), so the pre-activation reference is computed once (on the CPU) and activated per case.
+    The backend gets its tensors on its device; `offset` > 0 starts x that many elements into its buffer."""
+    x, weight, scale, shift, pre, pre_theirs = _references(dtype, layout, shape, stride, dilation, k)
+    low = dtype in (torch.float16, torch.bfloat16)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     xb, wb, sb, bb = to_backend(backend, x, weight, scale, shift)
     if offset:
@@ -83,7 +95,8 @@ CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 @pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_cpu_paired_walk_on_wide_maps(dtype):
+@each_cpu_variant
+def test_cpu_paired_walk_on_wide_maps(cpu_variant, dtype):
     """channels_last stride-1 3x3 on >= 512 channels (any rate) takes the paired-output walk of the CPU
     kernel; widths with 16-, 8- and 1-channel tails and odd maps, at rates 1, 2 and 5."""
     for c in (512, 520, 523):
@@ -95,8 +108,9 @@ def test_cpu_paired_walk_on_wide_maps(dtype):
 @pytest.mark.parametrize("stride", (1, 2))
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
-def test_cpu_grid(dtype, layout, stride):
-    """Full product: dtype x layout x stride x dilation x shape x activation."""
+@each_cpu_variant
+def test_cpu_grid(cpu_variant, dtype, layout, stride):
+    """Full product: dtype x layout x stride x dilation x shape x activation, on each CPU kernel variant."""
     for dilation in DILATIONS:
         for shape in SHAPES:
             _check_against_reference("cpu", dtype, layout, shape, stride, dilation)
@@ -105,7 +119,8 @@ def test_cpu_grid(dtype, layout, stride):
 @needs_ext
 @pytest.mark.parametrize("k", (5, 7, 9))
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_cpu_larger_kernels(k, layout):
+@each_cpu_variant
+def test_cpu_larger_kernels(cpu_variant, k, layout):
     for dilation, stride in ((1, 1), (3, 2), (12, 1)):
         for shape in SHAPES[1:3]:
             _check_against_reference("cpu", torch.float32, layout, shape, stride, dilation, ("relu",), k=k)
