@@ -1,8 +1,12 @@
-// Packs of V lanes used by the shared kernel bodies: one source, three meanings.
+// Packs of V lanes used by the shared kernel bodies: one source, four meanings.
 //
-//  * Plain C++ (any host, any V): a fixed-length array and loops over it.
-//  * Host with AVX2 (the CPU build passes -mavx2 -mfma -mf16c): Pack<float, 8> is one __m256 and its
+//  * Plain C++ (any host, any V): a fixed-length array and loops over it (the compiler vectorizes what
+//    its flags allow). The portable CPU variant (no ISA flags) runs the bodies at the AVX-512 widths
+//    (HostLanes below), so every lane-width and tail path of the AVX-512 build runs on every machine.
+//  * Host with AVX2 (the avx2 CPU variant: -mavx2 -mfma -mf16c): Pack<float, 8> is one __m256 and its
 //    helpers are intrinsics, so an NHWC body vectorizes 8 channels per instruction.
+//  * Host with AVX-512 F/BW/VL/DQ (the avx512 CPU variant): Pack<float, 16> is one __m512, 16 channels per
+//    instruction, with the AVX2 pack's rounding and NaN rules bit for bit (same lane-wise operations).
 //  * CUDA device: loads and stores of V * sizeof(T) == 8 or 16 bytes go through an aligned Vec<T, V>
 //    (one LDG.64/.128 per pack); the launcher guarantees the alignment before it picks V > 1.
 //
@@ -20,6 +24,13 @@
 #include <immintrin.h>
 #else
 #define DLF_HOST_AVX2 0
+#endif
+
+// Keyed on the compiler's macros (what the flags of this translation unit allow), never on the build machine.
+#if DLF_HOST_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define DLF_HOST_AVX512 1
+#else
+#define DLF_HOST_AVX512 0
 #endif
 
 DLF_BODIES_BEGIN
@@ -46,6 +57,12 @@ struct Pack {
 template <>
 struct Pack<float, 8> {
   __m256 v;
+};
+#endif
+#if DLF_HOST_AVX512
+template <>
+struct Pack<float, 16> {
+  __m512 v;
 };
 #endif
 
@@ -164,10 +181,68 @@ struct PackOps<c10::Half, float, 8> : AvxF32 {
 };
 #endif
 
-// Widest pack each launcher uses for a storage type: one AVX2 register on the host, 16 bytes on the GPU.
+#if DLF_HOST_AVX512
+// fp32 lanes in one __m512: the operations of AvxF32, lane for lane (vfmadd, and vmaxps / vminps with the
+// activation's bound first, whose EVEX forms return the second operand on NaN exactly as the VEX ones do).
+struct Avx512F32 {
+  using P = Pack<float, 16>;
+  static DLF_FORCEINLINE P zero() { return P{_mm512_setzero_ps()}; }
+  static DLF_FORCEINLINE P load_acc(const float* p) { return P{_mm512_loadu_ps(p)}; }
+  static DLF_FORCEINLINE void fma(P& acc, const P& x, const P& w) { acc.v = _mm512_fmadd_ps(x.v, w.v, acc.v); }
+  static DLF_FORCEINLINE P epilogue(const P& acc, const P& s, const P& b, int act) {
+    __m512 r = _mm512_fmadd_ps(acc.v, s.v, b.v);
+    if (act != kActNone) r = _mm512_max_ps(_mm512_setzero_ps(), r);
+    if (act == kActRelu6) r = _mm512_min_ps(_mm512_set1_ps(6.f), r);
+    return P{r};
+  }
+};
+
+template <>
+struct PackOps<float, float, 16> : Avx512F32 {
+  static DLF_FORCEINLINE P load(const float* p) { return P{_mm512_loadu_ps(p)}; }
+  static DLF_FORCEINLINE void store(float* p, const P& a) { _mm512_storeu_ps(p, a.v); }
+};
+
+template <>
+struct PackOps<c10::BFloat16, float, 16> : Avx512F32 {
+  static DLF_FORCEINLINE P load(const c10::BFloat16* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return P{_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
+  }
+  // The AVX2 store's integer rounding (nearest even, NaN -> 0x7fc0); every lane then fits 16 bits, so the
+  // truncating vpmovdw narrows exactly as the AVX2 unsigned-saturating pack does.
+  static DLF_FORCEINLINE void store(c10::BFloat16* p, const P& a) {
+    const __m512i u = _mm512_castps_si512(a.v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q);
+    r = _mm512_mask_blend_epi32(nan, r, _mm512_set1_epi32(0x7fc0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  }
+};
+
+template <>
+struct PackOps<c10::Half, float, 16> : Avx512F32 {
+  static DLF_FORCEINLINE P load(const c10::Half* p) {
+    return P{_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+  }
+  static DLF_FORCEINLINE void store(c10::Half* p, const P& a) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(a.v, _MM_FROUND_TO_NEAREST_INT));
+  }
+};
+#endif
+
+// Widest pack each launcher uses for a storage type. On the host: one register of the variant's widest ISA
+// (16 fp32 / 8 fp64 lanes with AVX-512, 8 / 4 with AVX2), and the AVX-512 widths in the portable variant, whose
+// plain arrays then run the very lane and tail logic of the AVX-512 build (testable on any machine); 16 bytes
+// on the GPU.
 template <typename T>
 struct HostLanes {
+#if DLF_HOST_AVX2 && !DLF_HOST_AVX512
   static constexpr int value = sizeof(acc_t<T>) == 4 ? 8 : 4;
+#else
+  static constexpr int value = sizeof(acc_t<T>) == 4 ? 16 : 8;
+#endif
 };
 template <typename T>
 struct DeviceLanes {
