@@ -26,7 +26,7 @@
 #include "common/simd.h"
 #include "cpu/launchers.h"
 
-namespace dlf {
+namespace dlf::DLF_CPU_NS {
 namespace {
 
 // Taps of every output index along one axis, as separate arrays (vectorizer-friendly).
@@ -707,4 +707,4 @@ void upsample_softmax_accumulate_cpu(const UpsampleClassParams& p, c10::ScalarTy
   dispatch<SoftmaxRun>(p, dtype, "upsample_softmax_accumulate");
 }
 
-}  // namespace dlf
+}  // namespace dlf::DLF_CPU_NS
