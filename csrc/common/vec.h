@@ -16,6 +16,9 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cstring>
+#include <type_traits>
+
 #include "common/host_device.h"
 #include "common/memory.h"
 
@@ -48,18 +51,43 @@ struct AccOf<double> {
 template <typename T>
 using acc_t = typename AccOf<T>::type;
 
-// Loops over a pack's lanes: unrolled on the GPU and in its emulation (registers, no local arrays); on the host
-// left to the loop vectorizer, which turns plain lanes into whole-register operations (the 16-lane portable
-// packs fully unrolled lane by lane took about ten minutes to compile dwconv_bn_act_cpu.cpp).
-#if DLF_DEVICE_CODE || defined(__CUDACC__)
-#define DLF_LANE_LOOP DLF_UNROLL
+// Plain packs on the host are GCC/clang vector-extension values (any architecture: the compiler lowers them to
+// whatever registers the flags allow), so whole-pack arithmetic is one statement that stays one value through
+// the optimizer; lanes are still indexable (v[l]). As arrays of 16 lanes, the paired walk of the portable
+// variant took minutes to compile (scalarized, then re-vectorized). Device code keeps plain arrays.
+#if !DLF_DEVICE_CODE && !defined(__CUDACC__)
+#define DLF_HOST_VECTOR_PACKS 1
 #else
-#define DLF_LANE_LOOP
+#define DLF_HOST_VECTOR_PACKS 0
+#endif
+
+#if DLF_HOST_VECTOR_PACKS
+// d[l] = s[l] for l in [0, V). Without F16C an fp16 conversion is a long integer sequence: kept out of line, as
+// inlined into every load of the unrolled walks it made the portable variant compile for minutes.
+template <typename D, typename S, int V>
+__attribute__((noinline)) void convert_lanes_outlined(D* d, const S* s) {
+  for (int l = 0; l < V; ++l) d[l] = static_cast<D>(s[l]);
+}
+template <typename D, typename S, int V>
+DLF_FORCEINLINE void convert_lanes(D* d, const S* s) {
+#if !defined(__F16C__)
+  if constexpr (std::is_same_v<D, c10::Half> || std::is_same_v<S, c10::Half>) {
+    convert_lanes_outlined<D, S, V>(d, s);
+    return;
+  }
+#endif
+  for (int l = 0; l < V; ++l) d[l] = static_cast<D>(s[l]);
+}
 #endif
 
 template <typename A, int V>
 struct Pack {
+#if DLF_HOST_VECTOR_PACKS
+  typedef A lanes_t __attribute__((vector_size(sizeof(A) * V)));
+  lanes_t v;
+#else
   A v[V];
+#endif
 };
 
 #if DLF_HOST_AVX2
@@ -79,61 +107,109 @@ struct Pack<float, 16> {
 template <typename T, typename A, int V>
 struct PackOps {
   using P = Pack<A, V>;
+#if DLF_HOST_VECTOR_PACKS
+  // Host: lanes converted to A in a plain array, then moved into the vector value whole.
+  template <typename S>
+  static DLF_FORCEINLINE P load_lanes(const S* p) {
+    P r;
+    if constexpr (std::is_same_v<S, A>) {
+      std::memcpy(&r.v, p, sizeof(r.v));
+    } else {
+      A lanes[V];
+      convert_lanes<A, S, V>(lanes, p);
+      std::memcpy(&r.v, lanes, sizeof(r.v));
+    }
+    return r;
+  }
+#endif
   // One 8- or 16-byte access per pack on the GPU (the launcher checks the alignment).
   static constexpr bool kVectorIO = V > 1 && (sizeof(T) * V == 8 || sizeof(T) * V == 16);
   static DLF_HOST_DEVICE DLF_FORCEINLINE P zero() {
+#if DLF_HOST_VECTOR_PACKS
+    return P{};
+#else
     P r;
-    DLF_LANE_LOOP
+    DLF_UNROLL
     for (int l = 0; l < V; ++l) r.v[l] = A(0);
     return r;
+#endif
   }
   // Weights, scale and shift are stored in the accumulation type.
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load_acc(const A* p) {
+#if DLF_HOST_VECTOR_PACKS
+    return load_lanes(p);
+#endif
     P r;
-    DLF_LANE_LOOP
+    DLF_UNROLL
     for (int l = 0; l < V; ++l) r.v[l] = load_global(p + l);
     return r;
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load(const T* p) {
+#if DLF_HOST_VECTOR_PACKS
+    return load_lanes(p);
+#endif
     P r;
 #if DLF_DEVICE_CODE
     if constexpr (kVectorIO) {
       const Vec<T, V> raw = load_global(reinterpret_cast<const Vec<T, V>*>(p));
-      DLF_LANE_LOOP
+      DLF_UNROLL
       for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(raw.v[l]);
     } else
 #endif
     {
-      DLF_LANE_LOOP
+      DLF_UNROLL
       for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(load_global(p + l));
     }
     return r;
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE void store(T* p, const P& a) {
+#if DLF_HOST_VECTOR_PACKS
+    if constexpr (std::is_same_v<T, A>) {
+      std::memcpy(p, &a.v, sizeof(a.v));
+    } else {
+      A lanes[V];
+      std::memcpy(lanes, &a.v, sizeof(a.v));
+      convert_lanes<T, A, V>(p, lanes);
+    }
+    return;
+#endif
 #if DLF_DEVICE_CODE
     if constexpr (kVectorIO) {
       Vec<T, V> raw;
-      DLF_LANE_LOOP
+      DLF_UNROLL
       for (int l = 0; l < V; ++l) raw.v[l] = static_cast<T>(a.v[l]);
       store_global(reinterpret_cast<Vec<T, V>*>(p), raw);
     } else
 #endif
     {
-      DLF_LANE_LOOP
+      DLF_UNROLL
       for (int l = 0; l < V; ++l) store_global(p + l, static_cast<T>(a.v[l]));
     }
   }
   // acc += x * w
   static DLF_HOST_DEVICE DLF_FORCEINLINE void fma(P& acc, const P& x, const P& w) {
-    DLF_LANE_LOOP
+#if DLF_HOST_VECTOR_PACKS
+    acc.v += x.v * w.v;
+#else
+    DLF_UNROLL
     for (int l = 0; l < V; ++l) acc.v[l] += x.v[l] * w.v[l];
+#endif
   }
   // act(acc * s + b)
   static DLF_HOST_DEVICE DLF_FORCEINLINE P epilogue(const P& acc, const P& s, const P& b, int act) {
+#if DLF_HOST_VECTOR_PACKS
+    // apply_activation lane-wise: a NaN fails both compares and passes through.
+    typename P::lanes_t r = acc.v * s.v + b.v;
+    const typename P::lanes_t zeros{}, sixes = zeros + A(6);
+    if (act != kActNone) r = r < A(0) ? zeros : r;
+    if (act == kActRelu6) r = r > A(6) ? sixes : r;
+    return P{r};
+#else
     P r;
-    DLF_LANE_LOOP
+    DLF_UNROLL
     for (int l = 0; l < V; ++l) r.v[l] = apply_activation(acc.v[l] * s.v[l] + b.v[l], act);
     return r;
+#endif
   }
 };
 
