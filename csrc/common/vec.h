@@ -138,16 +138,17 @@ struct PackOps {
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load_acc(const A* p) {
 #if DLF_HOST_VECTOR_PACKS
     return load_lanes(p);
-#endif
+#else
     P r;
     DLF_UNROLL
     for (int l = 0; l < V; ++l) r.v[l] = load_global(p + l);
     return r;
+#endif
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE P load(const T* p) {
 #if DLF_HOST_VECTOR_PACKS
     return load_lanes(p);
-#endif
+#else
     P r;
 #if DLF_DEVICE_CODE
     if constexpr (kVectorIO) {
@@ -161,6 +162,7 @@ struct PackOps {
       for (int l = 0; l < V; ++l) r.v[l] = static_cast<A>(load_global(p + l));
     }
     return r;
+#endif
   }
   static DLF_HOST_DEVICE DLF_FORCEINLINE void store(T* p, const P& a) {
 #if DLF_HOST_VECTOR_PACKS
@@ -171,8 +173,7 @@ struct PackOps {
       std::memcpy(lanes, &a.v, sizeof(a.v));
       convert_lanes<T, A, V>(p, lanes);
     }
-    return;
-#endif
+#else
 #if DLF_DEVICE_CODE
     if constexpr (kVectorIO) {
       Vec<T, V> raw;
@@ -185,6 +186,7 @@ struct PackOps {
       DLF_UNROLL
       for (int l = 0; l < V; ++l) store_global(p + l, static_cast<T>(a.v[l]));
     }
+#endif
   }
   // acc += x * w
   static DLF_HOST_DEVICE DLF_FORCEINLINE void fma(P& acc, const P& x, const P& w) {
