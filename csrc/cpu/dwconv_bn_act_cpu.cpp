@@ -1,6 +1,7 @@
 // CPU launchers of dwconv_bn_act: the shared bodies of csrc/kernels/dwconv_bn_act.h over at::parallel_for.
 // Work items are coarser than the GPU's (a row of outputs instead of one), so each call amortizes its
-// tap-range arithmetic and the inner loops vectorize: over channels (AVX2 packs) for channels_last,
+// tap-range arithmetic and the inner loops vectorize: over channels (packs of HostLanes: 8 lanes with AVX2,
+// 16 with AVX-512 and in the portable variant) for channels_last,
 // over a row of outputs for NCHW.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -22,7 +23,10 @@ constexpr int64_t kChunkOutputs = 16384;
 // into blocks makes every tap a short strided access, which thrashes L1/L2 sets when C * 4 bytes is a
 // multiple of 4 KiB (C = 256, 2048: measured 2-4x slower).
 constexpr int64_t kChannelBlock = int64_t{1} << 40;
-// AVX2 packs in flight per channels_last step: independent FMA chains hide the FMA latency.
+// Packs in flight per channels_last step: independent FMA chains hide the FMA latency. 4 at both widths: each
+// FMA also loads its input and its weight, so two load ports allow about one FMA per cycle, which 4 chains of
+// 4-cycle FMAs sustain (AVX2 8 lanes: a 32-channel step; AVX-512 16 lanes: 64). The weight is blocked by
+// lanes * kPacksPerStep channels (dwconv_bn_act_cpu_weight_block; Python asks for it, never assumes it).
 constexpr int kPacksPerStep = 4;
 // Outputs per NCHW work item (the body's accumulator row).
 constexpr int kRowTile = 64;
@@ -49,17 +53,23 @@ void forward_nhwc(const DwconvParams& p) {
   });
 }
 
-// Packs per step of the paired 3x3 walk: 2 packs x 2 outputs = 4 accumulators, with 6 weight registers.
-constexpr int kPairPacks = 2;
+// Packs per step of the paired 3x3 walk, by lane width. Per pack: 2 accumulators (the two outputs) and 3
+// weight registers for the row of taps, and each input load feeds 2 FMAs, so more chains than the single walk
+// pay. 8 lanes (AVX2, 16 ymm registers): 2 packs = 4 accumulators + 6 weights. 16 lanes (AVX-512, 32 zmm
+// registers): 4 packs = 8 accumulators + 12 weights (20 registers), a 64-channel step as the single walk's.
+// The portable variant uses the 16-lane counts, so its tests walk the AVX-512 build's steps and tails.
+template <int V>
+constexpr int kPairPacks = V >= 16 ? 4 : 2;
 
 template <typename T>
 void forward_nhwc_pairs(const DwconvParams& p) {
   constexpr int V = HostLanes<T>::value;
+  static_assert(kPacksPerStep % kPairPacks<V> == 0, "a pair step must not straddle a weight block");
   TORCH_CHECK(p.w_block == V * kPacksPerStep, "dwconv_bn_act: weight blocked by ", p.w_block, ", expected ",
               V * kPacksPerStep);
   at::parallel_for(0, p.N * p.Ho, grain_for(p.Wo * p.C), [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it)
-      dwconv_fwd_nhwc_pair_body<T, V, kPairPacks>(p, it / p.Ho, it % p.Ho, 0, p.C);
+      dwconv_fwd_nhwc_pair_body<T, V, kPairPacks<V>>(p, it / p.Ho, it % p.Ho, 0, p.C);
   });
 }
 

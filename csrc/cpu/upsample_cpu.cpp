@@ -3,9 +3,11 @@
 // kernels do. Two CPU-specific arrangements make them fast, neither changes the arithmetic:
 //  * the source taps of every output row and column are computed once into small tables;
 //  * channels_last concat blends whole channel vectors (unit stride, the compiler vectorizes the
-//    loops for AVX2/FMA), and the class ops blend each needed source row along W once into a
+//    loops for the variant's ISA), and the class ops blend each needed source row along W once into a
 //    (K, Wo) row buffer, then blend two such rows along H for all classes with a running
-//    max / softmax that is vectorized over output columns (AVX2).
+//    max / softmax that is vectorized over output columns.
+// The vector code is written once over common/simd.h's SimdF (16 columns with AVX-512 and in the portable
+// variant, 8 with AVX2), so the portable variant's tests walk the AVX-512 build's lane and tail logic.
 // The class ops take the per-pixel shared functions (argmax_pixel, softmax_accumulate_pixel) on the row
 // buffers for narrow rows and for rows whose source values are not all finite (detected while the rows
 // are staged), and the per-pixel bodies straight on the logits when the row buffers would be too large.
@@ -21,10 +23,7 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
-
+#include "common/simd.h"
 #include "cpu/launchers.h"
 
 namespace dlf::DLF_CPU_NS {
@@ -80,39 +79,32 @@ void blend_channels(const T* __restrict a, const T* __restrict b, const T* __res
 
 // What a copy records about the bytes it moves: nothing (a plain copy), or see CopiedMagnitude below.
 struct NoTracking {
-#ifdef __AVX2__
-  DLF_FORCEINLINE void add(__m256i) {}
-#endif
+  DLF_FORCEINLINE void add(SimdBits) {}
   DLF_FORCEINLINE void tail(const void*, int64_t) {}
 };
 
 // Copy of a channel vector (a few hundred bytes to a few KiB) inline: a libc memcpy call per pixel and
-// input cost as much as the copy itself at these sizes. `track` sees every 32-byte block the vector loop
-// moves (add) and the bytes copied after it (tail).
+// input cost as much as the copy itself at these sizes. `track` sees every SimdBits block the vector loop
+// moves (add) and the bytes copied after it (tail). Memory-bound: the 64-byte blocks of AVX-512 gain nothing
+// measurable over 32-byte ones, they are only what the shared type gives.
 template <typename Tracker = NoTracking>
 DLF_FORCEINLINE void copy_bytes(void* __restrict dst, const void* __restrict src, int64_t n,
                                 Tracker&& track = Tracker{}) {
+  constexpr int64_t B = SimdBits::kBytes;
   auto* d = static_cast<char*>(dst);
   const auto* s = static_cast<const char*>(src);
   int64_t i = 0;
-#ifdef __AVX2__
-  for (; i + 128 <= n; i += 128) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
-    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
-    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 64));
-    const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 96));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 64), c);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 96), e);
+  for (; i + 4 * B <= n; i += 4 * B) {
+    const SimdBits a = SimdBits::load(s + i), b = SimdBits::load(s + i + B);
+    const SimdBits c = SimdBits::load(s + i + 2 * B), e = SimdBits::load(s + i + 3 * B);
+    a.store(d + i), b.store(d + i + B), c.store(d + i + 2 * B), e.store(d + i + 3 * B);
     track.add(a), track.add(b), track.add(c), track.add(e);
   }
-  for (; i + 32 <= n; i += 32) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
+  for (; i + B <= n; i += B) {
+    const SimdBits a = SimdBits::load(s + i);
+    a.store(d + i);
     track.add(a);
   }
-#endif
   if (i < n) {
     std::memcpy(d + i, s + i, n - i);
     track.tail(s + i, n - i);
@@ -129,22 +121,14 @@ template <>
 constexpr uint32_t kInfBits<c10::Half> = 0x7c00u;
 
 // Whether any value copied by copy_bytes with this tracker was inf or NaN. The copies keep the lane-wise unsigned
-// maximum of the magnitude bits (sign cleared): an and and a max per 32 bytes, free beside the loads and
+// maximum of the magnitude bits (sign cleared): an and and a max per block, free beside the loads and
 // stores; the maximum is compared once per output row.
 template <typename T>
 struct CopiedMagnitude {
   static_assert(sizeof(T) == 4 || sizeof(T) == 2);
-#ifdef __AVX2__
-  __m256i lanes = _mm256_setzero_si256();
-  DLF_FORCEINLINE void add(__m256i v) {
-    if constexpr (sizeof(T) == 4) {
-      lanes = _mm256_max_epu32(lanes, _mm256_and_si256(v, _mm256_set1_epi32(0x7fffffff)));
-    } else {
-      lanes = _mm256_max_epu16(lanes, _mm256_and_si256(v, _mm256_set1_epi16(0x7fff)));
-    }
-  }
-#endif
-  bool scalar_non_finite = false;  // elements copied outside the 32-byte blocks
+  SimdBits lanes = SimdBits::zero();
+  DLF_FORCEINLINE void add(SimdBits v) { lanes.max_magnitude<sizeof(T)>(v); }
+  bool scalar_non_finite = false;  // elements copied outside the blocks
 
   DLF_FORCEINLINE void tail(const void* p, int64_t bytes) {
     const T* x = static_cast<const T*>(p);
@@ -152,21 +136,7 @@ struct CopiedMagnitude {
       scalar_non_finite |= !(fabsf(ld(x + e)) < INFINITY);
   }
 
-  bool non_finite() const {
-    bool any = scalar_non_finite;
-#ifdef __AVX2__
-    __m256i at_least_inf;  // lanes whose maximum is >= inf's bits
-    if constexpr (sizeof(T) == 4) {
-      const __m256i inf = _mm256_set1_epi32(static_cast<int32_t>(kInfBits<T>));
-      at_least_inf = _mm256_cmpeq_epi32(_mm256_max_epu32(lanes, inf), lanes);
-    } else {
-      const __m256i inf = _mm256_set1_epi16(static_cast<int16_t>(kInfBits<T>));
-      at_least_inf = _mm256_cmpeq_epi16(_mm256_max_epu16(lanes, inf), lanes);
-    }
-    any |= _mm256_movemask_epi8(at_least_inf) != 0;
-#endif
-    return any;
-  }
+  bool non_finite() const { return scalar_non_finite || lanes.any_at_least<sizeof(T)>(kInfBits<T>); }
 };
 
 template <typename T>
@@ -269,35 +239,9 @@ void concat_nchw(const UpsampleConcatParams& p) {
 }
 
 // Class stride of a W-blended row buffer: Wo padded to whole 64-byte lines, so every class starts
-// line-aligned and 8-wide loads at multiples of 8 columns never straddle two lines.
+// line-aligned and SimdF loads at multiples of SimdF::kLanes columns never straddle two lines.
 inline int64_t row_stride(int64_t Wo) { return (Wo + 15) / 16 * 16; }
 
-#ifdef __AVX2__
-// dst[j * ds + i] = src[i * ss + j] for i, j in [0, 8): eight 8-float rows transposed in registers. `magnitude`
-// takes the unsigned maximum of the values' bit patterns without sign (see tame_bound).
-DLF_FORCEINLINE void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds, __m256i& magnitude) {
-  __m256 r[8], t[8], u[8];
-  const __m256i abs_bits = _mm256_set1_epi32(0x7fffffff);
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm256_loadu_ps(src + i * ss);
-    magnitude = _mm256_max_epu32(magnitude, _mm256_and_si256(_mm256_castps_si256(r[i]), abs_bits));
-  }
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int j = 0; j < 4; ++j) {
-    _mm256_storeu_ps(dst + j * ds, _mm256_permute2f128_ps(u[j], u[j + 4], 0x20));
-    _mm256_storeu_ps(dst + (j + 4) * ds, _mm256_permute2f128_ps(u[j], u[j + 4], 0x31));
-  }
-}
-#endif
 
 // Bit pattern of 1e30f: a float x is finite with |x| <= 1e30 exactly when (bits(x) & 0x7fffffff) <= it
 // (infinities and NaNs have larger patterns).
@@ -312,26 +256,32 @@ class RowCache {
   RowCache(const UpsampleClassParams& p, const TapTable& tw)
       : p_(p), tw_(tw), rs_(row_stride(p.Wo)), mem_(2 * p.K * rs_ + 16), ws_(p.W + kWin), stage_(p.K * ws_, 0.f),
         i0_(tw.i0.begin(), tw.i0.end()), i1_(tw.i1.begin(), tw.i1.end()), win_((p.Wo + kWin - 1) / kWin, -1),
-        lane_(2 * win_.size(), -1),
+        lane_(kGroups * win_.size(), -1),
         d0_(p.Wo), d1_(p.Wo) {
-    // A chunk of 8 output columns is blended from the staged row with in-register permutes when its
-    // taps are close together: when each half of 4 columns takes its taps from 4 consecutive source
-    // columns (upsampling by about 1.5 or more), two 4-wide loads and two in-lane permutes (vpermilps, a
-    // third of the cost of the cross-lane vpermps here); else when all 8 columns fall in 8 consecutive
-    // source columns, one 8-wide load and two cross-lane permutes. Other chunks (downsampling) take the
-    // scalar loop.
+    // A chunk of kWin output columns (SimdF::kLanes) is blended from the staged row with in-register permutes
+    // when its taps are close together: when each group of 4 columns takes its taps from 4 consecutive source
+    // columns (upsampling by about 1.5 or more), one 4-wide load per group and two in-lane permutes (vpermilps,
+    // a third of the cost of the cross-lane vpermps on the AVX2 machine); else when all kWin columns fall in
+    // kWin consecutive source columns, one full-width load and two cross-lane permutes. Other chunks
+    // (downsampling) take the scalar loop.
     for (int64_t c = 0; c * kWin + kWin <= p.Wo; ++c) {
-      int32_t lo[2] = {INT32_MAX, INT32_MAX}, hi[2] = {INT32_MIN, INT32_MIN};
+      int32_t lo[kGroups], hi[kGroups];
+      for (int g = 0; g < kGroups; ++g) lo[g] = INT32_MAX, hi[g] = INT32_MIN;
       for (int64_t j = c * kWin; j < c * kWin + kWin; ++j) {
-        const int half = (j - c * kWin) / kLane;
-        lo[half] = dlf_min(lo[half], dlf_min(i0_[j], i1_[j]));
-        hi[half] = dlf_max(hi[half], dlf_max(i0_[j], i1_[j]));
+        const int64_t g = (j - c * kWin) / kLane;
+        lo[g] = dlf_min(lo[g], dlf_min(i0_[j], i1_[j]));
+        hi[g] = dlf_max(hi[g], dlf_max(i0_[j], i1_[j]));
       }
-      const bool in_lanes = hi[0] - lo[0] < kLane && hi[1] - lo[1] < kLane;
+      bool in_lanes = true;
+      int32_t lo_all = INT32_MAX, hi_all = INT32_MIN;
+      for (int g = 0; g < kGroups; ++g) {
+        in_lanes = in_lanes && hi[g] - lo[g] < kLane;
+        lo_all = dlf_min(lo_all, lo[g]), hi_all = dlf_max(hi_all, hi[g]);
+      }
       if (in_lanes) {
-        lane_[2 * c] = lo[0], lane_[2 * c + 1] = lo[1];
-      } else if (dlf_max(hi[0], hi[1]) - dlf_min(lo[0], lo[1]) < kWin) {
-        win_[c] = dlf_min(lo[0], lo[1]);
+        for (int g = 0; g < kGroups; ++g) lane_[kGroups * c + g] = lo[g];
+      } else if (hi_all - lo_all < kWin) {
+        win_[c] = lo_all;
       }
       for (int64_t j = c * kWin; j < c * kWin + kWin; ++j) {
         const int32_t base = in_lanes ? lo[(j - c * kWin) / kLane] : win_[c];
@@ -364,32 +314,28 @@ class RowCache {
     const T* x = static_cast<const T*>(p_.x) + n * p_.xs_n + ih * p_.xs_h;
     const int64_t Wo = p_.Wo, W = p_.W, sw = p_.xs_w, sk = p_.xs_k;
     float* __restrict st = stage_.data();
-    const int64_t ws = ws_;  // staged row stride: W plus a pad so 8-wide window loads stay in bounds
+    const int64_t ws = ws_;  // staged row stride: W plus a pad so kWin-wide window loads stay in bounds
     bool checked = false, wild = false;  // wild: any NaN, inf or |x| > 1e30
     if (sk == 1) {
       int64_t k0 = 0;
-#ifdef __AVX2__
       if constexpr (std::is_same_v<T, float>) {
-        // 8 pixels x 8 classes at a time through an in-register transpose (a scalar element-by-element
-        // transpose was a third of the row's fill time). Ragged ends take one more block ending at K or
+        // kWin pixels x kWin classes at a time through an in-register transpose (a scalar element-by-element
+        // transpose was a third of the row's fill time on AVX2). Ragged ends take one more block ending at K or
         // W, overlapping the previous one (it writes the same values again).
-        if (p_.K >= 8 && W >= 8) {
-          __m256i magnitude = _mm256_setzero_si256();
-          for (int64_t kb = 0; kb < p_.K; kb += 8) {
-            const int64_t k = dlf_min(kb, p_.K - 8);
-            for (int64_t wb = 0; wb < W; wb += 8) {
-              const int64_t w = dlf_min(wb, W - 8);
-              transpose8x8(x + w * sw + k, sw, st + k * ws + w, ws, magnitude);
+        if (p_.K >= kWin && W >= kWin) {
+          SimdBits magnitude = SimdBits::zero();
+          for (int64_t kb = 0; kb < p_.K; kb += kWin) {
+            const int64_t k = dlf_min(kb, p_.K - kWin);
+            for (int64_t wb = 0; wb < W; wb += kWin) {
+              const int64_t w = dlf_min(wb, W - kWin);
+              transpose_block(x + w * sw + k, sw, st + k * ws + w, ws, magnitude);
             }
           }
-          const __m256i over = _mm256_cmpeq_epi32(_mm256_max_epu32(magnitude, _mm256_set1_epi32(kTameBound + 1)),
-                                                  magnitude);  // lanes with magnitude > kTameBound
-          wild = _mm256_movemask_epi8(over) != 0;
+          wild = magnitude.any_at_least<4>(kTameBound + 1);  // a magnitude > kTameBound
           checked = true;
           k0 = p_.K;
         }
       }
-#endif
       for (int64_t w = 0; w < W; ++w)
         for (int64_t k = k0; k < p_.K; ++k) st[k * ws + w] = ld(x + w * sw + k);
     } else {
@@ -399,14 +345,10 @@ class RowCache {
     for (int64_t k = 0; k < p_.K && !checked; ++k) {
       const float* __restrict s = st + k * ws;
       int64_t w = 0;
-#ifdef __AVX2__
-      const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-      __m256 bad = _mm256_setzero_ps();
-      for (; w + 8 <= W; w += 8)  // NLE_UQ: true for |x| > 1e30 and for NaN
-        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(s + w), magnitude),
-                                              _mm256_set1_ps(1e30f), _CMP_NLE_UQ));
-      wild |= _mm256_movemask_ps(bad) != 0;
-#endif
+      SimdMask bad = SimdMask::none();
+      for (; w + kWin <= W; w += kWin)  // not_le: true for |x| > 1e30 and for NaN
+        bad = bad | SimdF::not_le(SimdF::abs(SimdF::load(s + w)), SimdF::set1(1e30f));
+      wild |= bad.any();
       for (; w < W; ++w) wild |= !(fabsf(s[w]) <= 1e30f);
     }
     const int32_t* __restrict i0 = i0_.data();
@@ -414,33 +356,28 @@ class RowCache {
     const float* __restrict l0 = tw_.l0.data();
     const float* __restrict l1 = tw_.l1.data();
     const int64_t K = p_.K, rs = rs_;
-    int64_t wv = 0;  // columns [0, wv) are blended by the chunk loop below
-#ifdef __AVX2__
-    wv = Wo - Wo % kWin;
+    const int64_t wv = Wo - Wo % kWin;  // columns [0, wv) are blended by the chunk loop below
     // Chunk outer, class inner: a chunk's offsets and weights are loaded once for all K classes.
     for (int64_t wo = 0; wo < wv; wo += kWin) {
-      const int32_t b0 = lane_[2 * (wo / kWin)], b1 = lane_[2 * (wo / kWin) + 1], b = win_[wo / kWin];
-      const __m256i d0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d0_.data() + wo));
-      const __m256i d1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d1_.data() + wo));
-      const __m256 w0 = _mm256_loadu_ps(l0 + wo), w1 = _mm256_loadu_ps(l1 + wo);
+      const int32_t* lanes = lane_.data() + kGroups * (wo / kWin);
+      const int32_t b = win_[wo / kWin];
+      const SimdI d0 = SimdI::load(d0_.data() + wo), d1 = SimdI::load(d1_.data() + wo);
+      const SimdF w0 = SimdF::load(l0 + wo), w1 = SimdF::load(l1 + wo);
       // fmaf(l0, a, l1 * c), lane by lane: the same rounding as bilinear_blend.
-      if (b0 >= 0) {
-        const float* s0 = st + b0;
-        const float* s1 = st + b1;
+      if (lanes[0] >= 0) {
         for (int64_t k = 0; k < K; ++k) {
-          const __m256 window =
-              _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(s0 + k * ws)), _mm_loadu_ps(s1 + k * ws), 1);
-          const __m256 a = _mm256_permutevar_ps(window, d0);
-          const __m256 c = _mm256_permutevar_ps(window, d1);
-          _mm256_store_ps(out + k * rs + wo, _mm256_fmadd_ps(w0, a, _mm256_mul_ps(w1, c)));
+          const float* g[kGroups];
+          for (int q = 0; q < kGroups; ++q) g[q] = st + k * ws + lanes[q];
+          const SimdF window = SimdF::load_groups(g);
+          const SimdF a = SimdF::permute_in_groups(window, d0), c = SimdF::permute_in_groups(window, d1);
+          SimdF::fma(w0, a, w1 * c).store(out + k * rs + wo);
         }
       } else if (b >= 0) {
         const float* s = st + b;
         for (int64_t k = 0; k < K; ++k) {
-          const __m256 window = _mm256_loadu_ps(s + k * ws);
-          const __m256 a = _mm256_permutevar8x32_ps(window, d0);
-          const __m256 c = _mm256_permutevar8x32_ps(window, d1);
-          _mm256_store_ps(out + k * rs + wo, _mm256_fmadd_ps(w0, a, _mm256_mul_ps(w1, c)));
+          const SimdF window = SimdF::load(s + k * ws);
+          const SimdF a = SimdF::permute(window, d0), c = SimdF::permute(window, d1);
+          SimdF::fma(w0, a, w1 * c).store(out + k * rs + wo);
         }
       } else {
         for (int64_t k = 0; k < K; ++k)
@@ -448,7 +385,6 @@ class RowCache {
             out[k * rs + j] = bilinear_blend(l0[j], st[k * ws + i0[j]], l1[j], st[k * ws + i1[j]]);
       }
     }
-#endif
     for (int64_t k = 0; k < K; ++k)
       for (int64_t wo = wv; wo < Wo; ++wo)
         out[k * rs + wo] = bilinear_blend(l0[wo], st[k * ws + i0[wo]], l1[wo], st[k * ws + i1[wo]]);
@@ -457,8 +393,9 @@ class RowCache {
 
   const UpsampleClassParams& p_;
   const TapTable& tw_;
-  static constexpr int64_t kWin = 8;
-  static constexpr int64_t kLane = 4;
+  static constexpr int64_t kWin = SimdF::kLanes;  // output columns per vector chunk
+  static constexpr int64_t kLane = 4;             // columns per in-lane permute group
+  static constexpr int kGroups = static_cast<int>(kWin / kLane);
   float* buf() {  // mem_ from its first 64-byte boundary
     const auto a = reinterpret_cast<uintptr_t>(mem_.data());
     return mem_.data() + ((64 - a % 64) % 64) / sizeof(float);
@@ -467,9 +404,9 @@ class RowCache {
   std::vector<float> mem_;
   int64_t ws_;
   std::vector<float> stage_;
-  std::vector<int32_t> i0_, i1_;  // 32-bit copies of the W taps (AVX2 lane offsets)
-  std::vector<int32_t> win_;      // per chunk of 8 output columns: first source column of its window, or -1
-  std::vector<int32_t> lane_;     // per half chunk (4 columns): first source column of its window, or -1
+  std::vector<int32_t> i0_, i1_;  // 32-bit copies of the W taps (SimdI lane offsets)
+  std::vector<int32_t> win_;      // per chunk of kWin output columns: first source column of its window, or -1
+  std::vector<int32_t> lane_;     // per group of 4 columns: first source column of its window, or -1
   std::vector<int32_t> d0_, d1_;  // per output column: i0/i1 relative to its chunk's window
   int64_t key_[2] = {-1, -1};
   bool tame_[2] = {false, false};
@@ -520,90 +457,80 @@ struct RowPairValue {
   DLF_FORCEINLINE float operator()(int64_t k) const { return bilinear_blend(h.l0, r0[k * rs], h.l1, r1[k * rs]); }
 };
 
-#ifdef __AVX2__
-// Running argmax over K classes for NC x 8 output columns, kept in registers: NC independent chains
-// hide the compare/blend latency. r0/r1 are W-blended source rows (K, Wo) at the first column. With
+// Running argmax over K classes for NC x SimdF::kLanes output columns, kept in registers: NC independent
+// chains hide the compare/blend latency. r0/r1 are W-blended source rows (K, Wo) at the first column. With
 // kTame (both rows hold only finite logits of magnitude <= 1e30, see RowCache::tame) no blend is NaN,
 // so argmax_takes reduces to one ordered compare. Class indices are carried as floats (exact below 2^24,
 // kMaxVectorClasses): the whole update then stays in the floating-point domain, where mixing integer blends
-// with the FMAs cost here about 1.5x.
+// with the FMAs cost about 1.5x on the AVX2 machine.
 template <int NC, bool kTame, typename OutT>
-DLF_FORCEINLINE void argmax_columns_avx2(const float* r0, const float* r1, int64_t rs, int64_t K, const LinearTap& h,
-                                         OutT* out) {
-  const __m256 h0 = _mm256_set1_ps(h.l0), h1 = _mm256_set1_ps(h.l1);
-  __m256 best[NC], arg[NC];
+DLF_FORCEINLINE void argmax_columns(const float* r0, const float* r1, int64_t rs, int64_t K, const LinearTap& h,
+                                    OutT* out) {
+  constexpr int L = SimdF::kLanes;
+  const SimdF h0 = SimdF::set1(h.l0), h1 = SimdF::set1(h.l1);
+  SimdF best[NC], arg[NC];
 #pragma GCC unroll 4
   for (int c = 0; c < NC; ++c) {
-    best[c] = _mm256_fmadd_ps(h0, _mm256_loadu_ps(r0 + 8 * c), _mm256_mul_ps(h1, _mm256_loadu_ps(r1 + 8 * c)));
-    arg[c] = _mm256_setzero_ps();
+    best[c] = SimdF::fma(h0, SimdF::load(r0 + L * c), h1 * SimdF::load(r1 + L * c));
+    arg[c] = SimdF::zero();
   }
-  __m256 kv = _mm256_setzero_ps();
-  const __m256 one = _mm256_set1_ps(1.f);
+  SimdF kv = SimdF::zero();
+  const SimdF one = SimdF::set1(1.f);
   for (int64_t k = 1; k < K; ++k) {
-    kv = _mm256_add_ps(kv, one);
+    kv = kv + one;
     const float* s0 = r0 + k * rs;
     const float* s1 = r1 + k * rs;
 #pragma GCC unroll 4
     for (int c = 0; c < NC; ++c) {
       // fmaf(h0, a, h1 * b): bilinear_blend's rounding.
-      const __m256 v = _mm256_fmadd_ps(h0, _mm256_loadu_ps(s0 + 8 * c), _mm256_mul_ps(h1, _mm256_loadu_ps(s1 + 8 * c)));
+      const SimdF v = SimdF::fma(h0, SimdF::load(s0 + L * c), h1 * SimdF::load(s1 + L * c));
       if constexpr (kTame) {
-        // max_ps(v, best) is `v > best ? v : best`: the same choice as the blend, spread over other ports.
-        const __m256 take = _mm256_cmp_ps(v, best[c], _CMP_GT_OQ);
-        best[c] = _mm256_max_ps(v, best[c]);
-        arg[c] = _mm256_blendv_ps(arg[c], kv, take);
+        // max(v, best) is `v > best ? v : best`: the same choice as the select, spread over other ports.
+        const SimdMask take = SimdF::gt(v, best[c]);
+        best[c] = SimdF::max(v, best[c]);
+        arg[c] = SimdF::select(take, kv, arg[c]);
       } else {
         // argmax_takes: !(v <= best) is "v > best or either is NaN"; a NaN best is never replaced.
-        const __m256 take =
-            _mm256_and_ps(_mm256_cmp_ps(v, best[c], _CMP_NLE_UQ), _mm256_cmp_ps(best[c], best[c], _CMP_ORD_Q));
-        best[c] = _mm256_blendv_ps(best[c], v, take);
-        arg[c] = _mm256_blendv_ps(arg[c], kv, take);
+        const SimdMask take = SimdF::not_le(v, best[c]) & SimdF::ordered(best[c]);
+        best[c] = SimdF::select(take, v, best[c]);
+        arg[c] = SimdF::select(take, kv, arg[c]);
       }
     }
   }
 #pragma GCC unroll 4
-  for (int c = 0; c < NC; ++c) {
-    const __m256i labels = _mm256_cvttps_epi32(arg[c]);
-    if constexpr (sizeof(OutT) == 8) {  // int64 labels straight from the registers, widened lane by lane
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(labels)));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c + 4),
-                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(labels, 1)));
-    } else {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * c), labels);
-    }
-  }
+  for (int c = 0; c < NC; ++c) SimdF::store_trunc(arg[c], out + L * c);  // int32 or int64 labels
 }
 
-// All Wo >= 8 columns of `rows` output rows (int64 labels, row r at out + r * Wo) that share the source rows
-// r0/r1: strips of 32 columns go through all the rows before the next strip, so the strip's K x 2
-// source lines stay in L1 while they are reused (an upsampling factor s reuses them s times).
+// All Wo >= SimdF::kLanes columns of `rows` output rows (int64 labels, row r at out + r * Wo) that share the
+// source rows r0/r1: strips of 4 vectors of columns go through all the rows before the next strip, so the
+// strip's K x 2 source lines stay in L1 while they are reused (an upsampling factor s reuses them s times).
 template <bool kTame>
-void argmax_run_avx2(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64_t K, const TapTable& th,
-                     int64_t ho0, int64_t rows, int64_t* out, const char* next, int64_t next_bytes) {
+void argmax_run(const float* r0, const float* r1, int64_t rs, int64_t Wo, int64_t K, const TapTable& th, int64_t ho0,
+                int64_t rows, int64_t* out, const char* next, int64_t next_bytes) {
+  constexpr int64_t L = SimdF::kLanes, kStrip = 4 * L;
   // The source row the next run will stage (next_bytes from next; 0: none), fetched a slice per strip so
   // the loads spread over this run's compute instead of stalling the next fill.
-  const int64_t strips = dlf_max<int64_t>(1, Wo / 32), lines = (next_bytes + 63) / 64;
+  const int64_t strips = dlf_max<int64_t>(1, Wo / kStrip), lines = (next_bytes + 63) / 64;
   const int64_t per_strip = (lines + strips - 1) / strips;
   int64_t w = 0;
-  for (; w + 32 <= Wo; w += 32) {
-    for (int64_t l = (w / 32) * per_strip; l < dlf_min(lines, (w / 32 + 1) * per_strip); ++l)
-      _mm_prefetch(next + 64 * l, _MM_HINT_T1);
+  for (; w + kStrip <= Wo; w += kStrip) {
+    for (int64_t l = (w / kStrip) * per_strip; l < dlf_min(lines, (w / kStrip + 1) * per_strip); ++l)
+      prefetch_l2(next + 64 * l);
     for (int64_t r = 0; r < rows; ++r) {
       // The labels two strips ahead, fetched for writing now: after a larger op has run, the output's
       // lines are in memory, and their reads for ownership would otherwise stall the stores.
-      const int64_t* ahead = out + r * Wo + dlf_min<int64_t>(w + 64, Wo - 1);
-      for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(ahead + 8 * l), _MM_HINT_ET0);
-      argmax_columns_avx2<4, kTame>(r0 + w, r1 + w, rs, K, th.at(ho0 + r), out + r * Wo + w);
+      const int64_t* ahead = out + r * Wo + dlf_min<int64_t>(w + 2 * kStrip, Wo - 1);
+      for (int64_t l = 0; l < kStrip / 8; ++l) prefetch_for_write(ahead + 8 * l);
+      argmax_columns<4, kTame>(r0 + w, r1 + w, rs, K, th.at(ho0 + r), out + r * Wo + w);
     }
   }
-  for (; w + 8 <= Wo; w += 8)
+  for (; w + L <= Wo; w += L)
     for (int64_t r = 0; r < rows; ++r)
-      argmax_columns_avx2<1, kTame>(r0 + w, r1 + w, rs, K, th.at(ho0 + r), out + r * Wo + w);
-  if (w < Wo)  // a ragged end: the last 8 columns, overlapping those already done
+      argmax_columns<1, kTame>(r0 + w, r1 + w, rs, K, th.at(ho0 + r), out + r * Wo + w);
+  if (w < Wo)  // a ragged end: the last L columns, overlapping those already done
     for (int64_t r = 0; r < rows; ++r)
-      argmax_columns_avx2<1, kTame>(r0 + Wo - 8, r1 + Wo - 8, rs, K, th.at(ho0 + r), out + r * Wo + Wo - 8);
+      argmax_columns<1, kTame>(r0 + Wo - L, r1 + Wo - L, rs, K, th.at(ho0 + r), out + r * Wo + Wo - L);
 }
-#endif
 
 // The vector argmax carries class indices as floats, exact up to 2^24 (more classes exceed kMaxRowStagingBytes
 // anyway and take the per-pixel body).
@@ -637,24 +564,22 @@ void argmax_rows(const UpsampleClassParams& p) {
       const float* r1 = cache.get(n, i1);
       cache.touch(n, i1);
       int64_t* out = p.labels + (n * p.Ho + ho0) * Wo;
-#ifdef __AVX2__
-      // 8-wide chunks write the int64 labels directly; a ragged end (Wo % 8 columns) is one more chunk
-      // ending at Wo, overlapping the previous one (its overlapping columns get the same labels again).
-      if (Wo >= 8 && p.K <= kMaxVectorClasses) {
+      // SimdF::kLanes-wide chunks write the int64 labels directly; a ragged end (Wo % kLanes columns) is one
+      // more chunk ending at Wo, overlapping the previous one (its overlapping columns get the same labels again).
+      if (Wo >= SimdF::kLanes && p.K <= kMaxVectorClasses) {
         // channels_last logits: a source row is one contiguous block, worth fetching ahead
         const int64_t ih_next = dlf_max(i0, i1) + 1;
         const bool ahead = p.xs_k == 1 && p.xs_w == p.K && ih_next < p.H && ho0 + rows < p.Ho;
         const char* next = static_cast<const char*>(p.x) + (n * p.xs_n + ih_next * p.xs_h) * sizeof(T);
         const int64_t next_bytes = ahead ? p.W * p.K * static_cast<int64_t>(sizeof(T)) : 0;
         if (cache.tame(n, i0) && cache.tame(n, i1))
-          argmax_run_avx2<true>(r0, r1, rs, Wo, p.K, th, ho0, rows, out, next, next_bytes);
+          argmax_run<true>(r0, r1, rs, Wo, p.K, th, ho0, rows, out, next, next_bytes);
         else
-          argmax_run_avx2<false>(r0, r1, rs, Wo, p.K, th, ho0, rows, out, next, next_bytes);
+          argmax_run<false>(r0, r1, rs, Wo, p.K, th, ho0, rows, out, next, next_bytes);
         row += rows;
         continue;
       }
-#endif
-      for (int64_t r = 0; r < rows; ++r)  // narrow rows (or no AVX2): the shared per-pixel walk
+      for (int64_t r = 0; r < rows; ++r)  // narrow rows: the shared per-pixel walk
         for (int64_t wo = 0; wo < Wo; ++wo)
           out[r * Wo + wo] = argmax_pixel(RowPairValue{r0 + wo, r1 + wo, rs, th.at(ho0 + r)}, p.K);
       row += rows;
@@ -662,30 +587,27 @@ void argmax_rows(const UpsampleClassParams& p) {
   });
 }
 
-#ifdef __AVX2__
-// exp(x) for 8 floats, within about 2 ulp of expf: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two
+// exp(x) lane by lane, within about 2 ulp of expf: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two
 // for an exact reduction), a degree-6 polynomial for e^r, and 2^n built in the exponent bits. Inputs
 // are <= 0 here (logit minus the row max), clamped below where expf underflows to 0 anyway.
-DLF_FORCEINLINE __m256 exp_avx2(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+// x + n * (-c) fused is x - n * c fused (vfnmadd) bit for bit: negating a constant is exact.
+DLF_FORCEINLINE SimdF exp_nonpositive(SimdF x) {
+  x = SimdF::max(x, SimdF::set1(-87.3f));
+  const SimdF n = SimdF::round_even(x * SimdF::set1(1.44269504088896341f));
+  SimdF r = SimdF::mul_add(n, SimdF::set1(-0.693359375f), x);
+  r = SimdF::mul_add(n, SimdF::set1(2.12194440e-4f), r);
+  SimdF p = SimdF::set1(1.9875691500e-4f);
+  p = SimdF::mul_add(p, r, SimdF::set1(1.3981999507e-3f));
+  p = SimdF::mul_add(p, r, SimdF::set1(8.3334519073e-3f));
+  p = SimdF::mul_add(p, r, SimdF::set1(4.1665795894e-2f));
+  p = SimdF::mul_add(p, r, SimdF::set1(1.6666665459e-1f));
+  p = SimdF::mul_add(p, r, SimdF::set1(5.0000001201e-1f));
+  p = SimdF::mul_add(p, r * r, r + SimdF::set1(1.f));
+  return p * SimdF::exp2_int(n);
 }
-#endif
 
-// Narrowest output row the vectorized softmax takes (one AVX2 register of columns).
-constexpr int64_t kMinVectorColumns = 8;
+// Narrowest output row the vectorized softmax takes (one SimdF of columns).
+constexpr int64_t kMinVectorColumns = SimdF::kLanes;
 
 template <typename T>
 void softmax_accumulate_rows(const UpsampleClassParams& p) {
@@ -724,13 +646,11 @@ void softmax_accumulate_rows(const UpsampleClassParams& p) {
       for (int64_t wo = 0; wo < Wo; ++wo) s[wo] = 0.f;
       for (int64_t k = 0; k < K; ++k) {
         int64_t wo = 0;
-#ifdef __AVX2__
-        for (; wo + 8 <= Wo; wo += 8) {
-          const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(v + k * Wo + wo), _mm256_loadu_ps(m + wo)));
-          _mm256_storeu_ps(v + k * Wo + wo, e);
-          _mm256_storeu_ps(s + wo, _mm256_add_ps(_mm256_loadu_ps(s + wo), e));
+        for (; wo + SimdF::kLanes <= Wo; wo += SimdF::kLanes) {
+          const SimdF e = exp_nonpositive(SimdF::load(v + k * Wo + wo) - SimdF::load(m + wo));
+          e.store(v + k * Wo + wo);
+          (SimdF::load(s + wo) + e).store(s + wo);
         }
-#endif
         for (; wo < Wo; ++wo) {
           const float e = expf(v[k * Wo + wo] - m[wo]);
           v[k * Wo + wo] = e;

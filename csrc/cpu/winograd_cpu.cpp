@@ -1,18 +1,15 @@
-// Winograd F(2x2, 3x3) input and output transforms (declared in cpu/launchers.h), vectorized over channels:
-// B^T d B and A^T m A are additions only, done on 8 channels at a time with AVX2 (plain loops
-// otherwise, which the compiler vectorizes the same way).
+// Winograd F(2x2, 3x3) / F(4x4, 3x3) input and output transforms (declared in cpu/launchers.h), vectorized over
+// channels: B^T d B and A^T m A are additions and constant multiplies, done SimdF::kLanes channels at a time
+// (16 with AVX-512 and in the portable variant, 8 with AVX2; common/simd.h), the remaining channels one by one.
 #include "cpu/launchers.h"
 
 #include "common/host_device.h"
+#include "common/simd.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
-
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
 
 namespace dlf::DLF_CPU_NS {
 
@@ -27,16 +24,13 @@ std::vector<int64_t> winograd_tile_bases(int64_t size, int64_t d, int m) {
 bool all_finite_cpu(const float* x, int64_t n) {
   std::atomic<bool> finite{true};
   at::parallel_for(0, n, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
-    // x * 0 is 0 for finite x and NaN for inf and NaN: one multiply-add per element, no branch.
-    float acc = 0.f;
+    // x * 0 is 0 for finite x and NaN for inf and NaN: one multiply-add per element, no branch. (A memory-bound
+    // pass; the vector form only keeps the multiply-adds off the critical path.)
+    constexpr int L = SimdF::kLanes;
+    SimdF v = SimdF::zero();
     int64_t i = begin;
-#ifdef __AVX2__
-    __m256 v = _mm256_setzero_ps();
-    for (; i + 8 <= end; i += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_setzero_ps(), v);
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, v);
-    for (float l : lanes) acc += l;
-#endif
+    for (; i + L <= end; i += L) v = SimdF::mul_add(SimdF::load(x + i), SimdF::zero(), v);
+    float acc = v.sum();
     for (; i < end; ++i) acc += x[i] * 0.f;
     if (acc != 0.f) finite.store(false, std::memory_order_relaxed);
   });
@@ -45,22 +39,21 @@ bool all_finite_cpu(const float* x, int64_t n) {
 
 namespace {
 
-// 8 floats (one AVX2 register) or a scalar, with the few operations the transforms need.
-#ifdef __AVX2__
-struct F8 {
-  __m256 v;
-  static F8 load(const float* p) { return {_mm256_loadu_ps(p)}; }
-  static F8 zero() { return {_mm256_setzero_ps()}; }
-  void store(float* p) const { _mm256_storeu_ps(p, v); }
-  friend F8 operator+(F8 a, F8 b) { return {_mm256_add_ps(a.v, b.v)}; }
-  friend F8 operator-(F8 a, F8 b) { return {_mm256_sub_ps(a.v, b.v)}; }
-  static F8 fma(float c, F8 a, F8 b) { return {_mm256_fmadd_ps(_mm256_set1_ps(c), a.v, b.v)}; }  // c * a + b
-  static F8 mul(float c, F8 a) { return {_mm256_mul_ps(_mm256_set1_ps(c), a.v)}; }
+// The transforms' vector of channels: SimdF::kLanes lanes, with the few operations the transforms need.
+struct FV {
+  SimdF v;
+  static FV load(const float* p) { return {SimdF::load(p)}; }
+  static FV zero() { return {SimdF::zero()}; }
+  void store(float* p) const { v.store(p); }
+  friend FV operator+(FV a, FV b) { return {a.v + b.v}; }
+  friend FV operator-(FV a, FV b) { return {a.v - b.v}; }
+  static FV fma(float c, FV a, FV b) { return {SimdF::mul_add(SimdF::set1(c), a.v, b.v)}; }  // c * a + b
+  static FV mul(float c, FV a) { return {SimdF::set1(c) * a.v}; }
   // max/min return their second operand when either is NaN: a goes second so NaN propagates (as torch).
-  static F8 relu(F8 a) { return {_mm256_max_ps(_mm256_setzero_ps(), a.v)}; }
-  static F8 relu6(F8 a) { return {_mm256_min_ps(_mm256_set1_ps(6.f), _mm256_max_ps(_mm256_setzero_ps(), a.v))}; }
+  static FV relu(FV a) { return {SimdF::max(SimdF::zero(), a.v)}; }
+  static FV relu6(FV a) { return {SimdF::min(SimdF::set1(6.f), SimdF::max(SimdF::zero(), a.v))}; }
 };
-#endif
+// One channel: the tail after the last whole vector.
 struct F1 {
   float v;
   static F1 load(const float* p) { return {*p}; }
@@ -191,9 +184,7 @@ void input_transform(const WinogradParams& p, const float* x, float* v) {
       }
       float* vt = v + t * C;
       int64_t c = 0;
-#ifdef __AVX2__
-      for (; c + 8 <= C; c += 8) input_tile<F8, M>(rows, col_ok, col_off, c, vt, plane);
-#endif
+      for (; c + SimdF::kLanes <= C; c += SimdF::kLanes) input_tile<FV, M>(rows, col_ok, col_off, c, vt, plane);
       for (; c < C; ++c) input_tile<F1, M>(rows, col_ok, col_off, c, vt, plane);
     }
   });
@@ -221,9 +212,8 @@ void output_transform(const WinogradParams& p, int64_t Cout, const float* m, con
       const float* const* rr = residual != nullptr ? res_rows : nullptr;
       const float* mt = m + t * Cout;
       int64_t c = 0;
-#ifdef __AVX2__
-      for (; c + 8 <= Cout; c += 8) output_tile<F8, M>(mt, plane, c, bias, out_rows, rr, col_ok, col_off, act);
-#endif
+      for (; c + SimdF::kLanes <= Cout; c += SimdF::kLanes)
+        output_tile<FV, M>(mt, plane, c, bias, out_rows, rr, col_ok, col_off, act);
       for (; c < Cout; ++c) output_tile<F1, M>(mt, plane, c, bias, out_rows, rr, col_ok, col_off, act);
     }
   });
