@@ -461,7 +461,7 @@ def test_chart_has_one_log_panel_per_kernel_family(tmp_path):
 
 
 def _result(path: Path, cpu: str, suite: str, date: str) -> Path:
-    env = {"device": "cpu", "cpu": cpu, "threads": 2, "date": date, "torch": "x"}
+    env = {"device": "cpu", "cpu": cpu, "threads": 2, "date": date, "torch": "x", "cpu_info": AVX2_CPU}
     rows = [_model_row("resnet101", "eager", 130.0, optimize_speedup=1.3)]
     data = {"environment": env, "plan": {"suite": suite, "parts": ["models"], "size": 513}, "rows": rows}
     path.write_text(json.dumps(data))
@@ -484,6 +484,11 @@ def test_publish_keeps_the_newest_full_run_per_machine(tmp_path):
         "cpu_intel-r-xeon-r-platinum.png",
     ]
     assert "Published from `b.json`" in (docs / "cpu_amd-epyc.md").read_text()
+    # the published summary names the CPU kernel path and the ISA flags
+    assert (
+        "CPU kernel path in use: avx2 (supported: default, avx2); ISA flags: avx2, f16c, fma"
+        in (docs / "cpu_amd-epyc.md").read_text()
+    )
     assert (docs / "cpu_amd-epyc.csv").read_text().startswith("# {")
     assert publish.main([str(tmp_path / "missing.json"), "--docs", str(docs)]) == 2
 
