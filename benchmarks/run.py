@@ -245,13 +245,23 @@ class Plan:
         ours_low = ("eager", "optimize", "compile_optimize") if args.full else ("optimize",)
         for d in low:
             entries += [f"{p}@{d}" for p in ours_low]
-            if not native[d] and self.suite == "quick" and not args.dtype:
-                # one xception65 forward at 513 in bf16 took 35-43 s on the AVX2 AMD EPYC (against 5 s in fp32 on
-                # the same busy machine): at least 6 calls per model would double the quick suite's time
-                self.model_skip[f"optimize@{d}"] = (
-                    f"{harness.native_dtype_reason(self.device, d)}: one {d} forward of these models at 513x513 "
-                    f"takes tens of seconds here, the quick suite leaves it out; --full or --dtype {_short(d)} runs it"
-                )
+            if native[d] or args.dtype or self.suite == "tiny":
+                continue
+            # Without native bf16 a forward at 513 takes tens of seconds (xception65: 35-43 s on the AVX2 AMD
+            # EPYC, against 5 s in fp32 on the same busy machine), each provider at least 6 of them: the quick
+            # suite leaves optimize() out, --full runs optimize() only; an explicit --dtype runs them all.
+            why = harness.native_dtype_reason(self.device, d) + (
+                f": one {d} forward of these models at 513x513 takes tens of seconds here"
+            )
+            if self.suite == "quick":
+                self.model_skip[f"optimize@{d}"] = f"{why}; --full or --dtype {_short(d)} runs it"
+            else:
+                for p in ours_low:
+                    if p != "optimize":
+                        self.model_skip[f"{p}@{d}"] = (
+                            f"{why}; --full runs only optimize() in {_short(d)} on such a CPU, "
+                            f"--full --dtype fp32,{_short(d)} runs it"
+                        )
         others = [p for p in bench_models.PROVIDERS if p not in ours_low and bench_models.runs_in(p, "bfloat16")]
         if low:
             self.left_out.append(
