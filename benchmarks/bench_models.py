@@ -123,7 +123,7 @@ def build_ours(case: str, device: torch.device, dtype: torch.dtype, seed: int = 
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    """ "float32", "bfloat16", ... (the dtype column of the rows)."""
+    """A dtype as the rows' dtype column spells it: torch.bfloat16 -> "bfloat16"."""
     return str(dtype).replace("torch.", "")
 
 

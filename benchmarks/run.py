@@ -297,7 +297,7 @@ class Plan:
 
 
 def _short(dtype_name: str) -> str:
-    """ "bfloat16" -> "bf16", the --dtype spelling."""
+    """A dtype name as --dtype spells it: "bfloat16" -> "bf16"."""
     return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype_name, dtype_name)
 
 
