@@ -69,4 +69,11 @@ TORCH_LIBRARY(deeplab_fast, m) {
   m.def("output_pool_release() -> ()");
   m.def("cpu_output_pool_mb() -> int");
   m.def("set_cpu_output_pool_mb(int mb) -> ()");
+  // The instruction-set variant of the CPU kernels (csrc/cpu/capability.h): the one in use ("default", "avx2" or
+  // "avx512"); force one, process-wide (a variant the CPU or build lacks is an error); those this CPU and build can
+  // run, lowest first; the ISA extensions cpuid reports (and the OS enables), sorted.
+  m.def("cpu_capability() -> str");
+  m.def("set_cpu_capability(str name) -> ()");
+  m.def("cpu_capabilities() -> str[]");
+  m.def("cpu_isa_flags() -> str[]");
 }

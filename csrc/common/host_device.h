@@ -29,15 +29,50 @@
 #define DLF_DEVICE_CODE 0
 #endif
 
-// The shared bodies are compiled three ways (host CPU launchers, nvcc, the CUDA emulation) into one
-// library; each way gets its own inline namespace so their inline functions never merge at link time.
-// Parameter structs, which cross from the entry points to every launcher, stay in plain `dlf`.
+// The CPU kernel translation units (csrc/cpu/{dwconv_bn_act,upsample,winograd}_cpu.cpp) are compiled once per
+// instruction set, each with its own flags and DLF_CPU_CAPABILITY (setup.py): 0 "default" (no ISA flags, runs on
+// any CPU), 1 "avx2" (AVX2 + FMA + F16C), 2 "avx512" (AVX-512 F/BW/VL/DQ on top). Each variant defines its
+// launchers in its own namespace, DLF_CPU_NS, and csrc/cpu/dispatch.cpp forwards to the one chosen at run time
+// (csrc/cpu/capability.h). The flags must match the number: a mismatch would put, say, AVX2 code in the path that
+// runs on CPUs without AVX2.
+#if defined(DLF_CPU_CAPABILITY)
+#if DLF_CPU_CAPABILITY == 0
+#if defined(__AVX__) || defined(__AVX2__) || defined(__AVX512F__)
+#error "the default CPU variant (DLF_CPU_CAPABILITY=0) must be compiled without -mavx* flags"
+#endif
+#define DLF_CPU_NS cpu_default
+#define DLF_HOST_BUILD_NS host_default
+#elif DLF_CPU_CAPABILITY == 1
+#if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__) || defined(__AVX512F__)
+#error "the avx2 CPU variant (DLF_CPU_CAPABILITY=1) needs -mavx2 -mfma -mf16c and no -mavx512*"
+#endif
+#define DLF_CPU_NS cpu_avx2
+#define DLF_HOST_BUILD_NS host_avx2
+#elif DLF_CPU_CAPABILITY == 2
+#if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__) || !defined(__AVX512DQ__) || \
+    !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "the avx512 CPU variant (DLF_CPU_CAPABILITY=2) needs -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c"
+#endif
+#define DLF_CPU_NS cpu_avx512
+#define DLF_HOST_BUILD_NS host_avx512
+#else
+#error "DLF_CPU_CAPABILITY must be 0 (default), 1 (avx2) or 2 (avx512)"
+#endif
+#else
+#define DLF_HOST_BUILD_NS host_build
+#endif
+
+// The shared bodies are compiled several ways into one library: host code without ISA flags (the op entry
+// points), each CPU variant above, nvcc, the CUDA emulation. Each way gets its own inline namespace so their
+// inline functions never merge at link time (the linker keeps one copy of an inline function: an AVX2 copy
+// would otherwise run in the portable path, or a portable copy in the AVX2 one). Parameter structs, which
+// cross from the entry points to every launcher, stay in plain `dlf`.
 #if defined(__CUDACC__)
 #define DLF_BUILD_NS nvcc_build
 #elif defined(DLF_CUDA_EMU)
 #define DLF_BUILD_NS emu_build
 #else
-#define DLF_BUILD_NS host_build
+#define DLF_BUILD_NS DLF_HOST_BUILD_NS
 #endif
 #define DLF_BODIES_BEGIN \
   namespace dlf {        \

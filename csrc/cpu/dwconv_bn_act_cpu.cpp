@@ -12,7 +12,7 @@
 #include "cpu/launchers.h"
 #include "kernels/dwconv_bn_act.h"
 
-namespace dlf {
+namespace dlf::DLF_CPU_NS {
 namespace {
 
 // About this many output elements per parallel chunk: large enough to hide the scheduling cost,
@@ -148,4 +148,4 @@ void dwconv_bn_act_backward_cpu(const DwconvBwdParams& q, c10::ScalarType dtype)
   }
 }
 
-}  // namespace dlf
+}  // namespace dlf::DLF_CPU_NS

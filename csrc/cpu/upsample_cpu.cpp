@@ -27,7 +27,7 @@
 
 #include "cpu/launchers.h"
 
-namespace dlf {
+namespace dlf::DLF_CPU_NS {
 namespace {
 
 // Taps of every output index along one axis, as separate arrays (vectorizer-friendly).
@@ -787,4 +787,4 @@ void upsample_softmax_accumulate_cpu(const UpsampleClassParams& p, c10::ScalarTy
   dispatch<SoftmaxRun>(p, dtype, "upsample_softmax_accumulate");
 }
 
-}  // namespace dlf
+}  // namespace dlf::DLF_CPU_NS

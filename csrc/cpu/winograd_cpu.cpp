@@ -14,7 +14,7 @@
 #include <immintrin.h>
 #endif
 
-namespace dlf {
+namespace dlf::DLF_CPU_NS {
 
 std::vector<int64_t> winograd_tile_bases(int64_t size, int64_t d, int m) {
   std::vector<int64_t> bases;
@@ -242,4 +242,4 @@ void winograd_output_transform_cpu(const WinogradParams& p, int64_t Cout, const 
   output_transform<2>(p, Cout, m, bias, residual, act, y);
 }
 
-}  // namespace dlf
+}  // namespace dlf::DLF_CPU_NS
