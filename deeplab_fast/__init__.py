@@ -36,6 +36,8 @@ _LAZY = {
     "assets": "deeplab_fast.assets",
     "testing": "deeplab_fast.testing",
     "restore_malloc_defaults": "deeplab_fast.malloc_tuning",
+    "cpu_capability": "deeplab_fast.cpu",
+    "cpu_info": "deeplab_fast.cpu",
 }
 
 __all__ = ["ops", "HAS_EXT", "built_with_cuda", "configure", "__version__", *_LAZY]

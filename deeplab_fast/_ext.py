@@ -43,8 +43,14 @@ def built_with_cuda() -> bool:
 
 def require_ext(backend: str) -> None:
     """Raise a RuntimeError that says how to build, if the extension is missing."""
+    require_ext_for(f"backend={backend!r}")
+
+
+def require_ext_for(what: str) -> None:
+    """Raise a RuntimeError that says `what` (e.g. "cpu_capability()") needs the extension and how to build it, if
+    the extension is missing."""
     if not HAS_EXT:
         raise RuntimeError(
-            f"backend={backend!r} needs the compiled extension deeplab_fast._C, which could not be "
-            f"imported ({EXT_ERROR}). {BUILD_HINT}"
+            f"{what} needs the compiled extension deeplab_fast._C, which could not be imported ({EXT_ERROR}). "
+            f"{BUILD_HINT}"
         )

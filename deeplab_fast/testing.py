@@ -20,10 +20,12 @@ from torch import nn
 __all__ = [
     "CUDA_EMU_COUNTERS",
     "CUDA_EMU_ORDERS",
+    "cpu_capability",
     "cuda_emu_counters",
     "cuda_emu_order",
     "one_thread",
     "randomize_batchnorm",
+    "supported_cpu_capabilities",
 ]
 
 CUDA_EMU_ORDERS = ("forward", "reverse", "shuffle")
@@ -71,6 +73,35 @@ def cuda_emu_order(order: str, seed: int = 0) -> Iterator[None]:
         yield
     finally:
         torch.ops.deeplab_fast.set_cuda_emu_order(*previous)
+
+
+@contextlib.contextmanager
+def cpu_capability(name: str) -> Iterator[None]:
+    """Run the body on the CPU kernels compiled for instruction set `name`, then restore the previous variant.
+
+    `name` is "default" (portable), "avx2" or "avx512" (deeplab_fast.cpu_capability() says which runs by default:
+    the best this CPU and build support). Forcing a lower variant keeps it tested on a machine that would pick a
+    higher one. A variant this CPU or build cannot run, or an unknown name, is a ValueError naming `name` and the
+    supported ones (supported_cpu_capabilities()). Process-wide while active (one setting for all threads);
+    packed depthwise weights (deeplab_fast.optimize) are re-packed for the variant's lane width when it changes.
+    Needs deeplab_fast._C.
+    """
+    from deeplab_fast import cpu
+
+    previous = cpu.cpu_capability()
+    cpu._set_cpu_capability(name)
+    try:
+        yield
+    finally:
+        cpu._set_cpu_capability(previous)
+
+
+def supported_cpu_capabilities() -> tuple[str, ...]:
+    """The instruction-set variants of the CPU kernels this CPU and build can run, lowest first: ("default",),
+    ("default", "avx2") or ("default", "avx2", "avx512"). Needs deeplab_fast._C."""
+    from deeplab_fast import cpu
+
+    return cpu.supported_cpu_capabilities()
 
 
 CUDA_EMU_COUNTERS = (

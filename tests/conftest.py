@@ -41,6 +41,23 @@ def one_thread():
         yield
 
 
+@pytest.fixture
+def cpu_variant(request: pytest.FixtureRequest):
+    """The instruction-set variant of the CPU kernels the test runs on: "default", "avx2" or "avx512", forced for the
+    test and restored afterwards, also when it fails; a variant this machine lacks skips, naming it. Parametrized
+    indirectly: `@each_cpu_variant` (tests/_devices.py) runs a test once per variant; a grid that mixes backends
+    gives None to the other backends' rows (the variant left as it is)."""
+    from tests._devices import forced_cpu_variant
+
+    if not hasattr(request, "param"):
+        pytest.fail("parametrize cpu_variant indirectly: @each_cpu_variant (tests/_devices.py)")
+    if request.param is None:
+        yield None
+        return
+    with forced_cpu_variant(request.param):
+        yield request.param
+
+
 @pytest.fixture(scope="session")
 def device() -> str:
     """The string "cuda" on a machine with CUDA, else "cpu": the device of the tensors of the CUDA-kernel and

@@ -7,6 +7,10 @@ the CUDA kernels), a missing extension or nvcc fails these tests instead of skip
 from __future__ import annotations
 
 import os
+import platform
+import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -76,3 +80,51 @@ def test_emulated_cuda_kernels_in_every_build():
     _require_ext()
     for op in CUDA_OPS:
         assert _ext.has_kernel(f"{op}_cuda_emu", "cpu"), f"deeplab_fast::{op}_cuda_emu has no CPU kernel"
+
+
+# A function of a CPU kernel variant: its mangled name holds dlf::cpu_<variant> (launchers, their local functions and
+# lambdas, templates instantiated on them) or the variant's inline namespace dlf::host_<variant> (shared bodies).
+_VARIANT_SYMBOL = re.compile(r"(?:cpu|host)_(default|avx512|avx2)")
+
+
+def _functions_using_vector_registers(path: str) -> dict[str, set[str]]:
+    """{function symbol: the widest vector register files it uses, among "ymm" and "zmm"} from `objdump -d`."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump is not installed (binutils): the instruction check needs it")
+    listing = subprocess.run(
+        [objdump, "-d", "--no-show-raw-insn", path], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    found: dict[str, set[str]] = {}
+    symbol = ""
+    for line in listing.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if head:
+            symbol = head.group(1)
+            continue
+        for reg in ("ymm", "zmm"):
+            if "%" + reg in line:
+                found.setdefault(symbol, set()).add(reg)
+    return found
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the ISA variants are x86-64's")
+def test_only_the_isa_variants_hold_avx_code():
+    """The extension runs on any x86-64 CPU: no function outside the avx2/avx512 variants uses a YMM or ZMM register
+    (the default variant and every other translation unit are compiled without ISA flags, and the linker keeps their
+    copies of shared inline functions). The avx2 variant uses YMM and no ZMM; the avx512 variant uses ZMM: on a
+    machine without AVX-512 this is the evidence that it is built."""
+    _require_ext()
+    from deeplab_fast import _C
+
+    by_variant: dict[str, set[str]] = {"default": set(), "avx2": set(), "avx512": set(), "": set()}
+    offenders = []
+    for symbol, regs in _functions_using_vector_registers(_C.__file__).items():
+        match = _VARIANT_SYMBOL.search(symbol)
+        variant = match.group(1) if match else ""
+        by_variant[variant] |= regs
+        if variant in ("default", ""):
+            offenders.append(f"{symbol}: {sorted(regs)}")
+    assert not offenders, "AVX code outside the avx2/avx512 variants:\n" + "\n".join(offenders[:20])
+    assert by_variant["avx2"] == {"ymm"}, f"avx2 variant uses {sorted(by_variant['avx2'])}"
+    assert "zmm" in by_variant["avx512"], "the avx512 variant holds no ZMM code"

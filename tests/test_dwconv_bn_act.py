@@ -15,7 +15,7 @@ import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import dwconv_bn_act, fold_bn
 from deeplab_fast.ops.reference import apply_activation, dwconv_bn_act_reference
-from tests._devices import CUDA_KERNELS, HAS_CUDA, offset_view, to_backend
+from tests._devices import CUDA_KERNELS, HAS_CUDA, each_cpu_variant, offset_view, to_backend
 
 needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
@@ -83,7 +83,8 @@ CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 @pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_cpu_paired_walk_on_wide_maps(dtype):
+@each_cpu_variant
+def test_cpu_paired_walk_on_wide_maps(cpu_variant, dtype):
     """channels_last stride-1 3x3 on >= 512 channels (any rate) takes the paired-output walk of the CPU
     kernel; widths with 16-, 8- and 1-channel tails and odd maps, at rates 1, 2 and 5."""
     for c in (512, 520, 523):
@@ -95,8 +96,9 @@ def test_cpu_paired_walk_on_wide_maps(dtype):
 @pytest.mark.parametrize("stride", (1, 2))
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
-def test_cpu_grid(dtype, layout, stride):
-    """Full product: dtype x layout x stride x dilation x shape x activation."""
+@each_cpu_variant
+def test_cpu_grid(cpu_variant, dtype, layout, stride):
+    """Full product: dtype x layout x stride x dilation x shape x activation, on each CPU kernel variant."""
     for dilation in DILATIONS:
         for shape in SHAPES:
             _check_against_reference("cpu", dtype, layout, shape, stride, dilation)
@@ -105,7 +107,8 @@ def test_cpu_grid(dtype, layout, stride):
 @needs_ext
 @pytest.mark.parametrize("k", (5, 7, 9))
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_cpu_larger_kernels(k, layout):
+@each_cpu_variant
+def test_cpu_larger_kernels(cpu_variant, k, layout):
     for dilation, stride in ((1, 1), (3, 2), (12, 1)):
         for shape in SHAPES[1:3]:
             _check_against_reference("cpu", torch.float32, layout, shape, stride, dilation, ("relu",), k=k)

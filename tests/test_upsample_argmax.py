@@ -12,7 +12,7 @@ import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import upsample_argmax
 from deeplab_fast.ops.reference import upsample_argmax_reference
-from tests._devices import CUDA_KERNELS, to_backend
+from tests._devices import CUDA_KERNELS, backend_rows, backend_variant_params, each_cpu_variant, to_backend
 
 needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 CPP = pytest.param("cpu", marks=needs_ext)
@@ -40,17 +40,15 @@ CUDA_EMU_CASES = [case for case in CASES if case not in ("x4", "65to513")]
 def _grid():
     out = []
     for b in ("cpu", "triton", CUDA_KERNELS):
-        for case in CASES:
-            if (b == "triton" and case not in TRITON_CASES) or (b == "cuda_emu" and case not in CUDA_EMU_CASES):
-                continue
-            for cl in (False, True):
-                for ac in (False, True):
-                    marks = [needs_ext] if b != "triton" else []
-                    out.append(
-                        pytest.param(
-                            b, case, cl, ac, marks=marks, id=f"{b}-{case}-{'nhwc' if cl else 'nchw'}-ac{int(ac)}"
-                        )
-                    )
+        for label, variant in backend_rows(b):  # the CPU kernels: once per instruction-set variant
+            for case in CASES:
+                if (b == "triton" and case not in TRITON_CASES) or (b == "cuda_emu" and case not in CUDA_EMU_CASES):
+                    continue
+                for cl in (False, True):
+                    for ac in (False, True):
+                        marks = [needs_ext] if b != "triton" else []
+                        name = f"{label}-{case}-{'nhwc' if cl else 'nchw'}-ac{int(ac)}"
+                        out.append(pytest.param(b, variant, case, cl, ac, marks=marks, id=name))
     return out
 
 
@@ -59,8 +57,8 @@ def _logits(shape, dtype=torch.float32, channels_last=False, seed=0):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-@pytest.mark.parametrize("backend,case,channels_last,align_corners", _grid())
-def test_fp32_labels_equal_reference(backend, case, channels_last, align_corners):
+@pytest.mark.parametrize("backend,cpu_variant,case,channels_last,align_corners", _grid(), indirect=["cpu_variant"])
+def test_fp32_labels_equal_reference(backend, cpu_variant, case, channels_last, align_corners):
     shape, size = CASES[case]
     x = _logits(shape, channels_last=channels_last)
     (xb,) = to_backend(backend, x)
@@ -95,8 +93,8 @@ def test_ties_take_lowest_class_and_nan_wins(backend):
 @needs_ext
 @pytest.mark.parametrize("classes", [5, 11])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("backend", ["cpu", CUDA_KERNELS])
-def test_wild_rows_beside_tame_rows(backend, channels_last, classes):
+@pytest.mark.parametrize("backend,cpu_variant", backend_variant_params("cpu", CUDA_KERNELS), indirect=["cpu_variant"])
+def test_wild_rows_beside_tame_rows(backend, cpu_variant, channels_last, classes):
     """The CPU kernel takes a one-compare path for source rows of finite |logit| <= 1e30 and the full NaN
     rules elsewhere; rows of both kinds (inf, NaN, 1e35) in one map give the reference's labels. 11 classes
     of channels_last logits are staged by 8x8 transposes that also check the values, the last block of
@@ -203,7 +201,8 @@ ONE_AXIS_CASES = {
 )
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", list(ONE_AXIS_CASES))
-def test_vector_walk_matches_shared_pixel_walk(case, channels_last, dtype, align_corners):
+@each_cpu_variant
+def test_vector_walk_matches_shared_pixel_walk(cpu_variant, case, channels_last, dtype, align_corners):
     """The AVX2 walk gives the labels of the shared per-pixel walk, bit for bit, on tame rows and on rows holding
     NaN, infinities and values beyond 1e30. A kept axis has the taps (i, i, 1, 0), an exact identity whatever the
     order of the blends, so resizing x along W to >= 8 columns gives, transposed, what resizing x transposed

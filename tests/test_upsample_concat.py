@@ -13,7 +13,14 @@ import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import upsample_concat
 from deeplab_fast.ops.reference import upsample_concat_reference
-from tests._devices import CUDA_KERNELS, offset_view, to_backend
+from tests._devices import (
+    CUDA_KERNELS,
+    backend_rows,
+    backend_variant_params,
+    each_cpu_variant,
+    offset_view,
+    to_backend,
+)
 
 needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 CUDA = pytest.param(CUDA_KERNELS, marks=needs_ext)
@@ -65,22 +72,25 @@ def _grid():
     emulation runs the full grid on the small cases."""
     out = []
     for b in BACKENDS:
-        for case in CASES:
-            if b in ("triton", "cuda_emu") and case not in SMALL_CASES:
-                continue
-            for dtype in DTYPES:
-                for cl in (False, True):
-                    for ac in (False, True):
-                        if b == "triton" and (dtype != torch.float32 or ac) and case not in ("x2", "odd"):
-                            continue
-                        name = f"{b}-{case}-{str(dtype).split('.')[-1]}-{'nhwc' if cl else 'nchw'}-ac{int(ac)}"
-                        marks = [needs_ext] if b != "triton" else []
-                        out.append(pytest.param(b, case, dtype, cl, ac, marks=marks, id=name))
+        for label, variant in backend_rows(b):  # the CPU kernels: once per instruction-set variant
+            for case in CASES:
+                if b in ("triton", "cuda_emu") and case not in SMALL_CASES:
+                    continue
+                for dtype in DTYPES:
+                    for cl in (False, True):
+                        for ac in (False, True):
+                            if b == "triton" and (dtype != torch.float32 or ac) and case not in ("x2", "odd"):
+                                continue
+                            name = f"{label}-{case}-{str(dtype).split('.')[-1]}-{'nhwc' if cl else 'nchw'}-ac{int(ac)}"
+                            marks = [needs_ext] if b != "triton" else []
+                            out.append(pytest.param(b, variant, case, dtype, cl, ac, marks=marks, id=name))
     return out
 
 
-@pytest.mark.parametrize("backend,case,dtype,channels_last,align_corners", _grid())
-def test_matches_reference(backend, case, dtype, channels_last, align_corners):
+@pytest.mark.parametrize(
+    "backend,cpu_variant,case,dtype,channels_last,align_corners", _grid(), indirect=["cpu_variant"]
+)
+def test_matches_reference(backend, cpu_variant, case, dtype, channels_last, align_corners):
     shapes, size = CASES[case]
     tensors = _inputs(shapes, dtype, channels_last)
     out = upsample_concat(to_backend(backend, *tensors), size, align_corners=align_corners, backend=backend)
@@ -250,8 +260,8 @@ def _planted_inputs(dtype, channels_last):
 @pytest.mark.parametrize("align_corners", [False, True], ids=["ac0", "ac1"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("backend", ["cpu", CUDA_KERNELS])
-def test_non_finite_values_follow_reference(backend, channels_last, dtype, align_corners):
+@pytest.mark.parametrize("backend,cpu_variant", backend_variant_params("cpu", CUDA_KERNELS), indirect=["cpu_variant"])
+def test_non_finite_values_follow_reference(backend, cpu_variant, channels_last, dtype, align_corners):
     """NaN and infinities come out where F.interpolate + cat puts them. A zero weight times inf is NaN there, so
     even an input already at the output size turns inf into NaN; the channels_last copy path kept inf."""
     tensors = _planted_inputs(dtype, channels_last)
@@ -265,7 +275,8 @@ def test_non_finite_values_follow_reference(backend, channels_last, dtype, align
 @needs_ext
 @pytest.mark.parametrize("align_corners", [False, True], ids=["ac0", "ac1"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float16", "bfloat16"])
-def test_channels_last_paths_match_shared_body(dtype, align_corners):
+@each_cpu_variant
+def test_channels_last_paths_match_shared_body(cpu_variant, dtype, align_corners):
     """channels_last runs vectorized channel blends, inline copies and broadcast rows; NCHW runs the shared
     per-element value of kernels/upsample.h. Both round alike: the outputs are equal bit for bit (NaN aside)."""
     nchw = _planted_inputs(dtype, channels_last=False)

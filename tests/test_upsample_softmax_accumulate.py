@@ -12,7 +12,7 @@ import deeplab_fast
 from deeplab_fast import _ext
 from deeplab_fast.ops import upsample_softmax_accumulate
 from deeplab_fast.ops.reference import upsample_softmax_accumulate_reference
-from tests._devices import CUDA_KERNELS, to_backend
+from tests._devices import CUDA_KERNELS, backend_rows, backend_variant_params, each_cpu_variant, to_backend
 
 needs_ext = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 CPP = pytest.param("cpu", marks=needs_ext)
@@ -38,24 +38,27 @@ CUDA_EMU_CASES = [case for case in CASES if case != "x4"]
 def _grid():
     out = []
     for b in ("cpu", "triton", CUDA_KERNELS):
-        for case in CASES:
-            if (b == "triton" and case not in TRITON_CASES) or (b == "cuda_emu" and case not in CUDA_EMU_CASES):
-                continue
-            for dtype in (torch.float32, torch.float16, torch.bfloat16):
-                for cl in (False, True):
-                    for ac in (False, True):
-                        for flip in (False, True):
-                            if b == "triton" and (dtype != torch.float32 or cl) and case not in ("x2", "odd"):
-                                continue
-                            marks = [needs_ext] if b != "triton" else []
-                            fmt = "nhwc" if cl else "nchw"
-                            name = f"{b}-{case}-{str(dtype).split('.')[-1]}-{fmt}-ac{int(ac)}-f{int(flip)}"
-                            out.append(pytest.param(b, case, dtype, cl, ac, flip, marks=marks, id=name))
+        for label, variant in backend_rows(b):  # the CPU kernels: once per instruction-set variant
+            for case in CASES:
+                if (b == "triton" and case not in TRITON_CASES) or (b == "cuda_emu" and case not in CUDA_EMU_CASES):
+                    continue
+                for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                    for cl in (False, True):
+                        for ac in (False, True):
+                            for flip in (False, True):
+                                if b == "triton" and (dtype != torch.float32 or cl) and case not in ("x2", "odd"):
+                                    continue
+                                marks = [needs_ext] if b != "triton" else []
+                                fmt = "nhwc" if cl else "nchw"
+                                name = f"{label}-{case}-{str(dtype).split('.')[-1]}-{fmt}-ac{int(ac)}-f{int(flip)}"
+                                out.append(pytest.param(b, variant, case, dtype, cl, ac, flip, marks=marks, id=name))
     return out
 
 
-@pytest.mark.parametrize("backend,case,dtype,channels_last,align_corners,flip", _grid())
-def test_matches_reference(backend, case, dtype, channels_last, align_corners, flip):
+@pytest.mark.parametrize(
+    "backend,cpu_variant,case,dtype,channels_last,align_corners,flip", _grid(), indirect=["cpu_variant"]
+)
+def test_matches_reference(backend, cpu_variant, case, dtype, channels_last, align_corners, flip):
     shape, size = CASES[case]
     g = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(shape, generator=g)).to(dtype)
@@ -168,8 +171,8 @@ NON_FINITE_CASES = {
 @needs_ext
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", list(NON_FINITE_CASES))
-@pytest.mark.parametrize("backend", ["cpu", CUDA_KERNELS])
-def test_non_finite_logits_follow_reference(backend, case, channels_last):
+@pytest.mark.parametrize("backend,cpu_variant", backend_variant_params("cpu", CUDA_KERNELS), indirect=["cpu_variant"])
+def test_non_finite_logits_follow_reference(backend, cpu_variant, case, channels_last):
     """torch.softmax gives NaN for every class of a pixel whose resized logits hold a NaN or +inf, or are all
     -inf; a -inf class beside finite ones gets 0. The CPU kernel used to turn a NaN logit into finite
     probabilities and a +inf logit into a uniform 1/K."""
@@ -191,8 +194,8 @@ def test_non_finite_logits_follow_reference(backend, case, channels_last):
 
 
 @needs_ext
-@pytest.mark.parametrize("backend", ["cpu", CUDA_KERNELS])
-def test_inf_logit_gives_nan_not_uniform(backend):
+@pytest.mark.parametrize("backend,cpu_variant", backend_variant_params("cpu", CUDA_KERNELS), indirect=["cpu_variant"])
+def test_inf_logit_gives_nan_not_uniform(backend, cpu_variant):
     """The case from the fuzzing report: one class +inf, 5 classes, upsampled to 8-column rows. torch.softmax
     gives NaN (inf - inf); the CPU kernel gave a uniform 0.2."""
     logits = torch.zeros(1, 5, 2, 4)
@@ -237,7 +240,8 @@ def _transposed(x, channels_last):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", list(ONE_AXIS_CASES))
-def test_vector_rows_match_shared_pixel_walk(case, channels_last, dtype, align_corners, flip):
+@each_cpu_variant
+def test_vector_rows_match_shared_pixel_walk(cpu_variant, case, channels_last, dtype, align_corners, flip):
     """The AVX2 rows agree with the shared per-pixel walk within fp32 rounding (its exp is a polynomial within
     2 ulp of expf). A kept axis has the taps (i, i, 1, 0), an exact identity whatever the order of the blends,
     so resizing x along W to >= 8 columns gives, transposed, what resizing x transposed along H gives; there the

@@ -9,6 +9,7 @@ from deeplab_fast import _ext
 from deeplab_fast.models.fuse import FusedConv
 from deeplab_fast.ops import winograd_conv3x3, winograd_weight
 from deeplab_fast.ops.reference import winograd_conv3x3_reference
+from tests._devices import each_cpu_variant
 
 pytestmark = pytest.mark.skipif(not _ext.HAS_EXT, reason="deeplab_fast._C is not built")
 
@@ -41,7 +42,8 @@ CASES = [
 @pytest.mark.parametrize("n,cin,cout,h,w,d", CASES, ids=[f"{c[1]}to{c[2]}-{c[3]}x{c[4]}-d{c[5]}" for c in CASES])
 @pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
 @pytest.mark.parametrize("tile", [2, 4], ids=["F2x2", "F4x4"])
-def test_matches_conv2d_reference(n, cin, cout, h, w, d, activation, tile):
+@each_cpu_variant
+def test_matches_conv2d_reference(cpu_variant, n, cin, cout, h, w, d, activation, tile):
     x, weight, bias, residual = _inputs(n, cin, cout, h, w)
     u = winograd_weight(weight, tile)
     tol = 1e-5 if tile == 2 else 1e-4  # F(4x4, 3x3)'s larger transform constants cost about 1e-5

@@ -23,7 +23,7 @@ import functools
 import torch
 from torch import nn
 
-from deeplab_fast import _ext
+from deeplab_fast import _ext, cpu
 from deeplab_fast.ops._backend import (
     check_cuda_emu_input,
     device_of,
@@ -182,12 +182,13 @@ def dwconv_pack_width(dtype: torch.dtype, backend: str, *, channels_last: bool =
     if not isinstance(channels_last, bool):
         raise TypeError(f"channels_last must be True or False, got {channels_last!r}")
     _ext.require_ext(backend)
-    return _pack_width(dtype, backend, channels_last)
+    return _pack_width(dtype, backend, channels_last, cpu.current_key() if backend == "cpu" else None)
 
 
 @functools.cache
-def _pack_width(dtype: torch.dtype, backend: str, channels_last: bool) -> int:
-    # a pure function of its arguments, asked on every FusedDWConv call: answered once per key
+def _pack_width(dtype: torch.dtype, backend: str, channels_last: bool, cpu_variant: str | None) -> int:
+    # a pure function of its arguments, asked on every FusedDWConv call: answered once per key. The CPU kernels'
+    # width follows their instruction-set variant (deeplab_fast.cpu), which tests may change.
     return torch.ops.deeplab_fast.dwconv_bn_act_pack_width(backend, dtype, channels_last)
 
 
