@@ -122,7 +122,9 @@ def targets(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any
     dtype, batch = TARGET_CONFIG["dtype"], TARGET_CONFIG["batch"]
     out: list[dict[str, Any]] = []
 
-    def ratio(model: str, fast: str, slow: str, fast_dtype: str = dtype, slow_dtype: str = dtype):
+    def ratio(
+        model: str, fast: str, slow: str, fast_dtype: str = dtype, slow_dtype: str = dtype
+    ) -> tuple[float | None, str]:
         a = _find(rows, model, fast, fast_dtype, batch)
         b = _find(rows, model, slow, slow_dtype, batch)
         for r, name, d in ((a, fast, fast_dtype), (b, slow, slow_dtype)):
