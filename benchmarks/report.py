@@ -123,7 +123,7 @@ def targets(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any
     out: list[dict[str, Any]] = []
 
     def ratio(
-        model: str, fast: str, slow: str, fast_dtype: str = dtype, slow_dtype: str = dtype
+        model: str, fast: str, slow: str, fast_dtype: str = dtype, slow_dtype: str = dtype, brief: bool = False
     ) -> tuple[float | None, str]:
         a = _find(rows, model, fast, fast_dtype, batch)
         b = _find(rows, model, slow, slow_dtype, batch)
@@ -131,7 +131,8 @@ def targets(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any
             if r is None:
                 return None, f"{name} in {d} was not run"
             if r.get("skipped"):
-                return None, f"{r['provider']} in {d} skipped: {r['skipped']}"
+                reason = "see Skipped" if brief else r["skipped"]
+                return None, f"{r['provider']} in {d} skipped: {reason}"
         return b["median_ms"] / a["median_ms"], ""
 
     from bench_models import LABELS, MODELS
@@ -165,7 +166,7 @@ def targets(rows: list[dict[str, Any]], env: dict[str, Any], meta: dict[str, Any
     checks = [("target", *t) for t in AMX_TARGETS]
     checks += [("aim", m, "optimize", "bfloat16", "onnxruntime", "float32", AMX_AIM_BF16, False) for m in MODELS]
     for kind, model, fast, fast_dtype, slow, slow_dtype, goal, strict in checks:
-        value, why = ratio(model, fast, slow, fast_dtype, slow_dtype)
+        value, why = ratio(model, fast, slow, fast_dtype, slow_dtype, brief=True)
         want = "faster" if strict and goal == 1.0 else f">= {goal:g}x faster"
         text = (
             f"{model}: {LABELS[fast]} in {fast_dtype} is {speed_words(value)} than {LABELS[slow]} in {slow_dtype} "
