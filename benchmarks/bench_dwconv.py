@@ -1,8 +1,10 @@
 """Benchmark family `dwconv`: fused atrous depthwise conv + BN + ReLU on DeepLabV3+ shapes (513x513 input).
 
-Providers: our backends (cpu / cuda / triton, each where it runs), the eager chain conv2d(groups=C) +
-batch_norm + relu in NCHW and channels_last (oneDNN on a CPU, cuDNN on a GPU), and torch.compile of that
-chain (default, and with freezing, which folds BN into the conv). Every row reports the median time, GB/s
+Providers: our backends (cpu / cuda / triton, each where it runs; the CPU backend once per CPU kernel path
+this CPU supports, "deeplab_fast-cpu[default]", "deeplab_fast-cpu[avx2]", ..., each call forced to its path
+and the path restored after it), the eager chain conv2d(groups=C) + batch_norm + relu in NCHW and
+channels_last (oneDNN on a CPU, cuDNN on a GPU), and torch.compile of that chain (default, and with
+freezing, which folds BN into the conv). Every row reports the median time, GB/s
 of the ideal traffic (read x once, write y once), % of the copy bandwidth measured in this run, and
 copy_ratio = time / time of a copy of the output tensor (same shape and layout), the copy timed in the
 providers' interleaved rotation (same cache state), and copy_hot_ratio against that copy timed back to back.
@@ -81,8 +83,9 @@ def count_steps(quick: bool, batch: int | None) -> int:
     return len(chosen_cases(quick)) * len([batch] if batch else ([1] if quick else [1, 4]))
 
 
-def _probe(backend: str, device: torch.device) -> str:
-    """Why `backend` cannot run dwconv_bn_act on `device` ("" when it can), asked of the op itself."""
+def _probe(backend: str, device: torch.device, cpu_path: str | None = None) -> str:
+    """Why `backend` cannot run dwconv_bn_act on `device` ("" when it can), asked of the op itself (on the CPU
+    kernel path `cpu_path` when given)."""
     if backend == "triton" and device.type != "cuda":
         return "the Triton interpreter on a CPU is a test tool, not a benchmark target"
     if backend == "cuda" and device.type != "cuda":
@@ -90,8 +93,12 @@ def _probe(backend: str, device: torch.device) -> str:
     x = torch.zeros(1, 8, 5, 5, device=device)
     w = torch.zeros(8, 1, 3, 3, device=device)
     s = torch.ones(8, device=device)
+
+    def call() -> torch.Tensor:
+        return dwconv_bn_act(x, w, s, s, stride=1, dilation=1, activation="relu", backend=backend)
+
     try:
-        dwconv_bn_act(x, w, s, s, stride=1, dilation=1, activation="relu", backend=backend)
+        (harness.on_cpu_capability(cpu_path, call) if cpu_path else call)()
     except (RuntimeError, ValueError, TypeError, ImportError) as exc:
         return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     return ""
@@ -135,12 +142,17 @@ def _providers(
     kw = dict(stride=case.stride, dilation=case.dilation, activation="relu")
     out: dict[str, tuple[str, Callable | str]] = {}
     for backend in ("cpu", "cuda", "triton"):
-        why = _probe(backend, device)
-        ok = not why
-        for layout, x in (("channels_last", x_cl), ("nchw", x_nchw)):
-            name = f"deeplab_fast-{backend}"
-            fn = lambda x=x, b=backend: dwconv_bn_act(x, weight, scale, shift, **kw, backend=b)
-            out[f"{name}|{layout}"] = (layout, fn if ok else why)
+        # the CPU kernels on every path this CPU supports ("deeplab_fast-cpu[avx2]", ...), each call forced
+        # to its path; on a GPU run the CPU backend is one skipped provider
+        paths = harness.cpu_capabilities(device) if backend == "cpu" else ()
+        for path in paths or (None,):
+            why = _probe(backend, device, path)
+            name = f"deeplab_fast-{backend}" + (f"[{path}]" if path else "")
+            for layout, x in (("channels_last", x_cl), ("nchw", x_nchw)):
+                fn = lambda x=x, b=backend: dwconv_bn_act(x, weight, scale, shift, **kw, backend=b)
+                if path:
+                    fn = harness.on_cpu_capability(path, fn)
+                out[f"{name}|{layout}"] = (layout, why or fn)
     base = harness.baseline_name(device)
     cl_block = block.to(memory_format=torch.channels_last)
     out[f"{base} eager|nchw"] = ("nchw", lambda: block(x_nchw))
@@ -222,10 +234,12 @@ def run(
                 copy_hot = {layout: harness.copy_time(t, device, reps=max(reps, 5)) for layout, t in like.items()}
             nbytes = (x.numel() + y.numel()) * x.element_size()
             for key, (layout, skipped) in meta.items():
+                provider = key.split("|")[0]
                 row = {
                     "family": FAMILY,
                     "case": case.name,
-                    "provider": key.split("|")[0],
+                    "provider": provider,
+                    "cpu_capability": harness.capability_of(provider),
                     "dtype": str(dtype).replace("torch.", ""),
                     "layout": layout,
                     "batch": n,

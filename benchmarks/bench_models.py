@@ -1,10 +1,13 @@
 """Model benchmarks: DeepLabV3+ from deeplab_fast (eager, optimize()d, torch.compile of each) against peers.
 
 Peers run on the same input: segmentation_models_pytorch DeepLabV3Plus(resnet101), torchvision
-deeplabv3_resnet101 and onnxruntime on an ONNX export of our eager model (CPU only). Every provider of one
-(model, batch, dtype) is timed interleaved (A B C A B C ...) after warm-up; rows carry the median latency,
-images/s, multiply-adds, achieved GFLOP/s against a GEMM peak measured in the same run, peak memory and the
-speedups of optimize() and torch.compile(optimize()) over the provider.
+deeplabv3_resnet101 and onnxruntime on an ONNX export of our eager model (CPU, fp32 only). A provider runs in
+one dtype: ours in float32 as built, in bfloat16/float16 as `optimize(model, dtype=...)` (BN folded in fp32,
+then cast) or the eager model cast with `.to(dtype)`. Every (provider, dtype) of one (model, batch) is timed
+interleaved (A B C A B C ...) after warm-up, so optimize() in bf16 and onnxruntime in fp32 meet the same
+machine load; rows carry the dtype, the median latency, images/s, multiply-adds, achieved GFLOP/s against a
+GEMM peak (of the row's dtype) measured in the same run, peak memory and the speedups of optimize() and
+torch.compile(optimize()) of the row's dtype, and of optimize() in bf16, over the provider.
 
 Memory on a CPU is measured in a fresh subprocess per provider (this file with --memory-worker): after one
 warm-up forward the kernel's peak-RSS counter is reset (/proc/self/clear_refs), and the peak RSS growth of
@@ -57,6 +60,9 @@ LABELS = {
 }
 # peers that exist only for one backbone
 PEER_BACKBONE = {"smp": "resnet101", "torchvision": "resnet101"}
+# providers that exist only in some dtypes (the others run in every dtype): onnxruntime runs the fp32 export.
+# In another dtype such a provider is left out (never a row), and run.py's plan says so.
+PROVIDER_DTYPES = {"onnxruntime": ("float32",)}
 
 
 @dataclass
@@ -116,6 +122,17 @@ def build_ours(case: str, device: torch.device, dtype: torch.dtype, seed: int = 
     return model.eval().to(device=device, dtype=dtype)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype as the rows' dtype column spells it: torch.bfloat16 -> "bfloat16"."""
+    return str(dtype).replace("torch.", "")
+
+
+def runs_in(provider: str, dtype: torch.dtype | str) -> bool:
+    """Whether `provider` exists in `dtype` (onnxruntime: float32 only; the others: every dtype)."""
+    name = dtype if isinstance(dtype, str) else dtype_name(dtype)
+    return name in PROVIDER_DTYPES.get(provider, (name,))
+
+
 def peer_size(provider: str, size: int) -> int:
     """Input side a provider runs at: smp needs sides divisible by 16 (we round down: 513 -> 512)."""
     return size - size % 16 if provider == "smp" else size
@@ -133,27 +150,36 @@ def build_provider(
     eager: torch.nn.Module | None = None,
     tune_malloc: bool = True,
 ) -> Built:
-    """Build one provider and its input; raises with a reason if it cannot run here.
+    """Build one provider in `dtype` and its input (in `dtype`); raises with a reason if it cannot run here.
 
-    tune_malloc: passed to optimize() (the memory worker turns the process-wide glibc tuning off).
+    eager: our eager model of `case` in float32 on `device` (built here if None). Ours in float32 use it as it
+    is; in another dtype optimize() gets `dtype=` (BN folded in fp32, then cast once) and the eager providers
+    a cast copy. tune_malloc: passed to optimize() (the memory worker turns the process-wide glibc tuning off).
     """
+    if not runs_in(provider, dtype):
+        raise RuntimeError(f"{provider} runs in {', '.join(PROVIDER_DTYPES[provider])} only")
     side = peer_size(provider, size)
     x = torch.randn(batch, 3, side, side, device=device, dtype=dtype)
     if provider in OURS:
         api, why = our_api()
         if api is None:
             raise RuntimeError(why)
-        model = eager if eager is not None else build_ours(case, device, dtype)
+        base = eager if eager is not None else build_ours(case, device, torch.float32)
         layout = "NCHW"
         note = ""
         if provider in ("optimize", "compile_optimize"):
-            model = api.optimize(copy.deepcopy(model), tune_malloc=tune_malloc)
+            cast = None if dtype == torch.float32 else dtype
+            model = api.optimize(base, tune_malloc=tune_malloc, dtype=cast)
             layout = "channels_last"
-        macs_model = eager if eager is not None else model
+            if cast is not None:
+                note = f"optimize(model, dtype=torch.{dtype_name(dtype)})"
+        else:
+            model = base if dtype == torch.float32 else copy.deepcopy(base).to(dtype)
+        macs_model = base  # multiply-adds do not depend on the dtype: one count per model
         params = _params_mb(model)
         if provider.startswith("compile"):
             model = torch.compile(model, **compile_options(device))
-            note = f"torch.compile {compile_label(device)}"
+            note = "; ".join(n for n in (f"torch.compile {compile_label(device)}", note) if n)
         return Built(lambda: model(x), (side, side), layout, macs_model, params, note, [model, x])
     if provider == "smp":
         try:
@@ -180,8 +206,6 @@ def build_provider(
     if provider == "onnxruntime":
         if device.type != "cpu":
             raise RuntimeError("onnxruntime is benchmarked on the CPU only (CPUExecutionProvider)")
-        if dtype != torch.float32:
-            raise RuntimeError("onnxruntime runs the fp32 export only")
         if onnx_path is None or not os.path.exists(onnx_path):
             raise RuntimeError("no ONNX export of the eager model")
         import onnxruntime as ort
@@ -247,7 +271,7 @@ def skipped_row(case: str, provider: str, dtype: torch.dtype, batch: int, size: 
         "model": case,
         "provider": LABELS[provider],
         "provider_key": provider,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name(dtype),
         "layout": layout_of(provider),
         "batch": batch,
         "input": "",
@@ -276,7 +300,7 @@ def memory_in_subprocess(
     spec = {
         "provider": provider,
         "case": case,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name(dtype),
         "size": size,
         "batch": batch,
         "threads": torch.get_num_threads(),
@@ -337,7 +361,7 @@ def _memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run(
     device: torch.device,
-    dtype: torch.dtype,
+    dtypes: tuple[torch.dtype, ...],
     *,
     size: int,
     batch: int,
@@ -346,48 +370,52 @@ def run(
     models: tuple[str, ...] = ("resnet101", "xception65"),
     providers: tuple[str, ...] = PROVIDERS,
     memory: tuple[str, ...] = PROVIDERS,
-    gemm_gflops: float | None = None,
+    skip: dict[str, str] | None = None,
+    gemm_gflops: dict[str, float] | None = None,
     progress: Any = None,
     work_dir: str | None = None,
     budget_s: float | None = None,
     min_reps: int = 5,
 ) -> list[dict[str, Any]]:
-    """Benchmark every model case x provider at one (dtype, batch, size); returns rows (skipped ones included).
+    """Benchmark every model case x provider x dtype at one (batch, size); returns rows (skipped ones included).
 
     Args:
-        device: where to run. dtype: float32/float16/bfloat16 for models and inputs.
+        device: where to run. dtypes: the dtypes of the providers (float32/float16/bfloat16); every
+            (provider, dtype) of one model is timed in one interleaved rotation.
         size: input side (size x size; smp rounds down to a multiple of 16). batch: images per forward.
-        reps: timed forwards per provider (interleaved), or with budget_s the most a provider gets;
+        reps: timed forwards per provider, or with budget_s the most a provider gets;
             warmup: untimed forwards before (the first one is reported as first_call_s: it includes
             torch.compile's compilation).
-        models: cases of MODELS. providers: which run, each a name of PROVIDERS or "case:provider" (one
-            model only). memory: providers whose memory is measured, named the same way
-            (on a CPU each costs a subprocess that builds, and for compiled ones compiles, the model again).
-        gemm_gflops: the GEMM peak measured in this run, for pct_gemm. progress: harness.Progress or None.
-        work_dir: folder for ONNX exports (a temporary one if None).
+        models: cases of MODELS. providers: which run, each entry a provider name (in every dtype of
+            `dtypes` it exists in, see runs_in), optionally "case:" before it (one model only) and/or "@dtype"
+            after it (one dtype only, e.g. "optimize@bfloat16"). memory: providers whose memory is measured,
+            named the same way (on a CPU each costs a subprocess that builds, and for compiled ones compiles,
+            the model again). skip: entries named the same way -> reason: a selected provider that matches
+            gets a skipped row with that reason instead of running.
+        gemm_gflops: dtype name -> the GEMM peak measured in this run, for pct_gemm. progress:
+            harness.Progress or None. work_dir: folder for ONNX exports (a temporary one if None).
         budget_s: seconds of timed forwards per provider: a slow provider gets as many as fit, but at least
             min_reps (harness.time_interleaved); None: exactly `reps` each. The row's `reps` says how many ran.
     """
     progress = progress if progress is not None else harness.Progress(None)
-    dname = str(dtype).replace("torch.", "")
     rows: list[dict[str, Any]] = []
     tmp = tempfile.TemporaryDirectory(prefix="deeplab_fast_bench_") if work_dir is None else None
     work = work_dir if work_dir is not None else tmp.name
     try:
         for case in models:
+            entries = wanted(case, tuple(dtypes), providers)
             rows.extend(
                 _run_case(
                     case,
+                    entries,
                     device,
-                    dtype,
-                    dname,
                     size,
                     batch,
                     reps,
                     warmup,
-                    providers,
                     memory,
-                    gemm_gflops,
+                    skip or {},
+                    gemm_gflops or {},
                     progress,
                     work,
                     budget_s,
@@ -400,67 +428,105 @@ def run(
     return rows
 
 
-def selected(entries: tuple[str, ...], case: str, provider: str) -> bool:
-    """Whether `provider` of model `case` is in `entries` (each a provider name or "case:provider")."""
-    return provider in entries or f"{case}:{provider}" in entries
+def selected(entries: tuple[str, ...] | dict[str, Any], case: str, provider: str, dtype: str | None = None) -> bool:
+    """Whether `provider` of model `case` in `dtype` is named in `entries`.
+
+    An entry is a provider name, optionally with "case:" before it and "@dtype" after it ("optimize",
+    "resnet101:onnxruntime", "optimize@bfloat16", "xception65:optimize@bfloat16"). dtype None: an entry with
+    any dtype suffix matches.
+    """
+    for entry in entries:
+        name, _, want_dtype = entry.partition("@")
+        if name not in (provider, f"{case}:{provider}"):
+            continue
+        if not want_dtype or dtype is None or want_dtype == dtype:
+            return True
+    return False
 
 
-def steps(models: tuple[str, ...], providers: tuple[str, ...], reps: int, warmup: int) -> int:
-    """Progress-bar steps that `run` will report for these arguments (an upper bound)."""
-    per_case = 0
-    for case in models:
+def wanted(case: str, dtypes: tuple[torch.dtype, ...], providers: tuple[str, ...]) -> list[tuple[str, torch.dtype]]:
+    """The (provider, dtype) pairs of `case` that `providers` selects, in PROVIDERS order, dtype by dtype."""
+    out = []
+    for dtype in dtypes:
         for p in PROVIDERS:
-            if PEER_BACKBONE.get(p, case) == case and selected(providers, case, p):
-                per_case += 1 + max(warmup, 1) + reps + 1  # build, warm-up, timed calls, memory
-    return per_case
+            if (
+                PEER_BACKBONE.get(p, case) == case
+                and runs_in(p, dtype)
+                and selected(providers, case, p, dtype_name(dtype))
+            ):
+                out.append((p, dtype))
+    return out
+
+
+def steps(
+    models: tuple[str, ...], providers: tuple[str, ...], dtypes: tuple[torch.dtype, ...], reps: int, warmup: int
+) -> int:
+    """Progress-bar steps that `run` will report for these arguments (an upper bound)."""
+    per_call = 1 + max(warmup, 1) + reps + 1  # build, warm-up, timed calls, memory
+    return sum(per_call * len(wanted(case, tuple(dtypes), providers)) for case in models)
+
+
+def _key(provider: str, dtype: torch.dtype) -> str:
+    return f"{provider}@{dtype_name(dtype)}"
 
 
 def _run_case(
-    case,
-    device,
-    dtype,
-    dname,
-    size,
-    batch,
-    reps,
-    warmup,
-    providers,
-    memory,
-    gemm_gflops,
-    progress,
-    work,
-    budget_s=None,
-    min_reps=5,
+    case: str,
+    entries: list[tuple[str, torch.dtype]],
+    device: torch.device,
+    size: int,
+    batch: int,
+    reps: int,
+    warmup: int,
+    memory: tuple[str, ...],
+    skip: dict[str, str],
+    gemm_gflops: dict[str, float],
+    progress: Any,
+    work: str,
+    budget_s: float | None = None,
+    min_reps: int = 5,
 ) -> list[dict[str, Any]]:
-    wanted = [p for p in PROVIDERS if PEER_BACKBONE.get(p, case) == case and selected(providers, case, p)]
+    """Rows of every (provider, dtype) of one model, all timed in one interleaved rotation."""
     rows: dict[str, dict[str, Any]] = {}
     built: dict[str, Built] = {}
+    dtype_of = {_key(p, d): d for p, d in entries}
+    provider_of = {_key(p, d): p for p, d in entries}
     onnx_path = None
     eager = None
     eager_error = ""
+
+    def skipped(key: str, reason: str) -> None:
+        rows[key] = skipped_row(case, provider_of[key], dtype_of[key], batch, size, reason)
+
     with torch.no_grad():
-        if any(p in OURS or p == "onnxruntime" for p in wanted):
+        if any(p in OURS or p == "onnxruntime" for p, _ in entries):
             progress.set_postfix_str(f"{case}: building")
             api, eager_error = our_api()
             if api is not None:
                 try:
-                    eager = build_ours(case, device, dtype)
+                    eager = build_ours(case, device, torch.float32)
                 except Exception as exc:  # noqa: BLE001
                     eager_error = "building our model failed: " + _reason(exc)
-        for p in wanted:
-            progress.set_postfix_str(f"{case}: {p} build")
+        for key, p in provider_of.items():
+            dtype = dtype_of[key]
+            progress.set_postfix_str(f"{case}: {key} build")
+            reason = next((why for entry, why in skip.items() if selected((entry,), case, p, dtype_name(dtype))), "")
             try:
+                if reason:
+                    skipped(key, reason)
+                    progress.update(1)
+                    continue
                 if p in OURS and eager is None:
-                    rows[p] = skipped_row(case, p, dtype, batch, size, eager_error)
+                    skipped(key, eager_error)
                     progress.update(1)
                     continue
                 if p == "onnxruntime":
                     if eager is None:
-                        rows[p] = skipped_row(case, p, dtype, batch, size, f"no eager model to export: {eager_error}")
+                        skipped(key, f"no eager model to export: {eager_error}")
                         progress.update(1)
                         continue
-                    if device.type != "cpu" or dtype != torch.float32:
-                        raise RuntimeError("onnxruntime is benchmarked on the CPU in fp32 only")
+                    if device.type != "cpu":
+                        raise RuntimeError("onnxruntime is benchmarked on the CPU only")
                     onnx_path = os.path.join(work, f"{case}_b{batch}_{size}.onnx")
                     t0 = time.perf_counter()
                     export_onnx(eager, batch, size, onnx_path)
@@ -468,29 +534,29 @@ def _run_case(
                 b = build_provider(p, case, device, dtype, size, batch, onnx_path=onnx_path, eager=eager)
                 if p == "onnxruntime":
                     b.note += f"; export {export_s:.0f} s"
-                built[p] = b
+                built[key] = b
             except Exception as exc:  # noqa: BLE001  (listed as skipped with the reason, never hidden)
-                rows[p] = skipped_row(case, p, dtype, batch, size, _reason(exc))
+                skipped(key, _reason(exc))
             progress.update(1)
 
         # first call alone (it compiles), so a provider that fails there is dropped without stopping the others
         first: dict[str, float] = {}
-        for p in list(built):
-            progress.set_postfix_str(f"{case}: {p} first call")
+        for key in list(built):
+            progress.set_postfix_str(f"{case}: {key} first call")
             t0 = time.perf_counter()
             try:
-                built[p].fn()
+                built[key].fn()
                 harness.synchronize(device)
             except Exception as exc:  # noqa: BLE001
-                rows[p] = skipped_row(case, p, dtype, batch, size, "failed on the first call: " + _reason(exc))
-                del built[p]
-            first[p] = time.perf_counter() - t0
+                skipped(key, "failed on the first call: " + _reason(exc))
+                del built[key]
+            first[key] = time.perf_counter() - t0
             progress.update(1)
 
         progress.set_postfix_str(f"{case}: timing {len(built)} providers interleaved")
         failures: dict[str, str] = {}
         times = harness.time_interleaved(
-            {p: _guarded(p, b.fn, failures) for p, b in built.items()},
+            {key: _guarded(key, b.fn, failures) for key, b in built.items()},
             device,
             warmup=max(warmup - 1, 0),
             reps=reps,
@@ -498,21 +564,24 @@ def _run_case(
             budget_s=budget_s,
             min_reps=min_reps,
         )
-        for p, why in failures.items():
-            rows[p] = skipped_row(case, p, dtype, batch, size, "failed while timing: " + why)
-            del built[p]
+        for key, why in failures.items():
+            skipped(key, "failed while timing: " + why)
+            del built[key]
 
     macs_cache: dict[int, int | None] = {}
-    for p, b in built.items():
-        key = id(b.macs_model)
-        if b.macs_model is not None and key not in macs_cache:
-            macs_cache[key] = count_macs(b.macs_model, batch, b.size)
-        macs = macs_cache.get(key) if b.macs_model is not None else None
-        if p == "onnxruntime" and "eager" in built:
-            macs = macs_cache.get(id(built["eager"].macs_model))
-        med = harness.median(times[p])
+    for key, b in built.items():
+        p, dname = provider_of[key], dtype_name(dtype_of[key])
+        if b.macs_model is not None and id(b.macs_model) not in macs_cache:
+            macs_cache[id(b.macs_model)] = count_macs(b.macs_model, batch, b.size)
+        macs = macs_cache.get(id(b.macs_model)) if b.macs_model is not None else None
+        if p == "onnxruntime" and eager is not None:
+            macs = macs_cache.get(id(eager))
+            if macs is None and id(eager) not in macs_cache:
+                macs = macs_cache[id(eager)] = count_macs(eager, batch, b.size)
+        med = harness.median(times[key])
         gflops = 2 * macs / med / 1e9 if macs else None
-        rows[p] = {
+        peak = gemm_gflops.get(dname)
+        rows[key] = {
             "part": "models",
             "family": "models",
             "case": f"{case} {size}x{size}",
@@ -524,13 +593,13 @@ def _run_case(
             "batch": batch,
             "input": f"{b.size[0]}x{b.size[1]}",
             "median_ms": med * 1e3,
-            "min_ms": min(times[p]) * 1e3,
-            "reps": len(times[p]),
-            "first_call_s": first.get(p),
+            "min_ms": min(times[key]) * 1e3,
+            "reps": len(times[key]),
+            "first_call_s": first.get(key),
             "images_s": batch / med,
             "gmacs": macs / 1e9 if macs else None,
             "gflop_s": gflops,
-            "pct_gemm": 100 * gflops / gemm_gflops if gflops and gemm_gflops else None,
+            "pct_gemm": 100 * gflops / peak if gflops and peak else None,
             "params_mb": b.params_mb,
             "peak_mem_mb": None,
             "mem_method": "",
@@ -539,16 +608,17 @@ def _run_case(
         }
 
     # memory after timing, so the subprocesses never overlap a timed call
-    for p in list(built):
-        row = rows[p]
-        if not selected(memory, case, p):
+    for key in list(built):
+        p, dtype = provider_of[key], dtype_of[key]
+        row = rows[key]
+        if not selected(memory, case, p, dtype_name(dtype)):
             row["mem_method"] = "not measured in this suite"
             progress.update(1)
             continue
-        progress.set_postfix_str(f"{case}: {p} memory")
+        progress.set_postfix_str(f"{case}: {key} memory")
         if device.type == "cuda":
             with torch.no_grad():
-                row["peak_mem_mb"] = _mem_cuda(built[p].fn)
+                row["peak_mem_mb"] = _mem_cuda(built[key].fn)
             row["mem_method"] = CUDA_MEM_METHOD
         else:
             mb, err = memory_in_subprocess(p, case, dtype, size, batch, onnx_path)
@@ -561,13 +631,28 @@ def _run_case(
                 row["mem_method"] = err
         progress.update(1)
     built.clear()
+    add_speedups(list(rows.values()))
+    return [rows[key] for key in provider_of if key in rows]
 
-    for target in ("optimize", "compile_optimize"):
-        ref = rows.get(target, {}).get("median_ms")
-        for row in rows.values():
-            t = row.get("median_ms")
-            row[f"{target}_speedup"] = t / ref if ref and t else None
-    return [rows[p] for p in wanted if p in rows]
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Set each row's `<target>_speedup` = its time / the time of our `target` provider, for the rows of one
+    model and batch (timed together).
+
+    optimize_speedup and compile_optimize_speedup compare with our provider in the row's own dtype (like for
+    like); optimize_bf16_speedup with optimize() in bfloat16 (e.g. onnxruntime fp32 against our bf16 model).
+    None where either side did not run.
+    """
+    ref = {(r.get("provider_key"), r.get("dtype")): r.get("median_ms") for r in rows if not r.get("skipped")}
+    for row in rows:
+        t = row.get("median_ms")
+        for column, target, dtype in (
+            ("optimize_speedup", "optimize", row.get("dtype")),
+            ("compile_optimize_speedup", "compile_optimize", row.get("dtype")),
+            ("optimize_bf16_speedup", "optimize", "bfloat16"),
+        ):
+            base = ref.get((target, dtype))
+            row[column] = t / base if base and t else None
 
 
 def _guarded(name: str, fn: Callable[[], Any], failures: dict[str, str]) -> Callable[[], Any]:

@@ -7,7 +7,9 @@ Cases (DeepLabV3+ at 513x513, output stride 16):
   predict_city   upsample_argmax: 19 classes 129x129 -> 513x513
   predict_city_full  upsample_argmax: 19 classes 257x513 -> 1025x2049 (Cityscapes-size image)
   msaccum_voc    upsample_softmax_accumulate: 21 classes 129x129 -> 513x513 into an fp32 accumulator
-Providers: ours-<backend> for every backend (rows with `skipped` set where one cannot run), eager
+Providers: ours-<backend> for every backend (rows with `skipped` set where one cannot run; the CPU backend once
+per CPU kernel path this CPU supports, "ours-cpu[default]", "ours-cpu[avx2]", ..., each call forced to its
+path and the path restored after it), eager
 (F.interpolate + torch.cat / argmax / softmax + add_) and torch.compile of the same eager function.
 Each row: median time, GB/s (bytes the op must move: inputs read once, output written once), % of the
 copy bandwidth measured in the same run, copy_ratio = time / time of copying the output tensor (the copy
@@ -82,8 +84,14 @@ def _ours(op: str, size: tuple[int, int], backend: str) -> Callable:
     return lambda ts: upsample_softmax_accumulate(ts[0], ts[1], weight=0.5, backend=backend)
 
 
-def _available(backend: str, device: torch.device, op: str) -> str:
-    """Why `backend` cannot run `op` on `device` ("" when it can), asked of the op itself on a tiny input."""
+def _available(backend: str, device: torch.device, op: str, cpu_path: str | None = None) -> str:
+    """Why `backend` cannot run `op` on `device` ("" when it can), asked of the op itself on a tiny input (on the
+    CPU kernel path `cpu_path` when given)."""
+    if cpu_path:
+        try:
+            return harness.on_cpu_capability(cpu_path, lambda: _available(backend, device, op))()
+        except (RuntimeError, ValueError) as exc:  # the path itself cannot be forced here
+            return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     if backend == "triton" and device.type != "cuda":
         return "the Triton interpreter on a CPU is a test tool, not a benchmark target"
     if backend == "cuda" and device.type != "cuda":
@@ -149,12 +157,17 @@ def run(
             skipped: dict[str, str] = {}
             warm: dict[str, int] = {}
             for backend in ("cpu", "cuda", "triton"):
-                why = _available(backend, device, op_name)
-                if why:
-                    skipped[f"ours-{backend}"] = why
-                else:
+                # the CPU kernels on every path this CPU supports ("ours-cpu[avx2]", ...), each call forced to it
+                paths = harness.cpu_capabilities(device) if backend == "cpu" else ()
+                for path in paths or (None,):
+                    name = f"ours-{backend}" + (f"[{path}]" if path else "")
+                    why = _available(backend, device, op_name, path)
+                    if why:
+                        skipped[name] = why
+                        continue
                     fn = _ours(op, size, backend)
-                    providers[f"ours-{backend}"] = lambda fn=fn, ts=ts: fn(ts)
+                    call = lambda fn=fn, ts=ts: fn(ts)  # noqa: E731
+                    providers[name] = harness.on_cpu_capability(path, call) if path else call
             providers["eager"] = lambda eager=eager, ts=ts: eager(ts)
             if harness.tiny_requested():
                 skipped["torch.compile"] = "left out with --tiny (compilation takes many seconds per case)"
@@ -183,6 +196,7 @@ def run(
                     "family": FAMILY,
                     "case": spec["case"],
                     "provider": name,
+                    "cpu_capability": harness.capability_of(name),
                     "dtype": str(dtype).replace("torch.", ""),
                     "layout": layout,
                     "batch": n,

@@ -186,7 +186,8 @@ def measure_gemm_gflops(
 
 
 def environment(device: torch.device | str) -> dict[str, Any]:
-    """Facts recorded in every result file: device, versions, CPU/GPU model, threads."""
+    """Facts recorded in every result file: device, versions, CPU/GPU model, threads, and under "cpu_info" the
+    CPU's kernel path in use, supported paths, ISA flags, AMX and native bf16 (cpu_facts)."""
     device = torch.device(device)
     env: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -214,6 +215,7 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         env["deeplab_fast_cuda_kernels"] = deeplab_fast.built_with_cuda()
     except ImportError:
         pass
+    env["cpu_info"] = cpu_facts()
     return env
 
 
@@ -227,16 +229,71 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+def cpu_facts() -> dict[str, Any]:
+    """deeplab_fast.cpu_info() as JSON data, recorded in every result file; {"error": why} where it fails.
+
+    Keys (see deeplab_fast.cpu_info): "capability" (the CPU kernel path in use: "default", "avx2" or "avx512"),
+    "supported" (the paths this CPU and build can run, lowest first), "isa" (ISA flags found by cpuid), "amx"
+    (bool), "bf16_native" (bool: oneDNN has native bf16 on this CPU), "cpu" (model name).
+    """
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+        import deeplab_fast
+
+        info = deeplab_fast.cpu_info()
+    except Exception as exc:  # noqa: BLE001  (recorded as the reason; the benchmark still runs)
+        return {"error": f"deeplab_fast.cpu_info() failed: {type(exc).__name__}: {exc}"[:300]}
+    return {k: list(v) if isinstance(v, (tuple, set, frozenset)) else v for k, v in info.items()}
+
+
+def native_dtype(device: torch.device | str, dtype_name: str) -> bool:
+    """Whether `device` computes convolutions and GEMMs in `dtype_name` natively ("float32" always; a GPU in
+    every dtype; a CPU in bfloat16 where cpu_info()["bf16_native"], in float16 where oneDNN has native fp16)."""
+    if torch.device(device).type != "cpu" or dtype_name == "float32":
+        return True
+    if dtype_name == "bfloat16":
+        return cpu_facts().get("bf16_native") is True
+    fp16 = getattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", None)
+    return bool(fp16 is not None and fp16())
+
+
+def native_dtype_reason(device: torch.device | str, dtype_name: str) -> str:
+    """Why native_dtype(device, dtype_name) is False, in words ("" when it is True)."""
+    if native_dtype(device, dtype_name):
+        return ""
+    if dtype_name == "bfloat16":
+        facts = cpu_facts()
+        if "error" in facts:
+            return f"native bf16 unknown on this CPU ({facts['error']})"
+        return "no native bf16 on this CPU (deeplab_fast.cpu_info()['bf16_native'] is False: no AVX512-BF16/AMX)"
+    return "no native fp16 on this CPU (torch.ops.mkldnn._is_mkldnn_fp16_supported() is False)"
+
+
+def cpu_capabilities(device: torch.device | str) -> tuple[str, ...]:
+    """The CPU kernel paths a kernel benchmark times on `device`, lowest first: every path this CPU and build
+    support (deeplab_fast.testing.supported_cpu_capabilities()) on a CPU, none on a GPU."""
+    if torch.device(device).type != "cpu":
+        return ()
+    from deeplab_fast.testing import supported_cpu_capabilities
+
+    return tuple(supported_cpu_capabilities())
+
+
+def capability_of(provider: str) -> str:
+    """The CPU kernel path in a kernel provider's name ("deeplab_fast-cpu[avx2]" -> "avx2"; "" for the others)."""
+    return provider[provider.index("[") + 1 : -1] if provider.endswith("]") and "[" in provider else ""
+
+
+def on_cpu_capability(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """`fn` run with deeplab_fast's CPU kernels forced to path `name` (deeplab_fast.testing.cpu_capability),
+    the previous path restored after every call, also when `fn` raises. The forcing is process-wide while a
+    call runs, so providers timed interleaved with it (eager, the copy yardstick) keep the default path."""
+    from deeplab_fast.testing import cpu_capability
+
+    def call() -> Any:
+        with cpu_capability(name):
+            return fn()
+
+    return call
 
 
 def _cpu_model() -> str:

@@ -5,9 +5,11 @@
 
 A machine is the device and its CPU or GPU model as the result file records it (e.g. "cpu / AMD EPYC"). For
 each machine the newest full-suite run is published, or the newest run of any suite when it has no full run.
-The summary and the chart are rebuilt from the result's rows with the current report code, and overwrite the
-machine's previous summary: docs/benchmarks/<device>_<model>.{md,csv,png}. These summaries are the baselines
-that later "no regression" claims compare against (re-run the old commit on the same idle machine).
+The summary and the chart are rebuilt from the result's rows with the current report code (the summary names
+the CPU kernel path in use, the supported paths, the ISA flags, AMX and native bf16 from the result's
+cpu_info, also printed here), and overwrite the machine's previous summary:
+docs/benchmarks/<device>_<model>.{md,csv,png}. These summaries are the baselines that later "no regression"
+claims compare against (re-run the old commit on the same idle machine).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for machine, (path, data) in sorted(chosen.items()):
         written = publish(path, data, args.docs)
         print(f"{machine}: {path.name} -> {', '.join(str(p) for p in written)}")
+        print(f"  {report.cpu_facts_line(data['environment'])}")
     return 0
 
 

@@ -166,26 +166,22 @@ class Plan:
         self.kernel_budget_s = None if args.reps else KERNEL_BUDGET_S
         self.model_budget_s = None if args.reps else MODEL_BUDGET_S
 
-        # models
-        native_low = bool(harness.cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"})
+        # models: every dtype's providers of one model are timed in one interleaved rotation. A provider entry
+        # is "name", "case:name", "name@dtype" (bench_models.selected).
+        native = {d: harness.native_dtype(device, d) for d in all_dtypes}
         if args.dtype:
             self.model_dtypes = list(args.dtype)
         elif gpu:
             self.model_dtypes = all_dtypes
-        elif args.full and native_low:
-            self.model_dtypes = all_dtypes
         else:
-            self.model_dtypes = ["float32"]
-            if args.full:
-                self.left_out.append(
-                    "models in fp16/bf16: this CPU has no native bf16/fp16 arithmetic (AVX2 only); "
-                    "--dtype bf16 runs them anyway"
-                )
+            # fp32 and bf16 on a CPU (float16 with --dtype): the issue's comparison is bf16 against fp32 peers
+            self.model_dtypes = ["float32", "bfloat16"]
         self.model_batches = [args.batch] if args.batch else ([1, 8] if gpu else [1])
         self.size = args.size or (TINY_SIZE if args.tiny else MODEL_SIZE)
         self.model_reps = args.reps or (10 if args.full else 5)
         self.model_warmup = 2 if args.full else 1
         self.models = tuple(bench_models.MODELS)
+        self.model_skip: dict[str, str] = {}
         providers = list(bench_models.PROVIDERS)
         memory = list(bench_models.PROVIDERS)
         if args.tiny:
@@ -197,8 +193,8 @@ class Plan:
             self.left_out.append("torch.compile providers (--tiny: compiling takes minutes on a CPU)")
             self.left_out.append("torchvision deeplabv3_resnet101 (--tiny: output stride 8, the slowest peer)")
             self.left_out.append("onnxruntime for xception65 (--tiny: one ONNX export is enough for a smoke test)")
-            memory = ["resnet101:optimize"]
-            self.left_out.append("memory of every provider but resnet101's optimize() (--tiny)")
+            memory = ["resnet101:optimize@float32"]
+            self.left_out.append("memory of every provider but resnet101's fp32 optimize() (--tiny)")
         elif not args.full:
             # Quick suite: torchvision's DeepLabV3 at output stride 8 costs several times our model per forward
             # and is no target; each torch.compile of a whole model takes minutes (max-autotune on a GPU too,
@@ -214,14 +210,65 @@ class Plan:
             )
             if not gpu:
                 # each memory measurement on a CPU is a fresh subprocess that builds the model again
-                memory = [p for p in memory if p in ("eager", "optimize")]
+                memory = ["eager@float32", "optimize"]
                 self.left_out.append(
                     "memory of the peers and of torch.compile(eager) (CPU quick suite: each measurement is a "
                     "subprocess that builds, or compiles, the model again; --full measures them)"
                 )
+        if not gpu:
+            providers = self._cpu_entries(args, providers, native)
+        if "onnxruntime" in bench_models.PROVIDERS and any(d != "float32" for d in self.model_dtypes):
+            self.left_out.append("onnxruntime in bf16/fp16 (it runs the fp32 ONNX export only)")
+        # The GEMM yardstick (pct_gemm) in the dtypes the device computes natively: torch.mm in bf16 without
+        # native bf16 runs a reference kernel (minutes for 2048^3 on an AVX2 CPU) and would be no peak anyway.
+        self.gemm_dtypes = [d for d in self.model_dtypes if native[d]]
+        for d in self.model_dtypes:
+            if not native[d]:
+                self.left_out.append(
+                    f"the GEMM peak in {d} and % GEMM peak of {d} rows ({harness.native_dtype_reason(device, d)})"
+                )
         self.providers = tuple(providers)
         self.memory = tuple(memory)
         self.threads = torch.get_num_threads()
+
+    def _cpu_entries(self, args: argparse.Namespace, providers: list[str], native: dict[str, bool]) -> list[str]:
+        """The CPU's provider entries per dtype: fp32 runs `providers`; bf16/fp16 run our models only (optimize()
+        in the quick and tiny suites; eager, optimize() and torch.compile(optimize()) in --full), the peers'
+        comparison being against their fp32 rows."""
+        import bench_models
+        import harness
+
+        entries: list[str] = []
+        low = [d for d in self.model_dtypes if d != "float32"]
+        if "float32" in self.model_dtypes:
+            entries += [f"{p}@float32" for p in providers]
+        ours_low = ("eager", "optimize", "compile_optimize") if args.full else ("optimize",)
+        for d in low:
+            entries += [f"{p}@{d}" for p in ours_low]
+            if native[d] or args.dtype or self.suite == "tiny":
+                continue
+            # Without native bf16 a forward at 513 takes tens of seconds (xception65: 35-43 s on the AVX2 AMD
+            # EPYC, against 5 s in fp32 on the same busy machine), each provider at least 6 of them: the quick
+            # suite leaves optimize() out, --full runs optimize() only; an explicit --dtype runs them all.
+            why = harness.native_dtype_reason(self.device, d) + (
+                f": one {d} forward of these models at 513x513 takes tens of seconds here"
+            )
+            if self.suite == "quick":
+                self.model_skip[f"optimize@{d}"] = f"{why}; --full or --dtype {_short(d)} runs it"
+            else:
+                for p in ours_low:
+                    if p != "optimize":
+                        self.model_skip[f"{p}@{d}"] = (
+                            f"{why}; --full runs only optimize() in {_short(d)} on such a CPU, "
+                            f"--full --dtype fp32,{_short(d)} runs it"
+                        )
+        others = [p for p in bench_models.PROVIDERS if p not in ours_low and bench_models.runs_in(p, "bfloat16")]
+        if low:
+            self.left_out.append(
+                f"{', '.join(_short(d) for d in low)} rows of {', '.join(others)} on a CPU (ours against the fp32 "
+                "peers; --dtype alone does not add them)"
+            )
+        return entries
 
     def describe(self) -> dict[str, Any]:
         """The plan as plain data, recorded in the JSON."""
@@ -237,6 +284,8 @@ class Plan:
             "size": self.size,
             "model_reps": self.model_reps,
             "model_budget_s": self.model_budget_s,
+            "model_skip": self.model_skip,
+            "gemm_dtypes": self.gemm_dtypes,
             "min_reps": self.min_reps if self.kernel_budget_s is not None else None,
             "model_warmup": self.model_warmup,
             "models": list(self.models),
@@ -245,6 +294,11 @@ class Plan:
             "left_out": self.left_out,
             "threads": self.threads,
         }
+
+
+def _short(dtype_name: str) -> str:
+    """A dtype name as --dtype spells it: "bfloat16" -> "bf16"."""
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype_name, dtype_name)
 
 
 def _family_skip(family: str, dtype: str, reason: str) -> dict[str, Any]:
@@ -335,28 +389,29 @@ def run_models(plan: Plan, bar_factory: Any, gemm: dict[str, float]) -> list[dic
     import torch
 
     rows: list[dict[str, Any]] = []
-    per = bench_models.steps(plan.models, plan.providers, plan.model_reps, plan.model_warmup)
-    bar = bar_factory(desc="models", total=per * len(plan.model_dtypes) * len(plan.model_batches), unit="call")
+    dtypes = tuple(getattr(torch, d) for d in plan.model_dtypes)
+    per = bench_models.steps(plan.models, plan.providers, dtypes, plan.model_reps, plan.model_warmup)
+    bar = bar_factory(desc="models", total=per * len(plan.model_batches), unit="call")
     try:
-        for dtype_name in plan.model_dtypes:
-            for batch in plan.model_batches:
-                rows.extend(
-                    bench_models.run(
-                        plan.device,
-                        getattr(torch, dtype_name),
-                        size=plan.size,
-                        batch=batch,
-                        reps=plan.model_reps,
-                        warmup=plan.model_warmup,
-                        models=plan.models,
-                        providers=plan.providers,
-                        memory=plan.memory,
-                        gemm_gflops=gemm.get(dtype_name),
-                        budget_s=plan.model_budget_s,
-                        min_reps=plan.min_reps,
-                        progress=harness.Progress(bar, prefix=f"{dtype_name} b{batch} "),
-                    )
+        for batch in plan.model_batches:
+            rows.extend(
+                bench_models.run(
+                    plan.device,
+                    dtypes,
+                    size=plan.size,
+                    batch=batch,
+                    reps=plan.model_reps,
+                    warmup=plan.model_warmup,
+                    models=plan.models,
+                    providers=plan.providers,
+                    memory=plan.memory,
+                    skip=plan.model_skip,
+                    gemm_gflops=gemm,
+                    budget_s=plan.model_budget_s,
+                    min_reps=plan.min_reps,
+                    progress=harness.Progress(bar, prefix=f"b{batch} "),
                 )
+            )
         # the total counted every provider at the cap of repetitions; the time budget may have given fewer
         bar.total = bar.n
         bar.refresh()
@@ -425,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def sample_gemm() -> None:
         # the best of several samples: on a machine whose load varies, the peak is the least disturbed one
-        for dtype_name in plan.model_dtypes:
+        for dtype_name in plan.gemm_dtypes:
             got = [
                 harness.measure_gemm_gflops(
                     device,

@@ -56,12 +56,21 @@ def test_tiny_run_writes_every_file_with_environment(tiny_run):
     assert env["threads"] == 1 and data["plan"]["threads"] == 1
     assert data["plan"]["suite"] == "tiny"
     assert data["bandwidth_gb_s"] > 0
-    assert set(data["gemm_gflops"]) == {"float32"}
+    # the GEMM yardstick in the dtypes this CPU computes natively (fp32 always, bf16 where cpu_info says so)
+    assert set(data["gemm_gflops"]) == {"float32"} | ({"bfloat16"} if env["cpu_info"]["bf16_native"] else set())
+    assert data["plan"]["model_dtypes"] == ["float32", "bfloat16"]
     assert data["runtime_s"] > 0
     assert {"torch.compile providers (--tiny: compiling takes minutes on a CPU)"} <= set(data["plan"]["left_out"])
 
+    # the CPU facts (deeplab_fast.cpu_info()) in every result file
+    info = env["cpu_info"]
+    assert set(info) >= {"capability", "supported", "isa", "amx", "bf16_native", "cpu"}, info
+    assert info["capability"] in info["supported"] and isinstance(info["isa"], list)
+    assert isinstance(info["amx"], bool) and isinstance(info["bf16_native"], bool)
+
     lines = _one(out, ".csv").read_text().splitlines()
     assert lines[0].startswith("# {") and json.loads(lines[0][2:])["torch"] == torch.__version__
+    assert json.loads(lines[0][2:])["cpu_info"] == info
     header = next(csv.reader([lines[1]]))
     for field in ("part", "family", "case", "provider", "dtype", "layout", "batch", "median_ms", "skipped"):
         assert field in header, field
@@ -71,6 +80,8 @@ def test_tiny_run_writes_every_file_with_environment(tiny_run):
     md = _one(out, ".md").read_text()
     for heading in ("## Targets", "## Kernels", "## Models", "## Skipped", "## Left out of this suite"):
         assert heading in md, heading
+    assert f"CPU kernel path in use: {info['capability']} (supported: {', '.join(info['supported'])})" in md
+    assert "ISA flags: " + (", ".join(info["isa"]) or "none") in md
     assert md in proc.stdout  # the summary is printed too
     assert "Total runtime:" in proc.stderr
     # the kernel progress bar has a total (2 dwconv + 3 upsample cases in --tiny) and reaches it
@@ -82,7 +93,8 @@ def test_tiny_run_writes_every_file_with_environment(tiny_run):
 
 def test_tiny_run_rows_cover_kernels_and_models(tiny_run):
     _, out = tiny_run
-    rows = json.loads(_one(out, ".json").read_text())["rows"]
+    data = json.loads(_one(out, ".json").read_text())
+    rows = data["rows"]
     kernel_rows = [r for r in rows if r["part"] == "kernels"]
     # each family is there: measured, or listed as skipped with the reason
     for family in ("dwconv", "upsample"):
@@ -112,6 +124,17 @@ def test_tiny_run_rows_cover_kernels_and_models(tiny_run):
         # a CPU run never names a baseline after a GPU library
         if r["dtype"] and not torch.cuda.is_available():
             assert "cudnn" not in r["provider"].lower(), r["provider"]
+    # the CPU kernels ran on every path this CPU supports, each a provider, in each family
+    from deeplab_fast.testing import supported_cpu_capabilities
+
+    paths = list(supported_cpu_capabilities())
+    assert len(paths) >= 1
+    for family, ours in (("dwconv", "deeplab_fast-cpu"), ("upsample", "ours-cpu")):
+        timed = [r for r in kernel_rows if r["family"] == family and not r["skipped"]]
+        for path in paths:
+            got = [r for r in timed if r["provider"] == f"{ours}[{path}]"]
+            assert got and all(r["cpu_capability"] == path and r["copy_ratio"] > 0 for r in got), (family, path)
+        assert all(r["cpu_capability"] == "" for r in timed if "[" not in r["provider"])
 
     models = [r for r in rows if r["part"] == "models"]
     ran = {(r["model"], r["provider_key"]) for r in models if not r["skipped"]}
@@ -122,11 +145,25 @@ def test_tiny_run_rows_cover_kernels_and_models(tiny_run):
     for r in models:
         assert r["skipped"] or (r["median_ms"] > 0 and r["images_s"] > 0), r
         if r["provider_key"] in ("eager", "optimize") and not r["skipped"]:
-            assert r["gmacs"] > 0 and r["gflop_s"] > 0 and r["pct_gemm"] > 0
+            assert r["gmacs"] > 0 and r["gflop_s"] > 0
+            # % of the GEMM peak where the peak was measured in the row's dtype (a native one), else blank
+            assert (r["pct_gemm"] > 0) if r["dtype"] in data["gemm_gflops"] else r["pct_gemm"] is None, r
             assert r["optimize_speedup"] > 0
         if r["provider_key"] == "smp" and not r["skipped"]:
             assert r["input"] == "64x64" and "divisible by 16" in r["note"]
     assert ("resnet101", "onnxruntime") in ran or torch.cuda.is_available()
+    # bf16: optimize(model, dtype=torch.bfloat16) for both models (tiny runs it even without native bf16),
+    # timed with the fp32 rows; onnxruntime has fp32 rows only
+    bf16 = {r["model"]: r for r in models if r["dtype"] == "bfloat16"}
+    assert set(bf16) == {"resnet101", "xception65"}
+    for r in bf16.values():
+        assert r["provider_key"] == "optimize" and not r["skipped"] and r["median_ms"] > 0, r
+        assert "dtype=torch.bfloat16" in r["note"] and r["layout"] == "channels_last"
+        assert r["optimize_speedup"] == pytest.approx(1.0) and r["optimize_bf16_speedup"] == pytest.approx(1.0)
+    assert {r["dtype"] for r in models if r["provider_key"] == "onnxruntime"} == {"float32"}
+    ort = [r for r in models if r["provider_key"] == "onnxruntime" and not r["skipped"]]
+    for r in ort:
+        assert r["optimize_bf16_speedup"] == pytest.approx(r["median_ms"] / bf16[r["model"]]["median_ms"])
     # memory: measured for resnet101's optimize() in --tiny, honestly marked elsewhere
     measured = [r for r in models if r["peak_mem_mb"] is not None]
     assert [(r["model"], r["provider_key"]) for r in measured] == [("resnet101", "optimize")]
@@ -198,7 +235,7 @@ def test_targets_pass_fail_and_missing():
         _model_row("xception65", "optimize", 100.0),
         _model_row("xception65", "compile", None, skipped="no compiler"),
     ]
-    got = report.targets(rows, env, meta)
+    got = [c for c in report.targets(rows, env, meta) if c["scope"] == "project"]
     tgt = [c for c in got if c["kind"] == "target"]
     assert [c["status"] for c in tgt] == ["PASS", "FAIL", "PASS"]
     assert tgt[0]["value"] == pytest.approx(1.3)
@@ -211,6 +248,57 @@ def test_targets_pass_fail_and_missing():
     # another configuration is computed but flagged
     flagged = report.targets(rows, {"device": "cpu"}, {"plan": {"size": 65}})
     assert all("not the target configuration: size 65" in c["text"] for c in flagged)
+
+
+AMX_CPU = {
+    "capability": "avx512",
+    "supported": ["default", "avx2", "avx512"],
+    "isa": ["amx_bf16", "amx_tile"],
+    "amx": True,
+    "bf16_native": True,
+    "cpu": "Xeon",
+}
+AVX2_CPU = {
+    "capability": "avx2",
+    "supported": ["default", "avx2"],
+    "isa": ["avx2", "f16c", "fma"],
+    "amx": False,
+    "bf16_native": False,
+    "cpu": "EPYC",
+}
+
+
+def test_amx_targets_are_judged_only_on_an_avx512_amx_cpu():
+    meta = {"plan": {"size": 513, "parts": ["models"]}}
+    rows = [
+        _model_row("resnet101", "optimize", 90.0),
+        _model_row("resnet101", "optimize", 30.0, dtype="bfloat16"),
+        _model_row("resnet101", "onnxruntime", 100.0),
+        _model_row("xception65", "optimize", 110.0),
+        _model_row("xception65", "optimize", None, dtype="bfloat16", skipped="no native bf16"),
+        _model_row("xception65", "onnxruntime", 100.0),
+    ]
+    got = [c for c in report.targets(rows, {"device": "cpu", "cpu_info": AMX_CPU}, meta) if c["scope"] != "project"]
+    assert [(c["kind"], c["status"]) for c in got] == [
+        ("target", "PASS"),  # resnet101 fp32: 100 / 90 > 1
+        ("target", "FAIL"),  # xception65 fp32: 100 / 110
+        ("target", "PASS"),  # resnet101 bf16: 100 / 30 >= 2
+        ("target", "n/a"),  # xception65 bf16 skipped: the reason is in the text
+        ("aim", "PASS"),  # resnet101 bf16 >= 3x
+        ("aim", "n/a"),
+    ]
+    assert got[2]["value"] == pytest.approx(100 / 30)
+    assert "in bfloat16 skipped: see Skipped" in got[3]["text"]  # the reason itself is in the Skipped section
+    assert "in bfloat16 is 3.33x faster than onnxruntime in float32" in got[2]["text"].replace(
+        "deeplab_fast optimize() ", ""
+    ).replace("onnxruntime (ONNX of eager)", "onnxruntime")
+    # on an AVX2 CPU the same ratios are computed and shown, never judged
+    avx2 = [c for c in report.targets(rows, {"device": "cpu", "cpu_info": AVX2_CPU}, meta) if c["scope"] != "project"]
+    assert [c["status"] for c in avx2] == ["n/a"] * 6 and avx2[2]["value"] == pytest.approx(100 / 30)
+    md = report.summary_markdown(rows, {"device": "cpu", "cpu_info": AVX2_CPU}, meta)
+    assert "this CPU: path avx2, AMX no: computed, not judged here (n/a)" in md
+    assert "CPU kernel path in use: avx2 (supported: default, avx2); ISA flags: avx2, f16c, fma; AMX: no" in md
+    assert "CPU facts: not recorded" in report.summary_markdown(rows, {"device": "cpu"}, meta)
 
 
 def test_report_writes_files_from_rows(tmp_path):
@@ -376,7 +464,7 @@ def test_chart_has_one_log_panel_per_kernel_family(tmp_path):
 
 
 def _result(path: Path, cpu: str, suite: str, date: str) -> Path:
-    env = {"device": "cpu", "cpu": cpu, "threads": 2, "date": date, "torch": "x"}
+    env = {"device": "cpu", "cpu": cpu, "threads": 2, "date": date, "torch": "x", "cpu_info": AVX2_CPU}
     rows = [_model_row("resnet101", "eager", 130.0, optimize_speedup=1.3)]
     data = {"environment": env, "plan": {"suite": suite, "parts": ["models"], "size": 513}, "rows": rows}
     path.write_text(json.dumps(data))
@@ -399,6 +487,11 @@ def test_publish_keeps_the_newest_full_run_per_machine(tmp_path):
         "cpu_intel-r-xeon-r-platinum.png",
     ]
     assert "Published from `b.json`" in (docs / "cpu_amd-epyc.md").read_text()
+    # the published summary names the CPU kernel path and the ISA flags
+    assert (
+        "CPU kernel path in use: avx2 (supported: default, avx2); ISA flags: avx2, f16c, fma"
+        in (docs / "cpu_amd-epyc.md").read_text()
+    )
     assert (docs / "cpu_amd-epyc.csv").read_text().startswith("# {")
     assert publish.main([str(tmp_path / "missing.json"), "--docs", str(docs)]) == 2
 
@@ -412,3 +505,92 @@ def test_default_results_folder_is_git_ignored():
     assert ignored.returncode == 0, "benchmarks/run.py's default --out must be git-ignored"
     tracked = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=REPO, capture_output=True, text=True)
     assert tracked.stdout == ""
+
+
+def test_provider_entries_select_by_model_and_dtype():
+    import bench_models
+
+    entries = ("eager@float32", "resnet101:onnxruntime", "optimize@bfloat16", "xception65:smp")
+    assert bench_models.selected(entries, "xception65", "eager", "float32")
+    assert not bench_models.selected(entries, "xception65", "eager", "bfloat16")
+    assert bench_models.selected(entries, "resnet101", "onnxruntime", "float32")
+    assert not bench_models.selected(entries, "xception65", "onnxruntime", "float32")
+    assert bench_models.selected(entries, "resnet101", "optimize")  # any dtype
+    # onnxruntime exists in fp32 only: in bf16 it is left out, never a row; smp only for resnet101
+    got = bench_models.wanted("resnet101", (torch.float32, torch.bfloat16), ("optimize", "onnxruntime", "smp"))
+    assert got == [
+        ("optimize", torch.float32),
+        ("smp", torch.float32),
+        ("onnxruntime", torch.float32),
+        ("optimize", torch.bfloat16),
+        ("smp", torch.bfloat16),
+    ]
+    assert bench_models.wanted("xception65", (torch.bfloat16,), ("onnxruntime", "smp")) == []
+    assert bench_models.steps(("resnet101",), ("optimize",), (torch.float32, torch.bfloat16), 5, 1) == 2 * 8
+
+
+def test_speedups_compare_like_dtypes_and_bf16():
+    import bench_models
+
+    rows = [
+        _model_row("resnet101", "eager", 200.0),
+        _model_row("resnet101", "optimize", 100.0),
+        _model_row("resnet101", "onnxruntime", 120.0),
+        _model_row("resnet101", "optimize", 40.0, dtype="bfloat16"),
+        _model_row("resnet101", "eager", 80.0, dtype="bfloat16"),
+        _model_row("resnet101", "compile_optimize", None, dtype="bfloat16", skipped="no compiler"),
+    ]
+    bench_models.add_speedups(rows)
+    by = {(r["provider_key"], r["dtype"]): r for r in rows}
+    assert by[("onnxruntime", "float32")]["optimize_speedup"] == pytest.approx(1.2)
+    assert by[("onnxruntime", "float32")]["optimize_bf16_speedup"] == pytest.approx(3.0)
+    assert by[("eager", "bfloat16")]["optimize_speedup"] == pytest.approx(2.0)  # against optimize() in bf16
+    assert all(r["compile_optimize_speedup"] is None for r in rows)
+    assert by[("compile_optimize", "bfloat16")]["optimize_bf16_speedup"] is None
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_quick_plan_skips_bf16_only_without_native_bf16(monkeypatch, native):
+    import harness
+    import run
+
+    monkeypatch.setattr(harness, "native_dtype", lambda device, d: d == "float32" or native)
+    plan = run.Plan(run.parse_args(["--only", "models"]), torch.device("cpu"))
+    assert plan.model_dtypes == ["float32", "bfloat16"]
+    assert "optimize@bfloat16" in plan.providers and "onnxruntime@float32" in plan.providers
+    assert not any(p.endswith("@bfloat16") and not p.startswith("optimize") for p in plan.providers)
+    assert plan.gemm_dtypes == (["float32", "bfloat16"] if native else ["float32"])
+    if native:
+        assert plan.model_skip == {}
+    else:
+        reason = plan.model_skip["optimize@bfloat16"]
+        assert "no native bf16" in reason.lower() and "--full or --dtype bf16 runs it" in reason
+    # --full runs bf16 anyway, with eager and torch.compile(optimize()) too; --dtype bf16 runs it in the quick suite
+    full = run.Plan(run.parse_args(["--only", "models", "--full"]), torch.device("cpu"))
+    assert {"eager@bfloat16", "optimize@bfloat16", "compile_optimize@bfloat16"} <= set(full.providers)
+    # ... but without native bf16 only optimize() (the others are skipped rows saying how to run them)
+    assert set(full.model_skip) == (set() if native else {"eager@bfloat16", "compile_optimize@bfloat16"})
+    assert all("--full --dtype fp32,bf16 runs it" in why for why in full.model_skip.values())
+    asked = run.Plan(run.parse_args(["--only", "models", "--dtype", "bf16"]), torch.device("cpu"))
+    assert asked.model_skip == {} and asked.providers == ("optimize@bfloat16",)
+    assert any("onnxruntime in bf16/fp16" in item for item in asked.left_out)
+
+
+def test_forced_cpu_path_is_restored_after_an_error():
+    import harness
+
+    import deeplab_fast
+
+    before = deeplab_fast.cpu_capability()
+    paths = harness.cpu_capabilities("cpu")
+    assert paths and paths[-1] == before and harness.cpu_capabilities("cuda") == ()
+    seen = []
+
+    def failing():
+        seen.append(deeplab_fast.cpu_capability())
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        harness.on_cpu_capability(paths[0], failing)()
+    assert seen == [paths[0]] and deeplab_fast.cpu_capability() == before
+    assert harness.capability_of("ours-cpu[avx2]") == "avx2" and harness.capability_of("eager") == ""
