@@ -112,9 +112,9 @@ _AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", *_AVX2_F
 # BuildWithCpuVariants). The numbers are csrc/cpu/capability.h's CpuCapability.
 CPU_VARIANTS = [("default", 0, [])]
 if platform.machine().lower() in ("x86_64", "amd64"):
-    # -O1 for x86-64's portable variant, which only CPUs without AVX2 run: without SIMD registers the packs of
-    # csrc/common/vec.h are plain arrays of 8 lanes, and GCC 12 at -O2/-O3 spends 250-320 s of CPU on
-    # dwconv_bn_act_cpu.cpp alone (register allocation of the unrolled lanes), against 57 s at -O1 (AMD EPYC Zen 3).
+    # -O1 for x86-64's portable variant, which only CPUs without AVX2 run (and the tests): without SIMD registers
+    # its 16-lane packs (csrc/common/vec.h) cost GCC 12 91 s of CPU at -O3 on dwconv_bn_act_cpu.cpp alone, 26 s at
+    # -O1 (the avx2 variant: 34 s); measured on an AMD EPYC Zen 3. The suite's build time is what it saves.
     CPU_VARIANTS = [("default", 0, ["-O1"]), ("avx2", 1, _AVX2_FLAGS), ("avx512", 2, _AVX512_FLAGS)]
 
 
