@@ -1,7 +1,7 @@
 """pytest-benchmark microbenchmarks of the fused ops (not part of the test suite; tests/ is).
 
-    pytest benchmarks/ --benchmark-only
-    pytest benchmarks/ --benchmark-only --benchmark-columns=median,ops --benchmark-sort=name
+    pytest benchmarks/ -n 0 --benchmark-only
+    pytest benchmarks/ -n 0 --benchmark-only --benchmark-columns=median,ops --benchmark-sort=name
 
 Shapes are DeepLabV3+ ones at 513x513 (output stride 16: 33x33 ASPP maps, 129x129 decoder maps), batch 1.
 Every op is timed next to its eager PyTorch baseline (oneDNN on a CPU, cuDNN on a GPU); each benchmark's
